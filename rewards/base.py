@@ -1,0 +1,99 @@
+"""The one interface every reward in the project implements.
+
+A reward is a callable ``reward(images, prompts, metadata) -> RewardOutput``. ``scores`` is a
+float32 tensor ``[B]`` in which NaN means "this sample could not be scored" (a judge answer that
+did not parse, a server that timed out, a corrupt image). A NaN is never replaced by 0: the trainer
+leaves it out of the group statistics and counts it. ``details`` holds named ``[B]`` tensors, for
+example one per rubric, so a run can be read rule by rule. ``failures`` counts why samples became
+NaN, keyed by a short reason.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from rewards.images import ImageBatch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RewardOutput:
+    """Scores ``[B]`` (NaN = unscorable), per-sample details, and counted failure reasons."""
+
+    scores: torch.Tensor
+    details: dict[str, torch.Tensor] = field(default_factory=dict)
+    failures: Counter = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.scores = torch.as_tensor(self.scores, dtype=torch.float32).reshape(-1)
+        batch = self.scores.shape[0]
+        for name, value in list(self.details.items()):
+            value = torch.as_tensor(value, dtype=torch.float32).reshape(-1)
+            if value.shape[0] != batch:
+                raise ValueError(
+                    f"detail {name!r} has {value.shape[0]} entries but scores have {batch}"
+                )
+            self.details[name] = value
+
+    @property
+    def num_failed(self) -> int:
+        return int(torch.isnan(self.scores).sum())
+
+
+class Reward(abc.ABC):
+    """Base class for rewards. Subclasses implement :meth:`score` on PIL images.
+
+    ``__call__`` normalises the inputs (tensors or PIL images, a missing metadata list) and checks
+    the output's shape, so each subclass only deals with the scoring itself.
+    """
+
+    name: str = "reward"
+
+    def __call__(
+        self,
+        images: ImageBatch,
+        prompts: Sequence[str],
+        metadata: Sequence[dict[str, Any]] | None = None,
+    ) -> RewardOutput:
+        from rewards.images import to_pil
+
+        pil = to_pil(images)
+        if len(pil) != len(prompts):
+            raise ValueError(f"{self.name}: got {len(pil)} images but {len(prompts)} prompts")
+        meta = list(metadata) if metadata is not None else [{} for _ in prompts]
+        if len(meta) != len(prompts):
+            raise ValueError(
+                f"{self.name}: got {len(meta)} metadata entries for {len(prompts)} prompts"
+            )
+        out = self.score(pil, list(prompts), meta)
+        if out.scores.shape[0] != len(prompts):
+            raise RuntimeError(
+                f"{self.name}: returned {out.scores.shape[0]} scores for {len(prompts)} samples"
+            )
+        if out.failures:
+            log.warning(
+                "%s: %d/%d samples unscored (%s)",
+                self.name,
+                out.num_failed,
+                len(prompts),
+                dict(out.failures),
+            )
+        return out
+
+    @abc.abstractmethod
+    def score(
+        self, images: list[Image.Image], prompts: list[str], metadata: list[dict[str, Any]]
+    ) -> RewardOutput:
+        """Score a batch of PIL images against their prompts."""
+
+    def release(self) -> None:  # noqa: B027 - optional hook, default is a no-op
+        """Free accelerator memory between phases (models that hold GPU weights override this)."""

@@ -1,0 +1,70 @@
+"""The judge interface: a vision-language model asked yes/no questions about images.
+
+A judge answers a batch of :class:`JudgeItem` s with P("yes") for each, and writes free text for
+rubric synthesis and generation benchmarks. Every item of a batch carries an image, a ``context``
+(the text shared by all questions about that image, e.g. the generation prompt) and a ``question``
+(one rubric). Backends that can, compute the image + context prefix once per image and score every
+question against it.
+
+An item that cannot be answered (a server that timed out, an answer without a yes/no token, a
+statement the pixel judge does not understand) gets NaN and a short reason in
+:attr:`JudgeResult.reasons`; the caller counts the reasons. Nothing is turned into 0.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class JudgeItem:
+    """One yes/no question about one image."""
+
+    image: Image.Image
+    context: str
+    question: str
+
+
+@dataclass
+class JudgeResult:
+    """P(yes) per item (NaN = not answered) and, for each NaN, the reason."""
+
+    probs: torch.Tensor
+    reasons: list[str | None]
+
+    @property
+    def failures(self) -> Counter:
+        return Counter(r for r in self.reasons if r is not None)
+
+
+class JudgeError(RuntimeError):
+    """The judge cannot work at all (server down, model misconfigured): fail, don't NaN."""
+
+
+class Judge(abc.ABC):
+    """Base class of the judge backends: local VLM, OpenAI-compatible server, pixel rules."""
+
+    name: str = "judge"
+
+    @abc.abstractmethod
+    def yes_prob(self, items: Sequence[JudgeItem]) -> JudgeResult:
+        """P("yes") for each item, in one batched call where the backend allows."""
+
+    def generate(self, images: Sequence[Image.Image], text: str, max_new_tokens: int = 512) -> str:
+        """Free-text answer to ``text`` about ``images`` (one conversation, images first)."""
+        raise NotImplementedError(f"{type(self).__name__} does not generate free text")
+
+    def generate_many(
+        self, requests: Sequence[tuple[Sequence[Image.Image], str]], max_new_tokens: int = 512
+    ) -> list[str]:
+        """Free-text answers for several conversations; backends that batch override this."""
+        return [self.generate(images, text, max_new_tokens) for images, text in requests]
+
+    def release(self) -> None:  # noqa: B027 - optional hook, default is a no-op
+        """Free accelerator memory between phases (e.g. while the trainer samples)."""
