@@ -1,0 +1,60 @@
+"""Small helpers every evaluation entry shares: config checks, the run folder, result files."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def check_entry(cfg: Any, expected: str) -> None:
+    """Fail with one message when an experiment preset meant for another entry was selected."""
+    entry = cfg.get("entry")
+    if entry != expected:
+        raise ValueError(
+            f"this config is a preset for {entry!r}, not for eval.{expected} "
+            f"(pick an experiment whose 'entry' is {expected!r})"
+        )
+
+
+def run_dir() -> Path:
+    """The Hydra run folder of the current run (where every output of the run goes)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (a temporary file renamed into place), NaN written as null."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_nan_to_none(data), indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """A table cell: floats rounded, NaN/None as a dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

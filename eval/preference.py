@@ -1,0 +1,382 @@
+"""Accuracy of any reward on human preference benchmarks (MMRB2, HPDv3, Pick-a-Pic, jsonl).
+
+    python -m eval.preference benchmark=mmrb2 data.path=/data/mmrb2/t2i.json reward=<name> ...
+
+The reward scores each image of a pair against the pair's prompt; the pairwise decision is
+``A`` if ``score(A) > score(B)``, ``B`` if lower, ``tie`` if equal and ``invalid`` if either
+score is NaN (the reward's counted failure reasons are reported). A pair is correct when the
+decision equals the human choice; a tie or an invalid decision is always wrong.
+
+* MMRB2 follows its official protocol: each pair is one forward trial (A shown first) and one
+  reverse trial (A/B swapped, judgement flipped back); accuracy = correct trials / (2 x pairs),
+  per ``prompt_source`` and overall. The trials go to ``mmrb2_predictions.json`` in the official
+  ``{pair_id: {"forward": [{"judgement": ...}], "reverse": [...]}}`` format, with ``"tie"`` or
+  ``"invalid"`` where there is no A/B decision, so the official scorer counts them wrong too.
+  A pointwise reward scores each image once, so both trials share the same two scores.
+* Human ties (label 0.5, Pick-a-Pic) follow ``benchmark.tie_policy``: ``drop`` (left out of
+  the accuracy and counted, the usual choice) or ``half`` (every decision on a tie earns 0.5).
+
+Outputs in the run folder: ``results.json``, ``results.md`` (a table per source),
+``predictions.jsonl`` (one line per pair with both scores).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from eval.common import check_entry, fmt, markdown_table, run_dir, write_json
+from rewards.base import Reward
+from rubric_learning.pairs import (
+    TIE,
+    CorruptImageError,
+    PreferencePair,
+    load_hpdv3,
+    load_jsonl,
+    load_mmrb2,
+    load_pickapic,
+    open_image,
+)
+
+log = logging.getLogger(__name__)
+
+TIE_POLICIES = ("drop", "half")
+UNREADABLE_IMAGE = "unreadable image"
+
+
+@dataclass
+class PairResult:
+    """Both scores of one pair and the decision they imply."""
+
+    id: str
+    source: str
+    label: float
+    score_a: float
+    score_b: float
+
+    @property
+    def judgement(self) -> str:
+        return decide(self.score_a, self.score_b)
+
+
+def decide(score_a: float, score_b: float) -> str:
+    """``"A"``/``"B"`` for a strictly higher score, ``"tie"`` if equal, ``"invalid"`` on NaN."""
+    if math.isnan(score_a) or math.isnan(score_b):
+        return "invalid"
+    if score_a > score_b:
+        return "A"
+    if score_b > score_a:
+        return "B"
+    return "tie"
+
+
+def _flip(judgement: str) -> str:
+    return {"A": "B", "B": "A"}.get(judgement, judgement)
+
+
+def _load_batch(pairs: Sequence[PreferencePair]) -> tuple[list, list[int], Counter]:
+    """Images of a batch of pairs as [a0, b0, a1, b1, ...]; unreadable ones become None."""
+    images, bad, failures = [], [], Counter()
+    for pair in pairs:
+        for side, ref in (("A", pair.image_a), ("B", pair.image_b)):
+            try:
+                images.append(open_image(ref))
+            except (FileNotFoundError, CorruptImageError) as err:
+                log.warning("pair %s image %s: %s", pair.id, side, err)
+                images.append(None)
+                bad.append(len(images) - 1)
+                failures[UNREADABLE_IMAGE] += 1
+    return images, bad, failures
+
+
+def score_pairs(
+    reward: Reward, pairs: Sequence[PreferencePair], batch_size: int = 8
+) -> tuple[list[PairResult], Counter]:
+    """Score both images of every pair with ``reward`` (``batch_size`` pairs per call)."""
+    results: list[PairResult] = []
+    failures: Counter = Counter()
+    for start in tqdm(range(0, len(pairs), batch_size), desc="scoring pairs", unit="batch"):
+        batch = pairs[start : start + batch_size]
+        images, bad, load_failures = _load_batch(batch)
+        failures += load_failures
+        prompts = [p.prompt for p in batch for _ in (0, 1)]
+        meta = [{"pair_id": p.id, "side": s, "source": p.source} for p in batch for s in "AB"]
+        keep = [i for i in range(len(images)) if i not in bad]
+        scores = torch.full((len(images),), float("nan"))
+        if keep:
+            out = reward(
+                [images[i] for i in keep], [prompts[i] for i in keep], [meta[i] for i in keep]
+            )
+            scores[keep] = out.scores.float().cpu()
+            failures += out.failures
+        for k, pair in enumerate(batch):
+            results.append(
+                PairResult(
+                    pair.id, pair.source, pair.label, float(scores[2 * k]), float(scores[2 * k + 1])
+                )
+            )
+    return results, failures
+
+
+def mmrb2_predictions(results: Sequence[PairResult], evaluator: str) -> dict[str, Any]:
+    """The official MMRB2 predictions file: one forward and one reverse trial per pair."""
+    out = {}
+    for r in results:
+        meta = {"score_a": r.score_a, "score_b": r.score_b}
+        out[r.id] = {
+            "forward": [
+                {
+                    "judgement": decide(r.score_a, r.score_b),
+                    "evaluator": evaluator,
+                    "metadata": meta,
+                }
+            ],
+            # Reverse trial: the images are shown swapped, so "A" now means the original B.
+            "reverse": [
+                {
+                    "judgement": decide(r.score_b, r.score_a),
+                    "evaluator": evaluator,
+                    "metadata": meta,
+                }
+            ],
+        }
+    return out
+
+
+def _empty_row() -> dict[str, float]:
+    return {"correct": 0.0, "total": 0, "ties_dropped": 0, "tie_judgements": 0, "invalid": 0}
+
+
+def _finish(rows: dict[str, dict]) -> dict[str, dict]:
+    for row in rows.values():
+        row["accuracy"] = row["correct"] / row["total"] if row["total"] else float("nan")
+    return dict(sorted(rows.items()))
+
+
+def mmrb2_accuracy(predictions: dict[str, Any], pairs: Sequence[PreferencePair]) -> dict[str, dict]:
+    """MMRB2 accuracy per source and overall from a predictions file: every pair counts two
+    trials; a missing pair, a tie or an unparseable judgement is a wrong trial."""
+    rows: dict[str, dict] = defaultdict(_empty_row)
+    for pair in pairs:
+        pred = predictions.get(pair.id, {})
+        trials = [
+            (pred.get("forward") or [{}])[0].get("judgement"),
+            _flip((pred.get("reverse") or [{}])[0].get("judgement")),
+        ]
+        for judgement in trials:
+            for key in (pair.source, "overall"):
+                row = rows[key]
+                row["total"] += 1
+                row["correct"] += float(judgement == ("A" if pair.label == 1.0 else "B"))
+                row["tie_judgements"] += int(judgement == "tie")
+                row["invalid"] += int(judgement not in ("A", "B", "tie"))
+    return _finish(rows)
+
+
+def pairwise_accuracy(results: Sequence[PairResult], tie_policy: str = "drop") -> dict[str, dict]:
+    """Pair accuracy per source and overall; human ties follow ``tie_policy``."""
+    if tie_policy not in TIE_POLICIES:
+        raise ValueError(f"benchmark.tie_policy must be one of {TIE_POLICIES}, got {tie_policy!r}")
+    rows: dict[str, dict] = defaultdict(_empty_row)
+    for r in results:
+        judgement = r.judgement
+        for key in (r.source, "overall"):
+            row = rows[key]
+            if r.label == TIE and tie_policy == "drop":
+                row["ties_dropped"] += 1
+                continue
+            row["total"] += 1
+            row["tie_judgements"] += int(judgement == "tie")
+            row["invalid"] += int(judgement == "invalid")
+            if r.label == TIE:
+                row["correct"] += 0.5
+            else:
+                row["correct"] += float(judgement == {1.0: "A", 0.0: "B"}[r.label])
+    return _finish(rows)
+
+
+TIE_POLICY_TEXT = {
+    "drop": "human ties (label 0.5) are left out of the accuracy (counted in ties_dropped)",
+    "half": "every decision on a human tie (label 0.5) earns 0.5",
+}
+DECISION_TEXT = (
+    "decision = A if score(A) > score(B), B if lower; equal scores (tie) and missing (NaN) "
+    "scores are wrong"
+)
+
+
+def evaluate_pairs(
+    reward: Reward,
+    pairs: Sequence[PreferencePair],
+    benchmark: str,
+    tie_policy: str = "drop",
+    batch_size: int = 8,
+    evaluator: str = "reward",
+) -> dict[str, Any]:
+    """Score every pair and compute the benchmark's accuracy; returns the full report."""
+    if not pairs:
+        raise ValueError(f"{benchmark}: no pairs to evaluate")
+    results, failures = score_pairs(reward, pairs, batch_size)
+    report: dict[str, Any] = {
+        "benchmark": benchmark,
+        "num_pairs": len(pairs),
+        "decision_rule": DECISION_TEXT,
+        "failures": dict(failures),
+        "results": results,
+    }
+    if benchmark == "mmrb2":
+        preds = mmrb2_predictions(results, evaluator)
+        report["metric"] = "MMRB2: correct trials / (2 x pairs), forward + reverse per pair"
+        report["accuracy"] = mmrb2_accuracy(preds, pairs)
+        report["mmrb2_predictions"] = preds
+    else:
+        report["metric"] = "pair accuracy"
+        report["tie_policy"] = f"{tie_policy}: {TIE_POLICY_TEXT[tie_policy]}"
+        report["accuracy"] = pairwise_accuracy(results, tie_policy)
+    return report
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> None:
+    """results.json, results.md, predictions.jsonl (+ mmrb2_predictions.json) in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = report.pop("results")
+    preds = report.pop("mmrb2_predictions", None)
+    with open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
+        for r in results:
+            row = asdict(r) | {"judgement": r.judgement}
+            f.write(json.dumps({k: (None if v != v else v) for k, v in row.items()}) + "\n")
+    if preds is not None:
+        write_json(out_dir / "mmrb2_predictions.json", preds)
+    write_json(out_dir / "results.json", report)
+    acc = report["accuracy"]
+    header = ["source", "accuracy", "correct", "total", "tie decisions", "invalid", "ties dropped"]
+    rows = [
+        [
+            k,
+            v["accuracy"],
+            fmt(v["correct"], 1),
+            v["total"],
+            v["tie_judgements"],
+            v["invalid"],
+            v["ties_dropped"],
+        ]
+        for k, v in acc.items()
+        if k != "overall"
+    ]
+    o = acc["overall"]
+    rows.append(
+        [
+            "**overall**",
+            o["accuracy"],
+            fmt(o["correct"], 1),
+            o["total"],
+            o["tie_judgements"],
+            o["invalid"],
+            o["ties_dropped"],
+        ]
+    )
+    text = f"# {report['benchmark']} preference accuracy\n\n"
+    text += f"- metric: {report['metric']}\n- {report['decision_rule']}\n"
+    if "tie_policy" in report:
+        text += f"- tie policy: {report['tie_policy']}\n"
+    if report["failures"]:
+        text += f"- unscored images by reason: {report['failures']}\n"
+    (out_dir / "results.md").write_text(text + "\n" + markdown_table(header, rows))
+
+
+def mmrb2_prompts(path: str | Path) -> dict[str, str]:
+    """Pair id -> prompt text from MMRB2's ``prompt_content`` ([["text", ...]]) entries, the
+    field where the full release (``t2i.json``) keeps the prompt."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    prompts = {}
+    for row in data.get("pairs", []):
+        texts = [c[1] for c in row.get("prompt_content") or [] if len(c) == 2 and c[0] == "text"]
+        if texts:
+            prompts[str(row["id"])] = "\n".join(texts)
+    return prompts
+
+
+def _load_mmrb2(path: str, image_root: str | None, prompts_path: str | None) -> list:
+    if prompts_path:
+        return load_mmrb2(path, image_root=image_root, prompts_path=prompts_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / "prompts.json"
+        file.write_text(json.dumps(mmrb2_prompts(path)))
+        return load_mmrb2(path, image_root=image_root, prompts_path=str(file))
+
+
+def _load_pickapic(path: str) -> list[PreferencePair]:
+    """One parquet file, or every ``*.parquet`` file of a folder (sorted)."""
+    folder = Path(path)
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else [folder]
+    if not files:
+        raise FileNotFoundError(f"no .parquet files in {folder} (Pick-a-Pic)")
+    return [pair for file in files for pair in load_pickapic(str(file))]
+
+
+def load_pairs(benchmark_cfg: Any, data_cfg: Any) -> list[PreferencePair]:
+    """Load ``data.path`` with the loader of ``benchmark.name`` (rubric_learning.pairs, the one
+    set of loaders of the project) and keep the first ``data.limit`` pairs."""
+    name, path, root = benchmark_cfg.name, data_cfg.get("path"), data_cfg.get("image_root")
+    if not path:
+        raise ValueError(f"benchmark={name} needs data.path=<file>")
+    if name == "mmrb2":
+        pairs = _load_mmrb2(path, root, data_cfg.get("prompts_path"))
+    elif name == "hpdv3":
+        pairs = load_hpdv3(path, image_root=root, seed=benchmark_cfg.get("shuffle_seed", 0))
+    elif name == "pickapic":
+        pairs = _load_pickapic(path)
+    elif name == "jsonl":
+        pairs = load_jsonl(path, image_root=root)
+    else:
+        raise ValueError(f"unknown benchmark {name!r}; choose mmrb2, hpdv3, pickapic or jsonl")
+    limit = data_cfg.get("limit")
+    pairs = pairs[:limit] if limit else pairs
+    _check_first_images(pairs, name)
+    return pairs
+
+
+def _check_first_images(pairs: Sequence[PreferencePair], name: str) -> None:
+    """A wrong image folder fails at once, naming the path, instead of scoring all-NaN pairs."""
+    for ref in (pairs[0].image_a, pairs[0].image_b) if pairs else ():
+        if isinstance(ref, str) and not Path(ref).is_file():
+            raise FileNotFoundError(
+                f"benchmark={name}: image {ref} not found; set data.image_root to the folder "
+                "that holds the images"
+            )
+
+
+@hydra.main(config_path="../conf", config_name="preference", version_base=None)
+def main(cfg: DictConfig) -> dict[str, Any]:
+    """Entry point: load the pairs, build the reward, score, write the report."""
+    from rewards import build_reward
+
+    check_entry(cfg, "preference")
+    pairs = load_pairs(cfg.benchmark, cfg.data)
+    reward = build_reward(cfg.reward)
+    evaluator = OmegaConf.select(cfg, "reward._target_", default="reward")
+    report = evaluate_pairs(
+        reward, pairs, cfg.benchmark.name, cfg.benchmark.tie_policy, cfg.batch_size, evaluator
+    )
+    out = run_dir()
+    write_report(report, out)
+    overall = report["accuracy"]["overall"]
+    print((out / "results.md").read_text())
+    print(f"overall accuracy {overall['accuracy']:.4f}; results in {out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Preference-benchmark accuracy: hand-checked fixtures in each benchmark's own format."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from eval.preference import (
+    decide,
+    evaluate_pairs,
+    load_pairs,
+    mmrb2_accuracy,
+    write_report,
+)
+from rewards.base import Reward, RewardOutput
+from rubric_learning.pairs import PreferencePair
+
+REPO = Path(__file__).resolve().parents[1]
+FIX = REPO / "tests" / "fixtures_eval" / "preference"
+OFFICIAL = REPO.parent / "shared" / "benchmarks"
+
+
+class RedReward(Reward):
+    """Score = mean red channel in [0, 1]: the fixtures' images are solid (r, 0, 0) squares."""
+
+    name = "red"
+
+    def score(self, images, prompts, metadata):
+        return RewardOutput(torch.tensor([np.asarray(im)[..., 0].mean() / 255 for im in images]))
+
+
+def _load(name: str, path: str, **extra):
+    bench = OmegaConf.create({"name": name, "tie_policy": "drop", **extra})
+    return load_pairs(bench, OmegaConf.create({"path": str(FIX / path)}))
+
+
+def test_decision_rule_tie_and_nan_are_not_a_or_b():
+    assert decide(0.7, 0.2) == "A" and decide(0.2, 0.7) == "B"
+    assert decide(0.5, 0.5) == "tie"
+    assert decide(float("nan"), 0.1) == "invalid"
+
+
+def test_mmrb2_fixture_hand_checked(tmp_path):
+    # evalmuse: right, wrong, tie -> 2 of 6 trials; wise: right, right, corrupt image -> 4 of 6.
+    pairs = _load("mmrb2", "mmrb2_t2i.json")
+    assert pairs[0].prompt == "a red square number 0"
+    report = evaluate_pairs(RedReward(), pairs, "mmrb2", batch_size=4, evaluator="red")
+    acc = report["accuracy"]
+    assert acc["evalmuse"]["correct"] == 2 and acc["evalmuse"]["total"] == 6
+    assert acc["wise"]["correct"] == 4 and acc["wise"]["total"] == 6
+    assert acc["overall"]["accuracy"] == pytest.approx(0.5)
+    assert acc["evalmuse"]["tie_judgements"] == 2 and acc["wise"]["invalid"] == 2
+    assert report["failures"] == {"unreadable image": 1}
+
+    preds = report["mmrb2_predictions"]
+    first, tie, bad = (preds[p.id] for p in (pairs[0], pairs[2], pairs[5]))
+    assert first["forward"][0]["judgement"] == "A" and first["reverse"][0]["judgement"] == "B"
+    assert tie["forward"][0]["judgement"] == "tie" == tie["reverse"][0]["judgement"]
+    assert bad["forward"][0]["judgement"] == "invalid"
+
+    write_report(report, tmp_path)
+    written = json.loads((tmp_path / "mmrb2_predictions.json").read_text())
+    assert set(written) == {p.id for p in pairs}
+    assert written[pairs[5].id]["forward"][0]["metadata"]["score_b"] is None  # NaN -> null
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["accuracy"]["overall"]["accuracy"] == pytest.approx(0.5)
+    assert "tie" in results["decision_rule"]
+    assert "| **overall** | 0.5000 |" in (tmp_path / "results.md").read_text()
+    assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 6
+
+
+def test_mmrb2_metric_counts_reverse_flip_missing_and_unparseable():
+    pairs = [PreferencePair(f"p{i}", "x", "a", "b", 1.0, "s") for i in range(4)]
+    preds = {
+        "p0": {"forward": [{"judgement": "A"}], "reverse": [{"judgement": "B"}]},  # 2 right
+        "p1": {"forward": [{"judgement": "A"}], "reverse": [{"judgement": "A"}]},  # 1 right
+        "p2": {"forward": [{"judgement": "no idea"}], "reverse": []},  # 0, both count
+        # p3 missing: two wrong trials
+    }
+    acc = mmrb2_accuracy(preds, pairs)["overall"]
+    assert (acc["correct"], acc["total"]) == (3, 8)
+    assert acc["invalid"] == 4
+
+
+def test_hpdv3_shuffles_a_b_and_scores_strictly(tmp_path):
+    pairs = _load("hpdv3", "hpdv3_test.json", shuffle_seed=3)
+    report = evaluate_pairs(RedReward(), pairs, "hpdv3", batch_size=2)
+    assert report["accuracy"]["overall"]["correct"] == 2
+    assert report["accuracy"]["overall"]["total"] == 3
+    many = [dict(json.loads((FIX / "hpdv3_test.json").read_text())[0]) for _ in range(40)]
+    file = tmp_path / "many.json"
+    file.write_text(json.dumps(many))
+    bench = OmegaConf.create({"name": "hpdv3", "tie_policy": "drop"})
+    shuffled = load_pairs(bench, OmegaConf.create({"path": str(file), "image_root": str(FIX)}))
+    assert {p.label for p in shuffled} == {0.0, 1.0}  # the preferred image sits on both sides
+
+
+@pytest.mark.parametrize(("policy", "correct", "total"), [("drop", 2, 3), ("half", 2.5, 4)])
+def test_pickapic_tie_policy(policy, correct, total):
+    pairs = _load("pickapic", "pickapic_test.parquet")
+    report = evaluate_pairs(RedReward(), pairs, "pickapic", tie_policy=policy)
+    overall = report["accuracy"]["overall"]
+    assert (overall["correct"], overall["total"]) == (correct, total)
+    assert report["tie_policy"].startswith(policy)
+    assert overall["ties_dropped"] == (1 if policy == "drop" else 0)
+
+
+def test_jsonl_per_source():
+    report = evaluate_pairs(RedReward(), _load("jsonl", "pairs.jsonl"), "jsonl")
+    acc = report["accuracy"]
+    assert acc["s1"]["accuracy"] == 0.5 and acc["s2"]["accuracy"] == 1.0
+    assert acc["overall"]["correct"] == 2
+
+
+def test_wrong_image_root_fails_naming_the_path(tmp_path):
+    bench = OmegaConf.create({"name": "jsonl", "tie_policy": "drop"})
+    data = OmegaConf.create({"path": str(FIX / "pairs.jsonl"), "image_root": str(tmp_path)})
+    with pytest.raises(FileNotFoundError, match="image_root"):
+        load_pairs(bench, data)
+
+
+def test_entry_point_with_rubric_reward_and_pixel_judge(tmp_path):
+    """The real command: Hydra config, rubric reward, pixel judge ('predominantly red')."""
+    cmd = [
+        sys.executable, "-m", "eval.preference", "benchmark=mmrb2",
+        f"data.path={FIX / 'mmrb2_t2i.json'}", "reward=rubric", "judge=pixel",
+        f"reward.rubric_set={FIX / 'red_rubric.json'}", f"hydra.run.dir={tmp_path}",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["accuracy"]["overall"]["accuracy"] == pytest.approx(0.5)
+    assert (tmp_path / "mmrb2_predictions.json").is_file()
+
+
+@pytest.mark.skipif(not (OFFICIAL / "mmrb2").is_dir(), reason="official MMRB2 files absent")
+def test_official_mmrb2_file_parses(tmp_path):
+    file = OFFICIAL / "mmrb2" / "t2i_response_only.json"
+    ids = [row["id"] for row in json.loads(file.read_text())["pairs"]]
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({i: "(no prompt in the response-only release)" for i in ids}))
+    bench = OmegaConf.create({"name": "mmrb2", "tie_policy": "drop"})
+    data = {"path": str(file), "prompts_path": str(prompts), "image_root": str(tmp_path)}
+    with pytest.raises(FileNotFoundError, match="image_root"):  # metadata only: no images
+        load_pairs(bench, OmegaConf.create(data))
+    from eval.preference import _load_mmrb2
+
+    pairs = _load_mmrb2(str(file), None, str(prompts))
+    assert len(pairs) == 1000
+    assert {p.source for p in pairs} == {"evalmuse", "oneigbench", "r2ibench", "wise",
+                                         "realunify_ueg"}  # fmt: skip
