@@ -1,0 +1,7 @@
+"""Scalar reward models loaded from local files: CLIPScore, PickScore, HPSv2, ImageReward, HPSv3
+and UnifiedReward. Each maps (image, prompt) to one number; see docs/scalar_rewards.md."""
+
+from rewards.scalar.clipscore import CLIPScoreReward
+from rewards.scalar.pickscore import PickScoreReward
+
+__all__ = ["CLIPScoreReward", "PickScoreReward"]

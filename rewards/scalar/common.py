@@ -1,0 +1,201 @@
+"""What every scalar reward model shares: local-only loading checks, device/dtype handling,
+optional-dependency imports, batching, the ``normalize`` option, and ``release()``.
+
+The models are loaded from folders or files the user already has on disk. Each reward checks
+that every file it needs is there *before* any weights load, and fails with one message naming
+the missing path, so a typo costs seconds rather than a minute of loading. ``HF_HUB_OFFLINE`` is
+set while loading, so transformers never tries the hub even for a folder that lacks a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from PIL import Image
+
+from rewards.base import Reward, RewardOutput
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float64": torch.float64,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"bfloat16"``/``"bf16"``/... or a torch dtype -> the torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
+
+
+def require_dir(path: str | os.PathLike | None, files: Sequence[str], what: str) -> Path:
+    """Check that ``path`` is a local folder holding every name in ``files`` (one of several
+    alternatives may be given as ``"a|b"``); return it as a Path. Raises FileNotFoundError naming
+    the folder and everything missing."""
+    if path is None or str(path) == "":
+        raise FileNotFoundError(f"{what}: no local path given (set it in the reward config)")
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what}: {folder} is not a local folder")
+    missing = [
+        name
+        for name in files
+        if not any((folder / alternative).is_file() for alternative in name.split("|"))
+    ]
+    if missing:
+        missing = ", ".join(name.replace("|", " or ") for name in missing)
+        raise FileNotFoundError(f"{what}: {folder} lacks {missing}")
+    return folder
+
+
+def require_file(path: str | os.PathLike | None, what: str) -> Path:
+    """Check that ``path`` is an existing local file; return it as a Path."""
+    if path is None or str(path) == "":
+        raise FileNotFoundError(f"{what}: no local file given (set it in the reward config)")
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"{what}: {file} is not a local file")
+    return file
+
+
+def import_optional(module: str, extra: str, needed_for: str) -> ModuleType:
+    """Import an optional dependency or fail with the pip command that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(
+            f"{needed_for} needs the optional package {module!r}: "
+            f"pip install 'autorubric-rl[{extra}]'  ({err})"
+        ) from err
+
+
+@contextlib.contextmanager
+def hub_offline() -> Iterator[None]:
+    """Keep the Hugging Face libraries off the network while loading."""
+    old = {key: os.environ.get(key) for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` or torch checkpoint file; a ``{"state_dict": ...}`` or
+    ``{"model": ...}`` wrapper (as HPSv2 and others save) is unwrapped."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict, found a {type(state).__name__}")
+    return state
+
+
+def batches(count: int, batch_size: int) -> Iterator[slice]:
+    """Consecutive slices of ``range(count)`` of at most ``batch_size`` items."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, count, batch_size):
+        yield slice(start, min(start + batch_size, count))
+
+
+class ScalarReward(Reward):
+    """A reward model that maps (image, prompt) to one number.
+
+    Subclasses set ``NORMALIZATIONS`` (name -> function of the raw score tensor; ``"none"`` is
+    the identity) and implement :meth:`raw_scores` for one batch. ``score`` runs the batches
+    under ``torch.no_grad``, reports the raw value in ``details["raw"]`` and the normalised one
+    as ``scores``. ``release()`` drops the weights; the next call reloads them.
+    """
+
+    NORMALIZATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"none": lambda x: x}
+
+    def __init__(
+        self, device: str = "cpu", dtype: str = "float32", batch_size: int = 8, normalize="none"
+    ) -> None:
+        if normalize not in self.NORMALIZATIONS:
+            raise ValueError(
+                f"{self.name}: unknown normalize={normalize!r}; "
+                f"choose one of {sorted(self.NORMALIZATIONS)}"
+            )
+        self.device = torch.device(device)
+        self.dtype = resolve_dtype(dtype)
+        self.batch_size = int(batch_size)
+        self.normalize = normalize
+        self._loaded = False
+
+    def _ensure_loaded(self) -> None:
+        if not self._loaded:
+            with hub_offline():
+                self.load()
+            self._loaded = True
+
+    def load(self) -> None:
+        """Load the weights onto ``self.device`` (called lazily on first use and after release)."""
+
+    def unload(self) -> None:
+        """Drop every reference to weights (subclasses set their model attributes to None)."""
+
+    def raw_scores(
+        self, images: list[Image.Image], prompts: list[str]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str | None]]:
+        """Raw scores ``[b]`` for one batch, extra details, and a reason per NaN (else None)."""
+        raise NotImplementedError
+
+    def score(
+        self, images: list[Image.Image], prompts: list[str], metadata: list[dict[str, Any]]
+    ) -> RewardOutput:
+        self._ensure_loaded()
+        raws, extra, reasons = [], {}, []
+        with torch.no_grad():
+            for part in batches(len(prompts), self.batch_size):
+                raw, details, why = self.raw_scores(images[part], prompts[part])
+                raws.append(raw.detach().double().cpu())
+                reasons.extend(why)
+                for key, value in details.items():
+                    extra.setdefault(key, []).append(value.detach().double().cpu())
+        raw = torch.cat(raws) if raws else torch.zeros(0, dtype=torch.float64)
+        details = {"raw": raw} | {key: torch.cat(vals) for key, vals in extra.items()}
+        out = RewardOutput(scores=self.NORMALIZATIONS[self.normalize](raw), details=details)
+        out.failures.update(r for r in reasons if r is not None)
+        return out
+
+    def release(self) -> None:
+        """Free the model's memory (GPU included); the next call loads it again."""
+        if self._loaded:
+            self.unload()
+            self._loaded = False
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+def nan_tensor(count: int) -> torch.Tensor:
+    """``count`` NaNs (float64), for items that could not be scored."""
+    return torch.full((count,), math.nan, dtype=torch.float64)

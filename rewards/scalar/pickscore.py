@@ -1,0 +1,44 @@
+"""PickScore (Kirstain et al., 2023): a CLIP ViT-H/14 fine-tuned on Pick-a-Pic preferences.
+
+Raw score: ``exp(logit_scale) * cos(image, prompt)``, i.e. about ``100 * cos``; real images
+and prompts give roughly 17-24. Normalisations (``normalize``):
+
+- ``"none"``: the raw score.
+- ``"divide_26"``: raw / 26, roughly [0.65, 0.95]; the scale Flow-GRPO trains with.
+
+Local files: the model folder (``yuvalkirstain/PickScore_v1``: config.json + weights) and the
+processor folder of the CLIP it was fine-tuned from (``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``:
+preprocessor_config.json + tokenizer files), given as ``processor_path``.
+"""
+
+from __future__ import annotations
+
+from rewards.scalar.clip import ClipSimilarityReward
+
+FLOW_GRPO_SCALE = 26.0
+
+
+class PickScoreReward(ClipSimilarityReward):
+    """PickScore from a local PickScore_v1 folder and a local CLIP-H processor folder."""
+
+    name = "pickscore"
+    NORMALIZATIONS = {
+        "none": lambda raw: raw,
+        "divide_26": lambda raw: raw / FLOW_GRPO_SCALE,
+    }
+
+    def __init__(
+        self,
+        path: str,
+        processor_path: str | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        batch_size: int = 16,
+        normalize: str = "divide_26",
+    ) -> None:
+        super().__init__(path, processor_path, device, dtype, batch_size, normalize)
+
+    def raw_scores(self, images, prompts):
+        cos = self.cosine(images, prompts)
+        raw = self.model.logit_scale.detach().float().exp() * cos
+        return raw, {"cosine": cos}, [None] * len(prompts)

@@ -1,0 +1,127 @@
+"""CLIPScore and PickScore on a tiny random CLIPModel saved to a temp folder with a locally built
+tokenizer: scores match an independent float64 recomputation, batching does not change them,
+and missing files fail before loading."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+from rewards.scalar import CLIPScoreReward, PickScoreReward
+from rl.tiny import build_clip_tokenizer
+
+PROMPTS = ["a red apple on a table", "a blue car", "two dogs in the snow", "a photo"]
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    tokenizer = build_clip_tokenizer()
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
+        projection_dim=16,
+    )
+    model = CLIPModel(config).eval()
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32),
+        tokenizer=tokenizer,
+    )
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def _images(n: int, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def _reference(folder, images, prompts):
+    """Cosine and logit scale recomputed in float64 from the saved model, step by step."""
+    model = CLIPModel.from_pretrained(folder).double().eval()
+    processor = CLIPProcessor.from_pretrained(folder)
+    cos = []
+    with torch.no_grad():
+        for image, prompt in zip(images, prompts):
+            pix = processor(images=[image], return_tensors="pt")["pixel_values"].double()
+            ids = processor.tokenizer([prompt], return_tensors="pt")["input_ids"]
+            vision = model.vision_model(pixel_values=pix).pooler_output
+            img = model.visual_projection(vision)[0]
+            text_hidden = model.text_model(input_ids=ids).last_hidden_state[0]
+            eos = (ids[0] == processor.tokenizer.eos_token_id).nonzero()[0, 0]
+            txt = model.text_projection(text_hidden[eos])
+            cos.append(float(img @ txt / (img.norm() * txt.norm())))
+    return torch.tensor(cos, dtype=torch.float64), float(model.logit_scale.detach().exp())
+
+
+def test_clipscore_matches_float64_reference_and_normalisations(clip_dir):
+    images = _images(4)
+    cos, _ = _reference(clip_dir, images, PROMPTS)
+    reward = CLIPScoreReward(path=str(clip_dir), batch_size=3, normalize="none")
+    out = reward(images, PROMPTS)
+    torch.testing.assert_close(out.scores.double(), cos, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.details["cosine"].double(), cos, atol=1e-5, rtol=0)
+    assert out.num_failed == 0
+    clip_s = CLIPScoreReward(path=str(clip_dir), normalize="clip_s")(images, PROMPTS).scores
+    torch.testing.assert_close(clip_s.double(), 2.5 * cos.clamp(min=0), atol=1e-5, rtol=0)
+    percent = CLIPScoreReward(path=str(clip_dir), normalize="percent")(images, PROMPTS).scores
+    torch.testing.assert_close(percent.double(), 100 * cos.clamp(min=0), atol=1e-3, rtol=0)
+
+
+def test_pickscore_is_scaled_cosine_and_batch_invariant(clip_dir):
+    images = _images(4, seed=1)
+    cos, scale = _reference(clip_dir, images, PROMPTS)
+    assert math.isclose(scale, math.exp(2.6592), rel_tol=1e-4)  # CLIP's initial logit scale
+    raw = PickScoreReward(path=str(clip_dir), processor_path=str(clip_dir), normalize="none")
+    one_by_one = PickScoreReward(path=str(clip_dir), batch_size=1)
+    scores = raw(images, PROMPTS).scores.double()
+    torch.testing.assert_close(scores, scale * cos, atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        one_by_one(images, PROMPTS).scores.double(), scores / 26, atol=1e-5, rtol=0
+    )
+
+
+def test_tensor_input_and_release_reload(clip_dir):
+    reward = CLIPScoreReward(path=str(clip_dir))
+    batch = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    first = reward(batch, PROMPTS[:2]).scores
+    reward.release()
+    assert reward.model is None
+    torch.testing.assert_close(reward(batch, PROMPTS[:2]).scores, first)
+
+
+def test_missing_paths_fail_before_loading(tmp_path, clip_dir):
+    with pytest.raises(FileNotFoundError, match="no_such_dir"):
+        PickScoreReward(path=str(tmp_path / "no_such_dir"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="lacks config.json"):
+        CLIPScoreReward(path=str(empty))
+    with pytest.raises(FileNotFoundError, match="processor.*lacks preprocessor_config.json"):
+        PickScoreReward(path=str(clip_dir), processor_path=str(empty))
+    with pytest.raises(ValueError, match="normalize"):
+        PickScoreReward(path=str(clip_dir), normalize="bogus")
