@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-from rewards.scalar import CLIPScoreReward, PickScoreReward
+from rewards.scalar import CLIPScoreReward, HPSv2Reward, PickScoreReward
 from rl.tiny import build_clip_tokenizer
 
 PROMPTS = ["a red apple on a table", "a blue car", "two dogs in the snow", "a photo"]
@@ -125,3 +125,65 @@ def test_missing_paths_fail_before_loading(tmp_path, clip_dir):
         PickScoreReward(path=str(clip_dir), processor_path=str(empty))
     with pytest.raises(ValueError, match="normalize"):
         PickScoreReward(path=str(clip_dir), normalize="bogus")
+
+
+def _as_openclip(model: CLIPModel) -> dict[str, torch.Tensor]:
+    """The tiny CLIPModel's weights in OpenCLIP's layout (what an HPSv2 checkpoint holds)."""
+    out = {"logit_scale": model.logit_scale.data}
+    for src, dst in (("vision_model", "visual."), ("text_model", "")):
+        tower = getattr(model, src)
+        for i, layer in enumerate(tower.encoder.layers):
+            block = f"{dst}transformer.resblocks.{i}."
+            attn = layer.self_attn
+            out[block + "attn.in_proj_weight"] = torch.cat(
+                [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]
+            )
+            out[block + "attn.in_proj_bias"] = torch.cat(
+                [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]
+            )
+            for name, module in (
+                ("attn.out_proj", attn.out_proj),
+                ("ln_1", layer.layer_norm1),
+                ("ln_2", layer.layer_norm2),
+                ("mlp.c_fc", layer.mlp.fc1),
+                ("mlp.c_proj", layer.mlp.fc2),
+            ):
+                out[block + name + ".weight"] = module.weight
+                out[block + name + ".bias"] = module.bias
+    vis, txt = model.vision_model, model.text_model
+    out |= {
+        "visual.class_embedding": vis.embeddings.class_embedding,
+        "visual.positional_embedding": vis.embeddings.position_embedding.weight,
+        "visual.conv1.weight": vis.embeddings.patch_embedding.weight,
+        "visual.ln_pre.weight": vis.pre_layrnorm.weight,
+        "visual.ln_pre.bias": vis.pre_layrnorm.bias,
+        "visual.ln_post.weight": vis.post_layernorm.weight,
+        "visual.ln_post.bias": vis.post_layernorm.bias,
+        "visual.proj": model.visual_projection.weight.T,
+        "token_embedding.weight": txt.embeddings.token_embedding.weight,
+        "positional_embedding": txt.embeddings.position_embedding.weight,
+        "ln_final.weight": txt.final_layer_norm.weight,
+        "ln_final.bias": txt.final_layer_norm.bias,
+        "text_projection": model.text_projection.weight.T,
+    }
+    return {f"module.{k}": v.detach().clone() for k, v in out.items()}
+
+
+def test_hpsv2_openclip_checkpoint_scores_like_the_clip_it_came_from(clip_dir, tmp_path):
+    state = _as_openclip(CLIPModel.from_pretrained(clip_dir))
+    checkpoint = tmp_path / "HPS_v2_compressed.pt"
+    torch.save({"state_dict": state}, checkpoint)
+    images = _images(3, seed=2)
+    cos, _ = _reference(clip_dir, images, PROMPTS[:3])
+    reward = HPSv2Reward(path=str(checkpoint), processor_path=str(clip_dir), batch_size=2)
+    torch.testing.assert_close(reward(images, PROMPTS[:3]).scores.double(), cos, atol=1e-5, rtol=0)
+    percent = HPSv2Reward(path=str(checkpoint), processor_path=str(clip_dir), normalize="percent")
+    torch.testing.assert_close(
+        percent(images, PROMPTS[:3]).scores.double(), 100 * cos, atol=1e-3, rtol=0
+    )
+
+    torch.save({"state_dict": state | {"module.score_head.weight": torch.zeros(1)}}, checkpoint)
+    with pytest.raises(KeyError, match="score_head"):
+        HPSv2Reward(path=str(checkpoint), processor_path=str(clip_dir))(images, PROMPTS[:3])
+    with pytest.raises(FileNotFoundError, match="hpsv2 checkpoint.*missing.pt"):
+        HPSv2Reward(path=str(tmp_path / "missing.pt"), processor_path=str(clip_dir))

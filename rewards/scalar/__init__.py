@@ -2,6 +2,7 @@
 and UnifiedReward. Each maps (image, prompt) to one number; see docs/scalar_rewards.md."""
 
 from rewards.scalar.clipscore import CLIPScoreReward
+from rewards.scalar.hpsv2 import HPSv2Reward
 from rewards.scalar.pickscore import PickScoreReward
 
-__all__ = ["CLIPScoreReward", "PickScoreReward"]
+__all__ = ["CLIPScoreReward", "HPSv2Reward", "PickScoreReward"]

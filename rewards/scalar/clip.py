@@ -39,12 +39,16 @@ class ClipSimilarityReward(ScalarReward):
         normalize: str = "none",
     ) -> None:
         super().__init__(device=device, dtype=dtype, batch_size=batch_size, normalize=normalize)
-        self.path = require_dir(path, MODEL_FILES, f"{self.name} model")
+        self.path = self.check_model_path(path)
         self.processor_path = require_dir(
             processor_path or path, PROCESSOR_FILES, f"{self.name} processor"
         )
         self.model = None
         self.processor = None
+
+    def check_model_path(self, path: str) -> Path:
+        """The local weights location, checked before loading (a CLIPModel folder here)."""
+        return require_dir(path, MODEL_FILES, f"{self.name} model")
 
     def load(self) -> None:
         from transformers import CLIPProcessor
