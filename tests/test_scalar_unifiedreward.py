@@ -1,0 +1,102 @@
+"""UnifiedReward: the answer parser on the formats models write, and the end-to-end path on a
+tiny random Qwen2.5-VL (garbage answers -> NaN with a counted reason; fixed answers parse)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rewards.judges.tiny_vlm import build_tiny_vlm
+from rewards.scalar.unifiedreward import UnifiedRewardReward, parse_final_score
+
+
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        ("The image matches well.\nFinal Score: 4", 4.0),
+        ("Final Score: 3.5", 3.5),
+        ("**Final Score:** 5", 5.0),
+        ("final score = 2/5", 2.0),
+        ("Final Score: [1]", 1.0),
+        ("FINAL SCORE - 4.", 4.0),
+        ("The final score is 3", 3.0),
+        ("Alignment 2, quality 5. Final Score: 2\nOn reflection, Final Score: 3", 3.0),
+    ],
+)
+def test_parser_reads_the_last_final_score(answer, expected):
+    assert parse_final_score(answer) == (expected, None)
+
+
+@pytest.mark.parametrize(
+    "answer, reason",
+    [
+        ("", "unparseable"),
+        ("A lovely image, I would give it 4.", "unparseable"),
+        ("Final Score: excellent", "unparseable"),
+        ("Final Score: 7", "out_of_range"),
+        ("Final Score: 0", "out_of_range"),
+        ("Final Score: -2", "out_of_range"),
+    ],
+)
+def test_parser_gives_nan_with_a_reason(answer, reason):
+    value, why = parse_final_score(answer)
+    assert math.isnan(value) and why == reason
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen25_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_qwen25_vl")
+    build_tiny_vlm("qwen2_5_vl", seed=0, save_dir=folder)
+    return folder
+
+
+def _images(n: int) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def test_random_model_answers_are_nan_with_counted_reason(tiny_qwen25_dir):
+    reward = UnifiedRewardReward(
+        path=str(tiny_qwen25_dir), dtype="float32", batch_size=2, max_new_tokens=6
+    )
+    prompts = ["a red apple", "two dogs", "a blue sky"]
+    out = reward(_images(3), prompts)
+    answers = reward.answers(_images(3), prompts)
+    assert len(answers) == 3 and all(isinstance(a, str) for a in answers)
+    assert all(parse_final_score(a)[1] == "unparseable" for a in answers)
+    assert torch.isnan(out.scores).all()
+    assert out.failures == {"unparseable": 3}
+    reward.release()
+    assert reward.judge is None
+
+
+def test_fixed_answers_parse_and_normalise(tiny_qwen25_dir, monkeypatch):
+    reward = UnifiedRewardReward(path=str(tiny_qwen25_dir), dtype="float32", normalize="divide_5")
+    seen = []
+
+    def fixed(requests, max_new_tokens):
+        seen.extend(text for _, text in requests)
+        return ["Aligned. Final Score: 4", "Final Score: 2.5", "no verdict"][: len(requests)]
+
+    reward._ensure_loaded()
+    monkeypatch.setattr(reward.judge, "generate_many", fixed)
+    out = reward(_images(3), ["a red apple", "two dogs", "a blue sky"])
+    assert "Text Caption: [two dogs]" in seen[1]
+    torch.testing.assert_close(out.details["raw"][:2], torch.tensor([4.0, 2.5]))
+    torch.testing.assert_close(out.scores[:2], torch.tensor([0.8, 0.5]))
+    assert math.isnan(out.scores[2]) and out.failures == {"unparseable": 1}
+
+
+def test_question_template_and_paths_are_checked(tmp_path, tiny_qwen25_dir):
+    with pytest.raises(FileNotFoundError, match="unifiedreward model.*nowhere"):
+        UnifiedRewardReward(path=str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="{prompt}"):
+        UnifiedRewardReward(path=str(tiny_qwen25_dir), question_template="Rate it.")
+    question = tmp_path / "question.txt"
+    question.write_text("Caption: {prompt}. Answer with Final Score: X")
+    reward = UnifiedRewardReward(path=str(tiny_qwen25_dir), question_file=str(question))
+    assert reward.question_template.startswith("Caption: {prompt}")
