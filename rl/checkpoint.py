@@ -1,0 +1,175 @@
+"""Checkpoints that are whole or absent, and exact resume.
+
+A checkpoint is ``<run>/checkpoints/epoch_NNNNNN/`` holding accelerate's state (optimizer, every
+process's RNG states, and the model: only the LoRA adapter in LoRA mode, via save/load hooks, the
+full transformer otherwise), the trainer's own state in ``trainer_state.pt`` (epoch, optimizer
+step, sampler, stat tracker, EMA, every rank's noise generators), anything the caller adds (the
+exported LoRA) and a ``COMPLETE`` marker written last. Everything is written into
+``.staging-epoch_NNNNNN/`` first and renamed into place once complete, so a crash leaves either
+the previous checkpoints untouched or a staging folder that :meth:`CheckpointManager.latest`
+ignores, as it ignores any folder without the marker.
+
+Assumes a file system shared by all processes (each writes its own RNG state file).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+
+from rl.lora import load_lora_state_dict, lora_state_dict
+
+log = logging.getLogger(__name__)
+
+MARKER = "COMPLETE"
+TRAINER_STATE = "trainer_state.pt"
+ADAPTER_FILE = "adapter_model.safetensors"
+CHECKPOINT_DIR = re.compile(r"^epoch_(\d+)$")
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"epoch_{epoch:06d}"
+
+
+def is_complete(path: Path) -> bool:
+    return (path / MARKER).is_file() and (path / TRAINER_STATE).is_file()
+
+
+def register_lora_hooks(accelerator: Accelerator) -> None:
+    """Make ``save_state``/``load_state`` store only the adapter, not the frozen base weights."""
+
+    def save_hook(models: list, weights: list, output_dir: str) -> None:
+        for model in models:
+            if accelerator.is_main_process:
+                state = lora_state_dict(accelerator.unwrap_model(model))
+                state = {k: v.contiguous() for k, v in state.items()}
+                save_file(state, f"{output_dir}/{ADAPTER_FILE}")
+            if weights:
+                weights.pop()
+
+    def load_hook(models: list, input_dir: str) -> None:
+        while models:
+            model = accelerator.unwrap_model(models.pop())
+            load_lora_state_dict(model, load_file(f"{input_dir}/{ADAPTER_FILE}"))
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+class CheckpointManager:
+    """Writes, finds and loads the checkpoints under ``root`` (``<run>/checkpoints``)."""
+
+    def __init__(self, accelerator: Accelerator, root: Path, keep_last: int | None) -> None:
+        self.accelerator = accelerator
+        self.root = root
+        self.keep_last = keep_last
+
+    def save(
+        self,
+        epoch: int,
+        trainer_state: dict[str, Any],
+        write_extra: Callable[[Path], None] | None = None,
+    ) -> Path:
+        """Write the checkpoint for ``epoch`` (collective: every process must call it).
+
+        ``trainer_state`` is rank 0's; values under ``"per_rank"`` are gathered from every rank
+        into a list indexed by rank. ``write_extra(folder)`` runs on rank 0 before the marker.
+        """
+        acc = self.accelerator
+        staging = self.root / f".staging-{checkpoint_name(epoch)}"
+        final = self.root / checkpoint_name(epoch)
+        if acc.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(staging))
+        per_rank = gather_objects(acc, trainer_state.pop("per_rank", None))
+        if acc.is_main_process:
+            torch.save({**trainer_state, "per_rank": per_rank}, staging / TRAINER_STATE)
+            if write_extra is not None:
+                write_extra(staging)
+            marker = {"epoch": epoch, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            (staging / MARKER).write_text(json.dumps(marker) + "\n")
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(staging, final)
+            self._prune()
+        acc.wait_for_everyone()
+        return final
+
+    def _prune(self) -> None:
+        if not self.keep_last:
+            return
+        complete = self.complete_checkpoints()
+        for path in complete[: max(0, len(complete) - self.keep_last)]:
+            shutil.rmtree(path)
+
+    def complete_checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first (half-written folders are skipped)."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for path in self.root.iterdir():
+            match = CHECKPOINT_DIR.match(path.name)
+            if match and path.is_dir():
+                if is_complete(path):
+                    found.append((int(match.group(1)), path))
+                else:
+                    log.warning("ignoring half-written checkpoint %s (no %s marker)", path, MARKER)
+        return [path for _, path in sorted(found)]
+
+    def resolve(self, resume: str | None) -> Path | None:
+        """The checkpoint named by ``resume``: None, ``"latest"`` (None if there is none yet),
+        or a path, which must be a complete checkpoint."""
+        if resume in (None, "", "none"):
+            return None
+        if resume == "latest":
+            complete = self.complete_checkpoints()
+            if not complete:
+                log.info("resume=latest: no complete checkpoint in %s; starting fresh", self.root)
+                return None
+            return complete[-1]
+        path = Path(resume).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"resume={resume}: no such checkpoint folder")
+        if not is_complete(path):
+            raise ValueError(
+                f"resume={resume} is not a complete checkpoint (no {MARKER} marker or "
+                f"{TRAINER_STATE}); it was probably interrupted while being written"
+            )
+        return path
+
+    def load(self, path: Path) -> dict[str, Any]:
+        """Restore accelerate's state from ``path`` and return the trainer state, with
+        ``"per_rank"`` replaced by this rank's entry."""
+        self.accelerator.load_state(str(path))
+        state = torch.load(path / TRAINER_STATE, weights_only=False)
+        per_rank = state["per_rank"]
+        if per_rank is not None:
+            if len(per_rank) != self.accelerator.num_processes:
+                raise ValueError(
+                    f"checkpoint {path} was written by {len(per_rank)} processes; this run has "
+                    f"{self.accelerator.num_processes}"
+                )
+            state["per_rank"] = per_rank[self.accelerator.process_index]
+        return state
+
+
+def gather_objects(accelerator: Accelerator, obj: Any) -> list[Any]:
+    """``obj`` from every rank, as a list indexed by rank."""
+    if accelerator.num_processes == 1:
+        return [obj]
+    from accelerate.utils import gather_object
+
+    return gather_object([obj])

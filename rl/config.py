@@ -1,0 +1,260 @@
+"""The schema of ``conf/train.yaml`` and its start-up validation.
+
+Each section of the config is a dataclass below, every field documented. :func:`parse_config`
+merges the composed Hydra config into these schemas (an unknown or mistyped key fails there, naming
+the section and key), then checks the values and how they combine, and raises ONE
+:class:`ConfigError` listing every problem, one line each, before anything heavy loads. The
+``model``, ``reward``, ``judge`` and ``eval_hook`` nodes belong to their own builders and pass
+through untouched; ``rollout`` is checked by building :class:`rl.rollout.RolloutConfig`.
+
+Also here: the OmegaConf resolvers that give a multi-process run ONE run folder (rank 0 picks the
+timestamp and shares it) and keep Hydra's own files to rank 0.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from rl.lora import LoraSettings
+
+MIXED_PRECISION = ("no", "bf16", "fp16")
+LOGGER_MODES = ("online", "offline", "disabled")
+
+
+class ConfigError(ValueError):
+    """The train config is invalid; the message lists every problem, one per line."""
+
+
+@dataclass
+class DataSection:
+    """Training prompts: exactly one of an inline list or a file (.txt lines / .jsonl "prompt")."""
+
+    prompts: list[str] | None = None
+    prompt_file: str | None = None
+
+
+@dataclass
+class TrainSection:
+    """Flow-GRPO and optimisation settings (defaults: the reference SD3.5-M recipe)."""
+
+    epochs: int = 100  # outer iterations: sample, score, compute advantages, train
+    batch_size: int = 12  # images each process samples per batch
+    micro_batch_size: int = 12  # images per training forward (<= batch_size)
+    group_size: int = 24  # K: images per prompt; advantages are relative within a group
+    groups_per_epoch: int = 48  # distinct prompts per epoch; batches/epoch derive from processes
+    optimizer_steps_per_epoch: int = 2  # gradient accumulation spans the rest
+    learning_rate: float = 3e-4
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_weight_decay: float = 1e-4
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    clip_range: float = 1e-4  # PPO ratio clip (log-probs are per-dimension means: tiny ratios)
+    adv_clip_max: float = 5.0  # advantages are clamped to +- this
+    beta: float = 0.04  # KL weight (0 disables the reference forward)
+    kl_include_dt: bool = False  # False: the reference's KL (no dt); True: exact Gaussian KL
+    global_std: bool = True  # advantage std over the whole epoch instead of per group
+    mixed_precision: str = "no"  # no | bf16 | fp16 (autocast; trained params stay fp32)
+    gradient_checkpointing: bool = False
+    reward_in_background: bool = False  # score batch i in a thread while batch i+1 samples
+    shuffle_samples: bool = True  # shuffle the epoch's samples before training
+
+
+@dataclass
+class EmaSection:
+    """EMA of the trained weights, used for exports and evaluation when enabled."""
+
+    enabled: bool = False
+    decay: float = 0.9
+    update_every: int = 8  # optimizer steps between updates
+
+
+@dataclass
+class CheckpointSection:
+    """Checkpoints (accelerate state + trainer state) under <run>/checkpoints/."""
+
+    every_n_epochs: int = 10  # and always after the last epoch
+    keep_last: int | None = 3  # older complete checkpoints are deleted; null keeps all
+
+
+@dataclass
+class LogSection:
+    """What is written besides metrics.jsonl."""
+
+    sample_every_n_epochs: int = 10  # sample grid PNG (0 = never); also epoch 0 and the last
+    num_sample_images: int = 16  # images per grid (from rank 0's first batches)
+
+
+@dataclass
+class LoggerSection:
+    """wandb settings (conf/logger/)."""
+
+    mode: str = "disabled"  # online | offline | disabled
+    project: str = "autorubric-rl"
+    entity: str | None = None
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    """The whole, validated train config."""
+
+    seed: int
+    resume: str | None
+    data: DataSection
+    rollout: Any  # rl.rollout.RolloutConfig
+    train: TrainSection
+    lora: LoraSettings
+    ema: EmaSection
+    checkpoint: CheckpointSection
+    log: LogSection
+    logger: LoggerSection
+    model: dict[str, Any]
+    reward: dict[str, Any]
+    eval_hook: dict[str, Any]
+
+
+SCHEMAS = {
+    "data": DataSection,
+    "train": TrainSection,
+    "lora": LoraSettings,
+    "ema": EmaSection,
+    "checkpoint": CheckpointSection,
+    "log": LogSection,
+    "logger": LoggerSection,
+}
+
+
+def check_entry(cfg: DictConfig, experiment: str | None) -> None:
+    """Fail when an experiment preset of another entry was selected (e.g. experiment=synthetic)."""
+    entry = cfg.get("entry")
+    if entry != "train":
+        name = f"experiment={experiment}" if experiment else f"entry={entry}"
+        raise ConfigError(f"{name} is a preset for {entry_module(entry)}, not rl.train")
+
+
+def entry_module(entry: Any) -> str:
+    modules = {"learn": "rubric_learning.learn", "train": "rl.train"}
+    return modules.get(entry, f"eval.{entry}")
+
+
+def parse_config(cfg: DictConfig) -> TrainConfig:
+    """Validate ``cfg`` against the schemas; raise one ConfigError listing every problem."""
+    problems: list[str] = []
+    sections: dict[str, Any] = {}
+    for name, schema in SCHEMAS.items():
+        try:
+            merged = OmegaConf.merge(OmegaConf.structured(schema), cfg.get(name) or {})
+            sections[name] = OmegaConf.to_object(merged)
+        except OmegaConfBaseException as err:
+            problems.append(f"{name}: {str(err).splitlines()[0]}")
+            sections[name] = schema()
+    rollout = None
+    try:
+        from rl.rollout import RolloutConfig
+
+        node = OmegaConf.to_container(cfg.get("rollout") or {}, resolve=True)
+        if isinstance(node.get("sde_window"), list):
+            node["sde_window"] = tuple(node["sde_window"])
+        rollout = RolloutConfig(**node)
+    except (TypeError, ValueError) as err:
+        problems.append(f"rollout: {err}")
+    problems += value_problems(sections)
+    if problems:
+        raise ConfigError("invalid train config:\n  - " + "\n  - ".join(problems))
+
+    def plain(name: str) -> dict[str, Any]:
+        node = cfg.get(name)
+        return OmegaConf.to_container(node, resolve=False) if node is not None else {}
+
+    return TrainConfig(
+        seed=int(cfg.get("seed", 0)),
+        resume=cfg.get("resume"),
+        rollout=rollout,
+        model=plain("model"),
+        reward=plain("reward"),
+        eval_hook=plain("eval_hook"),
+        **sections,
+    )
+
+
+def value_problems(s: dict[str, Any]) -> list[str]:
+    """Range and combination checks that do not depend on the process count."""
+    t: TrainSection = s["train"]
+    checks = [
+        (t.epochs >= 1, f"train.epochs={t.epochs} must be >= 1"),
+        (
+            1 <= t.micro_batch_size <= t.batch_size,
+            f"train.micro_batch_size={t.micro_batch_size} must be in 1..batch_size {t.batch_size}",
+        ),
+        (t.optimizer_steps_per_epoch >= 1, "train.optimizer_steps_per_epoch must be >= 1"),
+        (t.learning_rate > 0, f"train.learning_rate={t.learning_rate} must be > 0"),
+        (len(t.adam_betas) == 2, f"train.adam_betas={t.adam_betas} must be two numbers"),
+        (t.max_grad_norm > 0, f"train.max_grad_norm={t.max_grad_norm} must be > 0"),
+        (t.clip_range > 0, f"train.clip_range={t.clip_range} must be > 0"),
+        (t.adv_clip_max > 0, f"train.adv_clip_max={t.adv_clip_max} must be > 0"),
+        (t.beta >= 0, f"train.beta={t.beta} must be >= 0"),
+        (
+            t.mixed_precision in MIXED_PRECISION,
+            f"train.mixed_precision={t.mixed_precision!r} is not one of {MIXED_PRECISION}",
+        ),
+        (
+            s["logger"].mode in LOGGER_MODES,
+            f"logger.mode={s['logger'].mode!r} is not one of {LOGGER_MODES}",
+        ),
+        (s["lora"].rank >= 1, f"lora.rank={s['lora'].rank} must be >= 1"),
+        (s["checkpoint"].every_n_epochs >= 1, "checkpoint.every_n_epochs must be >= 1"),
+        (
+            s["checkpoint"].keep_last is None or s["checkpoint"].keep_last >= 1,
+            "checkpoint.keep_last must be >= 1 or null",
+        ),
+        (
+            (s["data"].prompts is None) != (s["data"].prompt_file is None),
+            "set exactly one of data.prompts and data.prompt_file (or use experiment=demo)",
+        ),
+    ]
+    return [message for ok, message in checks if not ok]
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+
+
+_RUN_STAMP: list[str] = []
+
+
+def shared_run_stamp() -> str:
+    """A ``YYYY-MM-DD/HH-MM-SS`` stamp, identical on every process of a launch.
+
+    With several processes (``accelerate launch``), each one composes the config and would read
+    its own clock; rank 0's stamp is broadcast instead, so all of them use one run folder.
+    """
+    if not _RUN_STAMP:
+        stamp = time.strftime("%Y-%m-%d/%H-%M-%S")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from accelerate import PartialState
+            from accelerate.utils import broadcast_object_list
+
+            PartialState()  # joins the process group that the launcher described
+            stamp = broadcast_object_list([stamp], from_process=0)[0]
+        _RUN_STAMP.append(stamp)
+    return _RUN_STAMP[0]
+
+
+def register_resolvers() -> None:
+    """``${rl_run_stamp:}``, and ``${rl_rank0:x}`` / ``${rl_rank0_file:path}``: x on rank 0,
+    null / os.devnull elsewhere (so only rank 0 writes Hydra's files and log)."""
+    resolvers = {
+        "rl_run_stamp": shared_run_stamp,
+        "rl_rank0": lambda value: value if _rank() == 0 else None,
+        "rl_rank0_file": lambda path: path if _rank() == 0 else os.devnull,
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)

@@ -1,0 +1,166 @@
+"""What the trainer trains: a LoRA adapter on the transformer (default) or all of its weights.
+
+LoRA follows the reference recipe: rank 32, alpha 64, Gaussian init (so the adapted model starts
+identical to the base), on the joint-attention projections of every MM-DiT block. The adapter is
+added with diffusers' own ``add_adapter`` so the transformer stays an ``SD3Transformer2DModel``,
+the KL reference is the same module with the adapter switched off, and the export is a
+``pytorch_lora_weights.safetensors`` that ``StableDiffusion3Pipeline.load_lora_weights(dir)``
+reads (alpha travels in the adapter metadata, so the loaded scale matches the trained one).
+Full fine-tuning keeps a frozen copy of the original transformer as the reference instead.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusion3Pipeline
+
+TARGET_MODULES = (
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "add_q_proj",
+    "add_k_proj",
+    "add_v_proj",
+    "to_add_out",
+)
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+
+
+@dataclass
+class LoraSettings:
+    """LoRA hyper-parameters; ``full_finetune`` trains every transformer weight instead."""
+
+    rank: int = 32
+    alpha: float = 64.0
+    target_modules: list[str] = field(default_factory=lambda: list(TARGET_MODULES))
+    full_finetune: bool = False
+
+
+def make_trainable(
+    transformer: torch.nn.Module, settings: LoraSettings
+) -> list[torch.nn.Parameter]:
+    """Freeze the base, add the adapter (or unfreeze all); return the trained parameters (fp32).
+
+    Trained parameters are float32 whatever the base dtype, so a bf16 base model still gets
+    full-precision updates under mixed precision.
+    """
+    if settings.full_finetune:
+        transformer.requires_grad_(True)
+    else:
+        from peft import LoraConfig
+
+        transformer.requires_grad_(False)
+        transformer.add_adapter(
+            LoraConfig(
+                r=settings.rank,
+                lora_alpha=settings.alpha,
+                init_lora_weights="gaussian",
+                target_modules=list(settings.target_modules),
+            )
+        )
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    for p in params:
+        p.data = p.data.float()
+    return params
+
+
+class ReferencePolicy:
+    """The KL reference model: the transformer with its adapter off, or a frozen copy.
+
+    ``with reference.active() as model:`` yields the module to run the reference forward with.
+    """
+
+    def __init__(self, transformer: torch.nn.Module, settings: LoraSettings) -> None:
+        self.transformer = transformer
+        self.frozen = None
+        if settings.full_finetune:
+            self.frozen = copy.deepcopy(transformer).requires_grad_(False).eval()
+
+    @contextmanager
+    def active(self) -> Iterator[torch.nn.Module]:
+        if self.frozen is not None:
+            yield self.frozen
+            return
+        self.transformer.disable_adapters()
+        try:
+            yield self.transformer
+        finally:
+            self.transformer.enable_adapters()
+
+
+def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter's weights in peft's key format (what ``save_lora_weights`` expects)."""
+    from peft.utils import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(transformer)
+
+
+def load_lora_state_dict(transformer: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load adapter weights saved by :func:`lora_state_dict` (every key must match)."""
+    from peft.utils import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(transformer, state)
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise KeyError(f"LoRA state has keys the model lacks: {unexpected[:5]}")
+
+
+def export_lora(
+    transformer: torch.nn.Module,
+    out_dir: Path,
+    base_model: str,
+    reward: str,
+    epoch: int,
+    settings: LoraSettings,
+) -> Path:
+    """Write ``pytorch_lora_weights.safetensors`` and a model card ``README.md`` to ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    StableDiffusion3Pipeline.save_lora_weights(
+        out_dir,
+        transformer_lora_layers=lora_state_dict(transformer),
+        transformer_lora_adapter_metadata=transformer.peft_config["default"].to_dict(),
+    )
+    (out_dir / "README.md").write_text(
+        model_card(base_model, reward, epoch, settings), encoding="utf-8"
+    )
+    return out_dir / LORA_WEIGHTS_NAME
+
+
+def model_card(base_model: str, reward: str, epoch: int, settings: LoraSettings) -> str:
+    """A short model card: what was trained, how, and how to load it."""
+    targets = ", ".join(settings.target_modules)
+    return f"""---
+library_name: diffusers
+base_model: {base_model}
+tags: [lora, text-to-image, stable-diffusion-3, flow-grpo]
+---
+# Flow-GRPO LoRA for {base_model}
+
+A LoRA adapter (rank {settings.rank}, alpha {settings.alpha:g}; modules: {targets}) trained with
+Flow-GRPO online reinforcement learning against the reward `{reward}` for {epoch} epochs, by
+`python -m rl.train` of autorubric-rl.
+
+## Use
+
+```python
+from diffusers import StableDiffusion3Pipeline
+
+pipe = StableDiffusion3Pipeline.from_pretrained("<local {base_model} folder>")
+pipe.load_lora_weights("<this folder>")
+image = pipe("a photo of a red apple", num_inference_steps=40, guidance_scale=4.5).images[0]
+```
+
+Rewards can be hacked: look at samples, not only at the reward curve.
+"""
+
+
+def base_model_name(model_cfg: Mapping) -> str:
+    """A readable name of the base model for the card (its path when it has one)."""
+    return str(model_cfg.get("path") or model_cfg.get("name"))
