@@ -1,0 +1,338 @@
+"""A judge that asks an OpenAI-compatible chat-completions server (vLLM, SGLang, ...).
+
+Each (image, context, question) item is one request: the image as a base64 data URL, then the
+context and the question as two text parts of one user message, with ``max_tokens=1``,
+``temperature=0``, ``logprobs=true`` and ``top_logprobs``. P(yes) is read from the first token's
+``top_logprobs``: the probabilities of every spelling of "yes" (``"Yes"``, ``" yes"``, ``"YES"``,
+... -- any token that is "yes" after stripping spaces and lower-casing) are summed, likewise for
+"no"; ``scoring="normalized"`` gives ``p_yes / (p_yes + p_no)``, ``"raw"`` gives ``p_yes``. When
+neither appears among the top tokens, the item is NaN (reason ``"no yes/no token"``).
+
+Reliability:
+
+* requests run on a thread pool of ``concurrency`` workers, each with ``timeout_s`` (read) and
+  ``connect_timeout_s``;
+* 5xx answers, timeouts, connection and other transport errors are retried ``max_retries``
+  times with exponential backoff (``backoff_s * 2**attempt``, capped at ``max_backoff_s``);
+  4xx answers and malformed bodies are not retried;
+* once retries run out, ``on_error="nan"`` gives NaN with a counted reason (``"timeout"``,
+  ``"HTTP 503"``, ``"connection error"``, ``"malformed response"``, ...) and ``"raise"`` raises
+  :class:`JudgeError`; if EVERY item of a call failed to connect, the server is down and a
+  :class:`JudgeError` is raised whatever ``on_error`` says;
+* a server that answers without logprobs raises :class:`JudgeError` (the scores would be
+  meaningless; vLLM needs ``--max-logprobs`` >= ``top_logprobs``);
+* at start-up ``GET {base_url}/models`` (then ``GET /health`` at the server root) must answer
+  within ``health_timeout_s``; the model name is taken from ``/models`` when not given.
+
+The worst-case wall time of one ``yes_prob`` call is bounded by
+``ceil(N / concurrency) * (max_retries + 1) * (connect_timeout_s + timeout_s + max_backoff_s)``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import torch
+from PIL import Image
+
+from rewards.judges.base import Judge, JudgeError, JudgeItem, JudgeResult
+from rewards.rubric_set import SCORING_MODES
+
+log = logging.getLogger(__name__)
+
+ON_ERROR = ("nan", "raise")
+NO_YES_NO_TOKEN = "no yes/no token"
+MALFORMED = "malformed response"
+TIMEOUT = "timeout"
+CONNECTION_ERROR = "connection error"
+REQUEST_ERROR = "request error"
+
+
+def image_data_url(image: Image.Image, image_format: str = "PNG") -> str:
+    """``data:image/<fmt>;base64,...`` of an RGB image (PNG is lossless, JPEG is smaller)."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format=image_format)
+    mime = "jpeg" if image_format.upper() in ("JPG", "JPEG") else image_format.lower()
+    return f"data:image/{mime};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+
+
+def decode_data_url(url: str) -> Image.Image:
+    """The image in a base64 data URL (inverse of :func:`image_data_url`)."""
+    header, sep, payload = url.partition(",")
+    if not sep or not header.startswith("data:image/") or ";base64" not in header:
+        raise ValueError(f"not a base64 image data URL: {url[:40]!r}")
+    image = Image.open(io.BytesIO(base64.b64decode(payload)))
+    image.load()
+    return image.convert("RGB")
+
+
+def chat_content(images: Sequence[Image.Image], *texts: str, image_format: str = "PNG") -> list:
+    """One user message's content parts: the images first, then each text as its own part."""
+    parts: list[dict[str, Any]] = [
+        {"type": "image_url", "image_url": {"url": image_data_url(im, image_format)}}
+        for im in images
+    ]
+    parts += [{"type": "text", "text": t} for t in texts if t]
+    return parts
+
+
+def yes_no_mass(top_logprobs: Sequence[dict[str, Any]]) -> tuple[float, float]:
+    """Summed probability of the "yes" and of the "no" spellings among the top tokens."""
+    p_yes = p_no = 0.0
+    for entry in top_logprobs:
+        word = str(entry["token"]).strip().lower()
+        if word == "yes":
+            p_yes += math.exp(float(entry["logprob"]))
+        elif word == "no":
+            p_no += math.exp(float(entry["logprob"]))
+    return p_yes, p_no
+
+
+class _Failure(Exception):
+    """One request that failed for good (after any retries); ``reason`` is what gets counted."""
+
+    def __init__(self, reason: str, detail: str, connection: bool = False) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.connection = connection
+
+
+class OpenAIJudge(Judge):
+    """Judge backed by an OpenAI-compatible chat-completions endpoint (see the module docstring).
+
+    Args:
+        base_url: the API root, e.g. ``http://127.0.0.1:8000/v1``.
+        model: the served model's name; ``None`` takes the first one ``/models`` lists.
+        scoring: ``"normalized"`` or ``"raw"``.
+        top_logprobs: how many top tokens to ask for (vLLM's default cap is 20).
+        concurrency: requests in flight at once.
+        timeout_s / connect_timeout_s: per-request read and connect timeouts.
+        max_retries / backoff_s / max_backoff_s: retry policy for 5xx, timeouts, connection errors.
+        on_error: ``"nan"`` (NaN with a counted reason) or ``"raise"`` once retries run out.
+        health_check / health_timeout_s: check the server at start-up, waiting up to this long.
+        image_format: ``"PNG"`` or ``"JPEG"`` for the data URLs.
+        system_prompt: optional system message put before every request.
+        api_key: sent as ``Authorization: Bearer`` when given.
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        scoring: str = "normalized",
+        top_logprobs: int = 20,
+        concurrency: int = 16,
+        timeout_s: float = 60.0,
+        connect_timeout_s: float = 5.0,
+        max_retries: int = 3,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 8.0,
+        on_error: str = "nan",
+        health_check: bool = True,
+        health_timeout_s: float = 30.0,
+        image_format: str = "PNG",
+        system_prompt: str | None = None,
+        api_key: str | None = None,
+    ) -> None:
+        if scoring not in SCORING_MODES:
+            raise ValueError(f"scoring must be one of {SCORING_MODES}, got {scoring!r}")
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        if concurrency < 1 or max_retries < 0 or top_logprobs < 1:
+            raise ValueError("concurrency and top_logprobs must be >= 1, max_retries >= 0")
+        self.base_url = base_url.rstrip("/")
+        self.scoring = scoring
+        self.top_logprobs = top_logprobs
+        self.timeout = (connect_timeout_s, timeout_s)
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.on_error = on_error
+        self.image_format = image_format
+        self.system_prompt = system_prompt
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="openai-judge")
+        self.model = model
+        if health_check:
+            self.check_health(health_timeout_s)
+        if self.model is None:
+            self.model = self._first_model()
+
+    # ----------------------------------------------------------------- HTTP plumbing
+    def _session(self) -> requests.Session:
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+            self._local.session.headers.update(self.headers)
+        return self._local.session
+
+    def check_health(self, wait_s: float) -> None:
+        """Wait until ``/models`` or ``/health`` answers 200, or raise :class:`JudgeError`."""
+        parts = urlsplit(self.base_url)
+        root = f"{parts.scheme}://{parts.netloc}"
+        deadline = time.monotonic() + wait_s
+        last = "no answer"
+        while True:
+            for url in (f"{self.base_url}/models", f"{root}/health"):
+                try:
+                    answer = self._session().get(url, timeout=self.timeout)
+                    if answer.status_code == 200:
+                        return
+                    last = f"GET {url} -> HTTP {answer.status_code}"
+                except requests.RequestException as err:
+                    last = f"GET {url} -> {type(err).__name__}"
+            if time.monotonic() >= deadline:
+                raise JudgeError(
+                    f"judge server at {self.base_url} is not healthy after {wait_s:.0f} s ({last})"
+                )
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+    def _first_model(self) -> str:
+        try:
+            answer = self._session().get(f"{self.base_url}/models", timeout=self.timeout)
+            return answer.json()["data"][0]["id"]
+        except (requests.RequestException, ValueError, KeyError, IndexError, TypeError) as err:
+            raise JudgeError(
+                f"no model given and {self.base_url}/models does not list one ({err}); "
+                "set judge.model"
+            ) from err
+
+    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """POST a chat completion with retries; returns the parsed JSON or raises _Failure."""
+        url = f"{self.base_url}/chat/completions"
+        for attempt in range(self.max_retries + 1):
+            try:
+                answer = self._session().post(url, json=body, timeout=self.timeout)
+            except requests.Timeout as err:
+                failure = _Failure(TIMEOUT, f"{url}: {err}")
+            except requests.ConnectionError as err:
+                failure = _Failure(CONNECTION_ERROR, f"{url}: {err}", connection=True)
+            except requests.RequestException as err:
+                failure = _Failure(REQUEST_ERROR, f"{url}: {type(err).__name__}: {err}")
+            else:
+                if answer.status_code == 200:
+                    try:
+                        return answer.json()
+                    except ValueError as err:
+                        raise _Failure(
+                            MALFORMED, f"body is not JSON: {answer.text[:200]!r}"
+                        ) from err
+                failure = _Failure(f"HTTP {answer.status_code}", answer.text[:300])
+                if answer.status_code < 500:
+                    raise failure
+            if attempt < self.max_retries:
+                time.sleep(min(self.max_backoff_s, self.backoff_s * 2**attempt))
+        raise failure
+
+    def _messages(self, content: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return [*system, {"role": "user", "content": content}]
+
+    # ----------------------------------------------------------------- yes/no scoring
+    def _ask(self, item: JudgeItem) -> float:
+        body = {
+            "model": self.model,
+            "messages": self._messages(
+                chat_content(
+                    [item.image], item.context, item.question, image_format=self.image_format
+                )
+            ),
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": True,
+            "top_logprobs": self.top_logprobs,
+        }
+        data = self._post(body)
+        try:
+            choice = data["choices"][0]
+            logprobs = choice.get("logprobs")
+        except (KeyError, IndexError, TypeError, AttributeError) as err:
+            raise _Failure(MALFORMED, f"no choices in {str(data)[:200]!r}") from err
+        if not logprobs or not logprobs.get("content"):
+            raise JudgeError(
+                f"judge server {self.base_url} answered without logprobs; P(yes) needs a server "
+                "that returns logprobs/top_logprobs (vLLM: --max-logprobs >= top_logprobs)"
+            )
+        try:
+            p_yes, p_no = yes_no_mass(logprobs["content"][0]["top_logprobs"])
+        except (KeyError, IndexError, TypeError, ValueError) as err:
+            raise _Failure(MALFORMED, f"unreadable top_logprobs ({err})") from err
+        if p_yes + p_no == 0.0:
+            raise _Failure(NO_YES_NO_TOKEN, f"top tokens: {logprobs['content'][0]}")
+        return p_yes / (p_yes + p_no) if self.scoring == "normalized" else p_yes
+
+    def yes_prob(self, items: Sequence[JudgeItem]) -> JudgeResult:
+        futures = [self._pool.submit(self._ask, item) for item in items]
+        probs, reasons, failures = [], [], []
+        for future in futures:
+            try:
+                probs.append(future.result())
+                reasons.append(None)
+            except _Failure as failure:
+                probs.append(float("nan"))
+                reasons.append(failure.reason)
+                failures.append(failure)
+        if failures:
+            self._report(failures, len(items))
+        return JudgeResult(torch.tensor(probs, dtype=torch.float32), reasons)
+
+    def _report(self, failures: list[_Failure], total: int) -> None:
+        first = failures[0]
+        if all(f.connection for f in failures) and len(failures) == total:
+            raise JudgeError(f"judge server {self.base_url} is down: {first.detail}")
+        if self.on_error == "raise":
+            raise JudgeError(
+                f"{len(failures)}/{total} judge requests failed ({first.reason}: {first.detail})"
+            )
+        log.warning(
+            "%d/%d judge requests failed, e.g. %s: %s",
+            len(failures),
+            total,
+            first.reason,
+            first.detail,
+        )
+
+    # ----------------------------------------------------------------- free text
+    def generate(self, images: Sequence[Image.Image], text: str, max_new_tokens: int = 512) -> str:
+        body = {
+            "model": self.model,
+            "messages": self._messages(chat_content(images, text, image_format=self.image_format)),
+            "max_tokens": max_new_tokens,
+            "temperature": 0.0,
+        }
+        try:
+            data = self._post(body)
+            return str(data["choices"][0]["message"]["content"])
+        except _Failure as failure:
+            raise JudgeError(f"generation failed: {failure.reason} ({failure.detail})") from None
+        except (KeyError, IndexError, TypeError) as err:
+            raise JudgeError(f"generation answer has no message content ({err})") from err
+
+    def generate_many(
+        self, requests: Sequence[tuple[Sequence[Image.Image], str]], max_new_tokens: int = 512
+    ) -> list[str]:
+        futures = [
+            self._pool.submit(self.generate, images, text, max_new_tokens)
+            for images, text in requests
+        ]
+        return [future.result() for future in futures]
+
+    def release(self) -> None:
+        """Nothing to free locally: the model lives in the server process."""
+
+    def close(self) -> None:
+        """Stop the worker threads (the judge cannot be used afterwards)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
