@@ -1,0 +1,340 @@
+"""Flow-GRPO rollouts for SD3: sample trajectories with per-step log-probs, and re-score them.
+
+Kept from the reference implementation, because the algorithm needs them:
+* the SD3 flow-matching schedule (diffusers' scheduler sigmas, shift 3.0) and SDE/CPS steps of
+  :func:`rl.sde.sde_step` with log-probs of every stored transition;
+* classifier-free guidance with the empty negative prompt, cond and uncond in one batched forward;
+* trained steps = the first ``int(train_fraction * num_steps)`` steps (the last, nearly noise-free
+  step is left out), or, for the fast variant, only the SDE steps of ``sde_window`` (ODE elsewhere).
+
+Changed, for speed or exactness: each unique prompt (and "") is encoded once and cached, so the text
+encoders can leave the accelerator; the training forward (:func:`step_log_prob`) goes through the
+same :func:`predict_velocity` and :func:`rl.sde.sde_step` as the rollout, so an unchanged policy
+reproduces the rollout's log-probs (the on-policy ratio is 1). Latents are kept in float32 and cast
+to the text-embedding dtype only at the transformer's input, as diffusers' pipeline does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Literal
+
+import torch
+from diffusers import StableDiffusion3Pipeline
+from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+from rl.sde import sde_step
+
+
+@dataclass
+class RolloutConfig:
+    """How rollouts are sampled and which of their steps are trained.
+
+    Attributes:
+        num_steps: denoising steps per rollout (10 in Flow-GRPO; evaluation uses 40 ODE steps).
+        guidance_scale: CFG scale; <= 1 means no CFG (one forward, the fast variant's default).
+        noise_level: a in the SDE/CPS std; 0 makes every step a deterministic Euler step.
+        sde_kind: "sde" (Flow-GRPO) or "cps" (coefficient-preserving sampling).
+        sde_window: [start, end) steps that get SDE noise and are trained; None = every step.
+        train_fraction: without a window, the first int(train_fraction * num_steps) steps train.
+        height, width: image size in pixels.
+        max_sequence_length: T5 tokens per prompt.
+    """
+
+    num_steps: int = 10
+    guidance_scale: float = 4.5
+    noise_level: float = 0.7
+    sde_kind: Literal["sde", "cps"] = "sde"
+    sde_window: tuple[int, int] | None = None
+    train_fraction: float = 0.99
+    height: int = 512
+    width: int = 512
+    max_sequence_length: int = 128
+
+    def __post_init__(self) -> None:
+        if self.sde_kind not in ("sde", "cps"):
+            raise ValueError(f"rollout.sde_kind={self.sde_kind!r} is not 'sde' or 'cps'")
+        if self.sde_window is not None:
+            start, end = self.sde_window = tuple(int(s) for s in self.sde_window)
+            if not 0 <= start < end <= self.num_steps:
+                raise ValueError(
+                    f"rollout.sde_window={list(self.sde_window)} must satisfy "
+                    f"0 <= start < end <= num_steps={self.num_steps}"
+                )
+        if not self.train_steps:
+            raise ValueError(
+                f"rollout trains no step: train_fraction={self.train_fraction} x "
+                f"num_steps={self.num_steps} rounds down to 0"
+            )
+
+    def step_noise_level(self, step: int) -> float:
+        """The SDE noise level of ``step`` (0 = ODE step outside the window)."""
+        inside = self.sde_window is None or self.sde_window[0] <= step < self.sde_window[1]
+        return self.noise_level if inside else 0.0
+
+    @property
+    def train_steps(self) -> list[int]:
+        """Indices of the denoising steps whose transitions are trained."""
+        if self.sde_window is not None:
+            return list(range(*self.sde_window))
+        return list(range(int(self.train_fraction * self.num_steps)))
+
+    @property
+    def uses_cfg(self) -> bool:
+        return self.guidance_scale > 1
+
+
+class PromptCache:
+    """Text embeddings of each unique prompt, computed once with the pipeline's three encoders.
+
+    ``encode`` runs the encoders only on prompts it has not seen; the empty negative prompt is
+    encoded once by ``negative``. Embeddings are stored on ``device``; once every prompt of a data
+    set is cached, :meth:`offload_text_encoders` moves the encoders to the CPU to free memory.
+    """
+
+    def __init__(
+        self,
+        pipe: StableDiffusion3Pipeline,
+        max_sequence_length: int = 128,
+        device: torch.device | str = "cpu",
+        chunk_size: int = 32,
+    ) -> None:
+        self.pipe, self.max_sequence_length = pipe, max_sequence_length
+        self.device, self.chunk_size = torch.device(device), chunk_size
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.num_encoded = 0
+
+    @torch.no_grad()
+    def _encode_new(self, prompts: list[str]) -> None:
+        new = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        encoder_device = self.pipe.text_encoder.device
+        for i in range(0, len(new), self.chunk_size):
+            chunk = new[i : i + self.chunk_size]
+            embeds, _, pooled, _ = self.pipe.encode_prompt(
+                prompt=chunk,
+                prompt_2=chunk,
+                prompt_3=chunk,
+                device=encoder_device,
+                do_classifier_free_guidance=False,
+                max_sequence_length=self.max_sequence_length,
+            )
+            for prompt, e, p in zip(chunk, embeds.to(self.device), pooled.to(self.device)):
+                self._cache[prompt] = (e, p)
+            self.num_encoded += len(chunk)
+
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings [B, L, D] and pooled embeddings [B, P] for ``prompts`` (cached)."""
+        self._encode_new(prompts)
+        embeds, pooled = zip(*(self._cache[p] for p in prompts))
+        return torch.stack(embeds), torch.stack(pooled)
+
+    def negative(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings [1, L, D] and pooled [1, P] of the empty negative prompt (cached)."""
+        return self.encode([""])
+
+    def offload_text_encoders(self) -> None:
+        """Move the three text encoders to the CPU (new prompts are then encoded there)."""
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+            getattr(self.pipe, name).to("cpu")
+
+
+def predict_velocity(
+    transformer: torch.nn.Module,
+    latents: torch.Tensor,
+    timestep: torch.Tensor,
+    embeds: torch.Tensor,
+    pooled: torch.Tensor,
+    neg_embeds: torch.Tensor | None,
+    neg_pooled: torch.Tensor | None,
+    guidance_scale: float,
+) -> torch.Tensor:
+    """The (CFG-combined) velocity at ``latents`` [B, C, h, w] and ``timestep`` [B], float32.
+
+    With ``guidance_scale > 1`` the uncond and cond rows go through ONE transformer forward
+    ([uncond; cond], diffusers' order) and are combined as u + g (c - u) in float32; otherwise
+    only the cond rows run. The negative embeddings may have batch size 1 (broadcast).
+    """
+    batch = latents.shape[0]
+    model_input = latents.to(embeds.dtype)
+    if guidance_scale > 1:
+        model_input = torch.cat([model_input, model_input])
+        timestep = torch.cat([timestep, timestep])
+        embeds = torch.cat([neg_embeds.expand(batch, -1, -1), embeds])
+        pooled = torch.cat([neg_pooled.expand(batch, -1), pooled])
+    velocity = transformer(
+        hidden_states=model_input,
+        timestep=timestep,
+        encoder_hidden_states=embeds,
+        pooled_projections=pooled,
+        return_dict=False,
+    )[0].float()
+    if guidance_scale > 1:
+        uncond, cond = velocity.chunk(2)
+        velocity = uncond + guidance_scale * (cond - uncond)
+    return velocity
+
+
+@dataclass
+class Rollout:
+    """A batch of sampled trajectories (all tensors indexed by sample first, except ``sigmas``).
+
+    ``latents[:, 0]`` is the start noise and ``latents[:, i + 1]`` the outcome of step i, whose
+    log-prob is ``log_probs[:, i]`` (0 for ODE steps) at transformer time ``timesteps[:, i]``.
+    """
+
+    prompts: list[str]
+    embeds: torch.Tensor  # [B, L, D]
+    pooled: torch.Tensor  # [B, P]
+    latents: torch.Tensor  # [B, T + 1, C, h, w] float32
+    log_probs: torch.Tensor  # [B, T] float32
+    timesteps: torch.Tensor  # [B, T]
+    sigmas: torch.Tensor  # [T + 1]
+    train_steps: list[int]
+    images: torch.Tensor  # [B, 3, H, W] in [0, 1]
+
+    _PER_SAMPLE = ("embeds", "pooled", "latents", "log_probs", "timesteps", "images")
+
+    def select(self, index: torch.Tensor | list[int] | slice) -> Rollout:
+        """The samples at ``index`` (a slice, index list or boolean mask)."""
+        if isinstance(index, slice):
+            positions = list(range(len(self.prompts)))[index]
+        else:
+            index = torch.as_tensor(index)
+            positions = (index.nonzero().flatten() if index.dtype == torch.bool else index).tolist()
+        chosen = {name: getattr(self, name)[positions] for name in self._PER_SAMPLE}
+        return replace(self, prompts=[self.prompts[i] for i in positions], **chosen)
+
+    def to(self, device: torch.device | str) -> Rollout:
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+        return replace(self, **moved)
+
+    @classmethod
+    def cat(cls, rollouts: list[Rollout]) -> Rollout:
+        """Join rollouts sampled with the same schedule along the sample dimension."""
+        first = rollouts[0]
+        for other in rollouts[1:]:
+            if (
+                not torch.equal(other.sigmas, first.sigmas)
+                or other.train_steps != first.train_steps
+            ):
+                raise ValueError("Rollout.cat needs rollouts with the same sigmas and train_steps")
+        joined = {name: torch.cat([getattr(r, name) for r in rollouts]) for name in cls._PER_SAMPLE}
+        return replace(first, prompts=[p for r in rollouts for p in r.prompts], **joined)
+
+
+def _schedule(
+    pipe: StableDiffusion3Pipeline, cfg: RolloutConfig, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Transformer timesteps [T] and sigmas [T + 1] of the pipeline's scheduler."""
+    scheduler = pipe.scheduler
+    kwargs = {}
+    if scheduler.config.get("use_dynamic_shifting", False):
+        patch = pipe.transformer.config.patch_size * pipe.vae_scale_factor
+        kwargs["mu"] = calculate_shift(
+            (cfg.height // patch) * (cfg.width // patch),
+            scheduler.config.base_image_seq_len,
+            scheduler.config.max_image_seq_len,
+            scheduler.config.base_shift,
+            scheduler.config.max_shift,
+        )
+    scheduler.set_timesteps(cfg.num_steps, device=device, **kwargs)
+    return scheduler.timesteps.clone(), scheduler.sigmas.clone()
+
+
+def _negative(cache: PromptCache, cfg: RolloutConfig) -> tuple[torch.Tensor | None, ...]:
+    return cache.negative() if cfg.uses_cfg else (None, None)
+
+
+@torch.no_grad()
+def decode_images(pipe: StableDiffusion3Pipeline, latents: torch.Tensor) -> torch.Tensor:
+    """Decode final latents with the pipeline's VAE into float images [B, 3, H, W] in [0, 1]."""
+    vae = pipe.vae
+    latents = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+    images = vae.decode(latents, return_dict=False)[0]
+    return pipe.image_processor.postprocess(images, output_type="pt").float()
+
+
+@torch.no_grad()
+def sample(
+    pipe: StableDiffusion3Pipeline,
+    transformer: torch.nn.Module,
+    cache: PromptCache,
+    prompts: list[str],
+    cfg: RolloutConfig,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    latents: torch.Tensor | None = None,
+) -> Rollout:
+    """Sample one image per prompt along the SDE/ODE schedule of ``cfg`` and record the trajectory.
+
+    ``transformer`` is passed separately from ``pipe`` because the trainer's copy may be wrapped
+    (peft, accelerate). ``generator`` draws the start noise (unless ``latents`` [B, C, h, w] is
+    given) and every step's noise.
+    """
+    device = cache.device
+    embeds, pooled = cache.encode(prompts)
+    neg_embeds, neg_pooled = _negative(cache, cfg)
+    timesteps, sigmas = _schedule(pipe, cfg, device)
+    x = pipe.prepare_latents(
+        len(prompts),
+        pipe.transformer.config.in_channels,
+        cfg.height,
+        cfg.width,
+        torch.float32,
+        device,
+        generator,
+        latents,
+    )
+    sigma_max = sigmas[1].item()
+    trajectory, log_probs = [x], []
+    for i, t in enumerate(timesteps):
+        velocity = predict_velocity(
+            transformer, x, t.expand(len(prompts)), embeds, pooled, neg_embeds, neg_pooled,
+            cfg.guidance_scale,
+        )  # fmt: skip
+        x, log_prob, _, _ = sde_step(
+            x, velocity, sigmas[i], sigmas[i + 1], cfg.step_noise_level(i), generator=generator,
+            kind=cfg.sde_kind, sigma_max=sigma_max,
+        )  # fmt: skip
+        trajectory.append(x)
+        log_probs.append(log_prob)
+    return Rollout(
+        prompts=list(prompts),
+        embeds=embeds,
+        pooled=pooled,
+        latents=torch.stack(trajectory, dim=1),
+        log_probs=torch.stack(log_probs, dim=1),
+        timesteps=timesteps.expand(len(prompts), -1).clone(),
+        sigmas=sigmas,
+        train_steps=cfg.train_steps,
+        images=decode_images(pipe, x),
+    )
+
+
+def step_log_prob(
+    transformer: torch.nn.Module,
+    rollout: Rollout,
+    step: int,
+    cache: PromptCache,
+    cfg: RolloutConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Re-score transition ``step`` of ``rollout`` under the current ``transformer`` (with grad).
+
+    Returns ``(log_prob [B], mean, std)`` of ``latents[:, step + 1]`` given ``latents[:, step]``,
+    through the same velocity and step code as :func:`sample`. With the LoRA adapter disabled,
+    ``mean`` is the reference policy's mean for the KL term.
+    """
+    neg_embeds, neg_pooled = _negative(cache, cfg)
+    velocity = predict_velocity(
+        transformer, rollout.latents[:, step], rollout.timesteps[:, step], rollout.embeds,
+        rollout.pooled, neg_embeds, neg_pooled, cfg.guidance_scale,
+    )  # fmt: skip
+    _, log_prob, mean, std = sde_step(
+        rollout.latents[:, step], velocity, rollout.sigmas[step], rollout.sigmas[step + 1],
+        cfg.step_noise_level(step), prev_sample=rollout.latents[:, step + 1], kind=cfg.sde_kind,
+        sigma_max=rollout.sigmas[1].item(),
+    )  # fmt: skip
+    return log_prob, mean, std

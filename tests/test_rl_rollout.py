@@ -1,0 +1,162 @@
+"""Rollouts on the tiny SD3: parity with diffusers' pipeline, on-policy log-prob reproduction,
+prompt caching, CFG batching and the fast (windowed) variant."""
+
+import pytest
+import torch
+
+from rl.rollout import (
+    PromptCache,
+    Rollout,
+    RolloutConfig,
+    predict_velocity,
+    sample,
+    step_log_prob,
+)
+from rl.tiny import build_tiny_sd3
+
+PROMPTS = ["a red cat", "a blue dog on a table"]
+SIZE = dict(height=64, width=64)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return build_tiny_sd3(seed=0)
+
+
+@pytest.fixture
+def cache(pipe):
+    return PromptCache(pipe, max_sequence_length=32)
+
+
+def start_noise(seed=0):
+    return torch.randn(2, 16, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def run_pipeline(pipe, guidance, output_type="pt", **inputs):
+    """diffusers' own SD3 sampler; returns (final latents, output)."""
+    final = {}
+
+    def keep_latents(pipe, step, timestep, tensors):
+        final["latents"] = tensors["latents"]
+        return {}
+
+    out = pipe(
+        num_inference_steps=4, guidance_scale=guidance, latents=start_noise(),
+        max_sequence_length=32, callback_on_step_end=keep_latents, output_type=output_type,
+        **SIZE, **inputs,
+    ).images  # fmt: skip
+    return final["latents"], out
+
+
+@pytest.mark.parametrize("guidance", [4.5, 1.0])
+def test_noise_free_rollout_reproduces_diffusers_pipeline(pipe, cache, guidance):
+    cfg = RolloutConfig(num_steps=4, guidance_scale=guidance, noise_level=0.0, **SIZE)
+    cfg.max_sequence_length = 32
+    rollout = sample(pipe, pipe.transformer, cache, PROMPTS, cfg, latents=start_noise())
+    ref_latents, ref_images = run_pipeline(pipe, guidance, prompt=PROMPTS)
+    # diffusers encodes the prompts in other batch shapes: agreement to float32 rounding
+    torch.testing.assert_close(rollout.latents[:, -1], ref_latents, atol=2e-5, rtol=0)
+    torch.testing.assert_close(rollout.images, ref_images, atol=2e-5, rtol=0)
+    assert rollout.images.shape == (2, 3, 64, 64)
+    assert 0 <= rollout.images.min() and rollout.images.max() <= 1
+    if guidance > 1:  # fed the very same embeddings, the two samplers agree bit for bit
+        embeds, pooled = cache.encode(PROMPTS)
+        neg_embeds, neg_pooled = cache.negative()
+        same, _ = run_pipeline(
+            pipe, guidance, output_type="latent", prompt_embeds=embeds,
+            pooled_prompt_embeds=pooled, negative_prompt_embeds=neg_embeds.expand(2, -1, -1),
+            negative_pooled_prompt_embeds=neg_pooled.expand(2, -1),
+        )  # fmt: skip
+        assert torch.equal(rollout.latents[:, -1], same)
+
+
+@pytest.mark.parametrize("kind", ["sde", "cps"])
+@pytest.mark.parametrize("window", [None, (1, 3)])
+def test_training_forward_reproduces_rollout_log_probs(pipe, cache, kind, window):
+    cfg = RolloutConfig(num_steps=4, sde_kind=kind, sde_window=window, **SIZE)
+    cfg.max_sequence_length = 32
+    rollout = sample(pipe, pipe.transformer, cache, PROMPTS, cfg, torch.Generator().manual_seed(3))
+    assert rollout.train_steps == ([0, 1, 2, 3][: int(0.99 * 4)] if window is None else [1, 2])
+    assert rollout.log_probs.dtype == torch.float32 and rollout.log_probs.shape == (2, 4)
+    for step in rollout.train_steps:
+        log_prob, mean, std = step_log_prob(pipe.transformer, rollout, step, cache, cfg)
+        assert log_prob.requires_grad and (std > 0).all()
+        assert (log_prob - rollout.log_probs[:, step]).abs().max() < 1e-6  # ratio == 1 on-policy
+
+
+def test_window_variant_is_ode_outside_the_window(pipe, cache):
+    cfg = RolloutConfig(num_steps=5, sde_window=(1, 3), **SIZE)
+    cfg.max_sequence_length = 32
+    a, b = (
+        sample(pipe, pipe.transformer, cache, PROMPTS, cfg, torch.Generator().manual_seed(s),
+               latents=start_noise())
+        for s in (1, 2)
+    )  # fmt: skip
+    assert a.train_steps == [1, 2]
+    assert torch.equal(a.latents[:, :2], b.latents[:, :2])  # step 0 is deterministic
+    assert not torch.allclose(a.latents[:, 2], b.latents[:, 2])  # step 1 draws noise
+    assert torch.equal(a.log_probs[:, [0, 3, 4]], torch.zeros(2, 3))
+    assert (a.log_probs[:, [1, 2]] != 0).all()
+    with pytest.raises(ValueError, match=r"sde_window=\[3, 9\]"):
+        RolloutConfig(num_steps=5, sde_window=(3, 9))
+
+
+def test_default_trains_first_nine_of_ten_steps_and_rejects_none():
+    assert RolloutConfig().train_steps == list(range(9))
+    with pytest.raises(ValueError, match="trains no step"):
+        RolloutConfig(num_steps=1, train_fraction=0.5)
+    with pytest.raises(ValueError, match="sde_kind='ddim'"):
+        RolloutConfig(sde_kind="ddim")
+
+
+def test_prompt_cache_encodes_each_prompt_once(pipe, cache):
+    embeds, pooled = cache.encode(["a red cat", "a blue dog", "a red cat"])
+    assert cache.num_encoded == 2
+    assert torch.equal(embeds[0], embeds[2]) and pooled.shape == (3, 32 + 48)
+    cache.encode(["a blue dog"])
+    cache.negative()
+    cache.negative()
+    assert cache.num_encoded == 3
+    ref, _, ref_pooled, _ = pipe.encode_prompt(
+        "a blue dog", "a blue dog", "a blue dog", do_classifier_free_guidance=False,
+        max_sequence_length=32,
+    )  # fmt: skip
+    torch.testing.assert_close(embeds[1:2], ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(pooled[1:2], ref_pooled, atol=1e-5, rtol=0)
+    cfg = RolloutConfig(num_steps=2, **SIZE)
+    cfg.max_sequence_length = 32
+    cache.offload_text_encoders()
+    sample(pipe, pipe.transformer, cache, ["a red cat"] * 3, cfg)
+    assert cache.num_encoded == 3 and pipe.text_encoder_3.device.type == "cpu"
+
+
+def test_cfg_batch_equals_two_separate_forwards(pipe, cache):
+    embeds, pooled = cache.encode(PROMPTS)
+    neg_embeds, neg_pooled = cache.negative()
+    x, t = start_noise(), torch.tensor([700.0, 700.0])
+    with torch.no_grad():
+        velocity = predict_velocity(
+            pipe.transformer, x, t, embeds, pooled, neg_embeds, neg_pooled, 4.5
+        )
+        forward = lambda e, p: pipe.transformer(
+            hidden_states=x, timestep=t, encoder_hidden_states=e, pooled_projections=p,
+            return_dict=False,
+        )[0].double()  # fmt: skip
+        cond = forward(embeds, pooled)
+        uncond = forward(neg_embeds.expand(2, -1, -1), neg_pooled.expand(2, -1))
+        no_cfg = predict_velocity(pipe.transformer, x, t, embeds, pooled, None, None, 1.0)
+    torch.testing.assert_close(velocity.double(), uncond + 4.5 * (cond - uncond), atol=1e-5, rtol=0)
+    torch.testing.assert_close(no_cfg.double(), cond, atol=1e-6, rtol=0)
+
+
+def test_rollout_select_cat_to_and_seeding(pipe, cache):
+    cfg = RolloutConfig(num_steps=2, **SIZE)
+    cfg.max_sequence_length = 32
+    a = sample(pipe, pipe.transformer, cache, PROMPTS, cfg, torch.Generator().manual_seed(5))
+    b = sample(pipe, pipe.transformer, cache, PROMPTS, cfg, torch.Generator().manual_seed(5))
+    assert torch.equal(a.latents, b.latents) and torch.equal(a.log_probs, b.log_probs)
+    both = Rollout.cat([a, b.select([1])])
+    assert both.prompts == PROMPTS + PROMPTS[1:] and both.latents.shape[0] == 3
+    assert torch.equal(both.select(torch.tensor([False, False, True])).images, b.images[1:])
+    assert torch.equal(both.select(slice(0, 2)).log_probs, a.log_probs)
+    assert both.to("cpu").latents.device.type == "cpu"
