@@ -1,0 +1,259 @@
+"""Next-token logits for judge prompts, with the image + context prefix computed once per image.
+
+A judge prompt is one chat turn: ``[image] context \\n question`` followed by the start of the
+assistant turn. Everything up to and including the context is the same for every question asked
+about one image, so it is split off as the *prefix*; the question and the template's closing tokens
+form the *suffix*. Three ways to get the logits of the token after each prompt:
+
+- ``none``: one forward per (image, question) over the whole prompt, the reference.
+- ``kv_cache``: one forward over each prefix (vision tower included) keeps its key/value cache;
+  the questions then run as a batch against that cache, each row pointing at its image's prefix.
+- ``packed``: one sequence per image, the prefix followed by all its questions back to back. A
+  block attention mask lets each question see the prefix and itself only, and each question's
+  positions restart where the prefix ends, so every question sees exactly what it would alone.
+
+The Qwen-VL models use multimodal RoPE: image tokens get (t, h, w) positions and text after the
+image continues from the largest position used so far, ``max + 1``. The prefix positions come from
+the model's own ``get_rope_index``; a question token ``j`` after a prefix whose next position is
+``p`` sits at ``p + j`` in all three sections. Position ids are passed as ``[3, B, L]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+from transformers import DynamicCache, PreTrainedModel, ProcessorMixin
+
+SHARED_PREFIX_MODES = ("none", "kv_cache", "packed")
+
+# Sentinels rendered through the chat template to find where context and question go.
+_CONTEXT_MARK = "\x00CONTEXT\x00"
+_QUESTION_MARK = "\x00QUESTION\x00"
+
+
+@dataclass
+class PrefixGroup:
+    """One image + context and the questions asked about it (``item_indices`` into the batch)."""
+
+    image: Image.Image
+    context: str
+    questions: list[str] = field(default_factory=list)
+    item_indices: list[int] = field(default_factory=list)
+
+
+class ChatPrompt:
+    """The judge prompt, rendered with the processor's chat template and split at the question.
+
+    ``prefix_text(context) + suffix_text(question)`` is exactly the text the chat template renders
+    for a user turn holding the image and ``context + "\\n" + question``, followed by the
+    assistant turn start.
+    """
+
+    def __init__(self, processor: ProcessorMixin):
+        self.processor = processor
+        messages = [self.user_turn(_CONTEXT_MARK, _QUESTION_MARK, [None])]
+        rendered = processor.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        if rendered.count(_CONTEXT_MARK) != 1 or rendered.count(_QUESTION_MARK) != 1:
+            raise ValueError("the processor's chat template does not render the user text once")
+        self._head, rest = rendered.split(_CONTEXT_MARK)
+        self._joint, self._tail = rest.split(_QUESTION_MARK)
+
+    @staticmethod
+    def user_turn(context: str, question: str, images: Sequence) -> dict:
+        """One user message: the images, then the context and the question on separate lines."""
+        text = f"{context}\n{question}" if context else question
+        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
+        return {"role": "user", "content": content}
+
+    def prefix_text(self, context: str) -> str:
+        return f"{self._head}{context}{self._joint}" if context else self._head
+
+    def suffix_text(self, question: str) -> str:
+        return f"{question}{self._tail}"
+
+    def full_text(self, context: str, question: str) -> str:
+        return self.prefix_text(context) + self.suffix_text(question)
+
+    def suffix_ids(self, question: str) -> list[int]:
+        return self.processor.tokenizer(self.suffix_text(question), add_special_tokens=False)[
+            "input_ids"
+        ]
+
+
+def _model_inputs(processor: ProcessorMixin, images, texts, device) -> dict[str, torch.Tensor]:
+    """Tokenise left-padded texts with their images; tensors on ``device``."""
+    enc = processor(
+        images=list(images),
+        text=list(texts),
+        padding=True,
+        padding_side="left",
+        return_tensors="pt",
+    )
+    return {k: v.to(device) for k, v in enc.items()}
+
+
+def _prefix_inputs(prompt: ChatPrompt, groups: Sequence[PrefixGroup], device) -> dict:
+    """The image + context prefix of every group, left-padded into one batch."""
+    texts = [prompt.prefix_text(g.context) for g in groups]
+    return _model_inputs(prompt.processor, [g.image for g in groups], texts, device)
+
+
+def _output_head(model: PreTrainedModel) -> torch.nn.Module:
+    return model.get_output_embeddings()
+
+
+def _rope_index(model: PreTrainedModel, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """M-RoPE position ids ``[3, B, L]`` of left-padded prefixes and each row's next position."""
+    base = model.model
+    if not hasattr(base, "get_rope_index"):
+        raise ValueError(
+            f"shared-prefix scoring needs a multimodal-RoPE (Qwen-VL) model; "
+            f"{type(model).__name__} has no get_rope_index: use shared_prefix='none'"
+        )
+    positions, _ = base.get_rope_index(
+        inputs["input_ids"],
+        mm_token_type_ids=inputs["mm_token_type_ids"],
+        image_grid_thw=inputs["image_grid_thw"],
+        attention_mask=inputs["attention_mask"],
+    )
+    valid = inputs["attention_mask"].bool()
+    next_pos = positions.masked_fill(~valid[None], -1).amax(dim=(0, 2)) + 1
+    return positions, next_pos
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, ...]:
+    """Left-pad token id lists to one length: ``(ids [N, L], mask [N, L], lengths [N])``."""
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, length - len(r) :] = torch.tensor(r)
+            mask[i, length - len(r) :] = 1
+    lengths = torch.tensor([len(r) for r in rows])
+    return ids.to(device), mask.to(device), lengths.to(device)
+
+
+@torch.no_grad()
+def logits_one_per_question(
+    model: PreTrainedModel, prompt: ChatPrompt, groups: Sequence[PrefixGroup], device
+) -> torch.Tensor:
+    """Reference: each (image, question) as its own full prompt, batched, positions by the model.
+
+    Returns float32 logits ``[Q, V]`` for the questions of ``groups`` in order.
+    """
+    images, texts = [], []
+    for g in groups:
+        for q in g.questions:
+            images.append(g.image)
+            texts.append(prompt.full_text(g.context, q))
+    inputs = _model_inputs(prompt.processor, images, texts, device)
+    return model(**inputs, logits_to_keep=1).logits[:, -1].float()
+
+
+@torch.no_grad()
+def logits_kv_cache(
+    model: PreTrainedModel, prompt: ChatPrompt, groups: Sequence[PrefixGroup], device
+) -> torch.Tensor:
+    """Prefixes once (one batched forward), then all questions against the repeated cache."""
+    prefix = _prefix_inputs(prompt, groups, device)
+    positions, next_pos = _rope_index(model, prefix)
+    out = model(**prefix, position_ids=positions, use_cache=True, logits_to_keep=1)
+    rows = torch.tensor([b for b, g in enumerate(groups) for _ in g.questions], device=device)
+    suffixes = [prompt.suffix_ids(q) for g in groups for q in g.questions]
+    pad_id = prompt.processor.tokenizer.pad_token_id
+    ids, mask, lengths = _left_pad(suffixes, pad_id, device)
+    # Question token j (of n) sits at next_pos + j; left padding shifts the real tokens right.
+    offset = torch.arange(ids.shape[1], device=device)[None] - (ids.shape[1] - lengths)[:, None]
+    text_pos = (next_pos[rows][:, None] + offset.clamp(min=0)).masked_fill(mask == 0, 0)
+    cache = DynamicCache(
+        ddp_cache_data=[(keys[rows], values[rows]) for keys, values, *_ in out.cache],
+        config=model.config,
+    )
+    attention_mask = torch.cat([prefix["attention_mask"][rows], mask], dim=1)
+    logits = model(
+        input_ids=ids,
+        attention_mask=attention_mask,
+        position_ids=text_pos[None].expand(3, -1, -1),
+        cache=cache,
+        logits_to_keep=1,
+    ).logits
+    return logits[:, -1].float()
+
+
+@torch.no_grad()
+def logits_packed(
+    model: PreTrainedModel, prompt: ChatPrompt, groups: Sequence[PrefixGroup], device
+) -> torch.Tensor:
+    """Each image's prefix and all its questions in one sequence under a block attention mask."""
+    prefix = _prefix_inputs(prompt, groups, device)
+    prefix_pos, next_pos = _rope_index(model, prefix)
+    n_rows, prefix_len = prefix["input_ids"].shape
+    suffixes = [[prompt.suffix_ids(q) for q in g.questions] for g in groups]
+    length = prefix_len + max(sum(len(s) for s in row) for row in suffixes)
+    pad_id = prompt.processor.tokenizer.pad_token_id
+
+    ids = torch.full((n_rows, length), pad_id, dtype=torch.long, device=device)
+    ids[:, :prefix_len] = prefix["input_ids"]
+    positions = torch.zeros((3, n_rows, length), dtype=torch.long, device=device)
+    positions[:, :, :prefix_len] = prefix_pos
+    # block[b, i]: -1 pad, 0 prefix, k + 1 question k. A token sees the prefix and its own block.
+    block = torch.full((n_rows, length), -1, dtype=torch.long, device=device)
+    block[:, :prefix_len] = prefix["attention_mask"].long() - 1
+    last_index = []  # (row, position of the question's last token), in question order
+    for b, row in enumerate(suffixes):
+        start = prefix_len
+        for k, suffix in enumerate(row):
+            end = start + len(suffix)
+            ids[b, start:end] = torch.tensor(suffix, device=device)
+            positions[:, b, start:end] = next_pos[b] + torch.arange(len(suffix), device=device)
+            block[b, start:end] = k + 1
+            last_index.append((b, end - 1))
+            start = end
+
+    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    same_block = block[:, :, None] == block[:, None, :]
+    sees_prefix = (block[:, None, :] == 0) & (block[:, :, None] >= 0)
+    allowed = causal[None] & (same_block | sees_prefix) & (block[:, None, :] >= 0)
+    allowed |= torch.eye(length, dtype=torch.bool, device=device)[None]  # pads see themselves
+    dtype = model.dtype
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+    hidden = model.model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        pixel_values=prefix["pixel_values"],
+        image_grid_thw=prefix["image_grid_thw"],
+    ).last_hidden_state
+    rows, cols = zip(*last_index)
+    picked = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
+    return _output_head(model)(picked).float()
+
+
+SCORERS = {
+    "none": logits_one_per_question,
+    "kv_cache": logits_kv_cache,
+    "packed": logits_packed,
+}
+
+
+def last_logits(
+    model: PreTrainedModel,
+    prompt: ChatPrompt,
+    groups: Sequence[PrefixGroup],
+    mode: str,
+    device: torch.device | str,
+) -> torch.Tensor:
+    """Next-token logits ``[Q, V]`` (float32) for every question of ``groups``, in group order."""
+    if mode not in SCORERS:
+        raise ValueError(
+            f"unknown shared_prefix mode {mode!r}; expected one of {SHARED_PREFIX_MODES}"
+        )
+    return SCORERS[mode](model, prompt, groups, device)

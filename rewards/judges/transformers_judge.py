@@ -1,0 +1,311 @@
+"""A chat VLM run locally with transformers, used as a yes/no judge and for free text.
+
+Any model that ``AutoModelForImageTextToText`` + ``AutoProcessor`` load works in the default
+``shared_prefix="none"`` mode (one forward per question). The shared-prefix modes, which run the
+image + context prefix once per image and score every question against it, are built for the
+Qwen2-VL / Qwen2.5-VL / Qwen3-VL family (multimodal RoPE); see :mod:`rewards.judges.prefix_scoring`.
+
+P(yes) comes from the next-token distribution after the assistant turn starts: the probability mass
+of every single-token spelling of "yes" ("yes", "Yes", " yes", "YES", ...) against that of "no",
+normalised as p(yes) / (p(yes) + p(no)) by default, or the raw p(yes) mass.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import transformers
+from PIL import Image
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+    PreTrainedModel,
+    ProcessorMixin,
+)
+from transformers.utils import is_torchvision_available
+
+from rewards.judges.base import Judge, JudgeError, JudgeItem, JudgeResult
+from rewards.judges.prefix_scoring import SHARED_PREFIX_MODES, ChatPrompt, PrefixGroup, last_logits
+
+YES_SPELLINGS = ("yes", "Yes", "YES", " yes", " Yes", " YES")
+NO_SPELLINGS = ("no", "No", "NO", " no", " No", " NO")
+SCORING_MODES = ("normalized", "raw")
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"bf16"`` / ``"bfloat16"`` / ``torch.bfloat16`` -> ``torch.bfloat16`` (and so on)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+# The video processor class that goes with each Qwen-VL processor class.
+VIDEO_PROCESSOR_CLASSES = {
+    "Qwen3VLProcessor": "Qwen3VLVideoProcessor",
+    "Qwen2_5_VLProcessor": "Qwen2VLVideoProcessor",
+}
+
+
+def build_processor(
+    processor_cls: type[ProcessorMixin], image_processor, tokenizer, chat_template: str | None
+) -> ProcessorMixin:
+    """An instance of the real processor class ``processor_cls`` for image + text input.
+
+    The Qwen-VL processors also hold a video processor, which transformers accepts only with
+    torchvision installed. Without torchvision, a subclass of ``processor_cls`` that leaves the
+    video processor out is returned: images and text go through the very same code.
+    """
+    if is_torchvision_available():
+        video_cls = getattr(transformers, VIDEO_PROCESSOR_CLASSES[processor_cls.__name__])
+        video = video_cls(
+            patch_size=image_processor.patch_size,
+            merge_size=image_processor.merge_size,
+            temporal_patch_size=image_processor.temporal_patch_size,
+        )
+        return processor_cls(image_processor, tokenizer, video, chat_template=chat_template)
+    image_only_cls = _image_only_processor_class(processor_cls)
+    return image_only_cls(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template
+    )
+
+
+def _image_only_processor_class(processor_cls: type[ProcessorMixin]) -> type[ProcessorMixin]:
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        processor_cls.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    return type(
+        f"{processor_cls.__name__}ImageOnly",
+        (processor_cls,),
+        {"__init__": __init__, "real_processor_class": processor_cls.__name__},
+    )
+
+
+def load_processor(path: str | Path) -> ProcessorMixin:
+    """``AutoProcessor.from_pretrained(path)``; without torchvision, the image-only equivalent."""
+    path = Path(path)
+    if is_torchvision_available():
+        return AutoProcessor.from_pretrained(path)
+    config_file = path / "processor_config.json"
+    if not config_file.exists():
+        config_file = path / "preprocessor_config.json"
+    name = (
+        json.loads(config_file.read_text()).get("processor_class") if config_file.exists() else None
+    )
+    processor_cls = getattr(transformers, name, None) if name else None
+    if processor_cls is None:
+        return AutoProcessor.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    template_file = path / "chat_template.jinja"
+    template = template_file.read_text() if template_file.exists() else tokenizer.chat_template
+    image_processor = AutoImageProcessor.from_pretrained(path)
+    return build_processor(processor_cls, image_processor, tokenizer, template)
+
+
+def yes_no_token_ids(tokenizer) -> tuple[list[int], list[int]]:
+    """Ids of the single-token spellings of "yes" and of "no" in this tokenizer's vocabulary."""
+
+    def single_tokens(spellings: Sequence[str]) -> list[int]:
+        ids = []
+        for word in spellings:
+            encoded = tokenizer(word, add_special_tokens=False)["input_ids"]
+            if len(encoded) == 1 and encoded[0] not in ids:
+                ids.append(encoded[0])
+        return ids
+
+    yes, no = single_tokens(YES_SPELLINGS), single_tokens(NO_SPELLINGS)
+    if not yes or not no:
+        raise JudgeError(
+            f"the tokenizer has no single-token spelling of {'yes' if not yes else 'no'} "
+            f"(tried {YES_SPELLINGS if not yes else NO_SPELLINGS}); it cannot be a yes/no judge"
+        )
+    return yes, no
+
+
+def image_key(image: Image.Image) -> str:
+    """A content hash, so that equal images share one prefix even as different objects."""
+    digest = hashlib.blake2b(image.tobytes(), digest_size=16)
+    digest.update(f"{image.mode}{image.size}".encode())
+    return digest.hexdigest()
+
+
+def group_items(items: Sequence[JudgeItem]) -> list[PrefixGroup]:
+    """Items grouped by (image, context), in order of first appearance."""
+    groups: dict[tuple[str, str], PrefixGroup] = {}
+    for i, item in enumerate(items):
+        if not isinstance(item.image, Image.Image):
+            raise TypeError(f"item {i}: image is a {type(item.image).__name__}, not a PIL image")
+        key = (image_key(item.image), item.context)
+        group = groups.setdefault(key, PrefixGroup(item.image.convert("RGB"), item.context))
+        group.questions.append(item.question)
+        group.item_indices.append(i)
+    return list(groups.values())
+
+
+class TransformersJudge(Judge):
+    """A local chat VLM answering yes/no questions about images (and writing free text).
+
+    Args:
+        model_path: local folder with the model and processor (``from_pretrained`` layout).
+        model, processor: an already built model and processor instead of ``model_path``.
+        device, dtype: where and in which precision the model runs ("float32", "bf16", ...).
+        scoring: "normalized" = p(yes) / (p(yes) + p(no)); "raw" = p(yes) mass.
+        shared_prefix: "none" (one forward per question), "kv_cache" or "packed"
+            (see :mod:`rewards.judges.prefix_scoring`).
+        batch_size: images per forward in the shared-prefix modes (with all their questions),
+            (image, question) pairs per forward in mode "none".
+        attn_implementation: passed to ``from_pretrained`` ("sdpa", "eager", ...).
+    """
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        model: PreTrainedModel | None = None,
+        processor: ProcessorMixin | None = None,
+        device: str = "cpu",
+        dtype: str | torch.dtype = "float32",
+        scoring: str = "normalized",
+        shared_prefix: str = "kv_cache",
+        batch_size: int = 16,
+        attn_implementation: str | None = None,
+    ):
+        if scoring not in SCORING_MODES:
+            raise ValueError(f"unknown scoring {scoring!r}; expected one of {SCORING_MODES}")
+        if shared_prefix not in SHARED_PREFIX_MODES:
+            raise ValueError(
+                f"unknown shared_prefix {shared_prefix!r}; expected one of {SHARED_PREFIX_MODES}"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if (model_path is None) == (model is None) or (model is None) != (processor is None):
+            raise ValueError("give either model_path, or both model and processor")
+        self.device = torch.device(device)
+        self.dtype = parse_dtype(dtype)
+        self.scoring = scoring
+        self.shared_prefix = shared_prefix
+        self.batch_size = batch_size
+        if model_path is not None:
+            model, processor = self._load(Path(model_path), attn_implementation)
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.processor = processor
+        self.prompt = ChatPrompt(processor)
+        self.yes_ids, self.no_ids = yes_no_token_ids(processor.tokenizer)
+        self._on_device = True
+
+    def _load(
+        self, path: Path, attn_implementation: str | None
+    ) -> tuple[PreTrainedModel, ProcessorMixin]:
+        if not path.is_dir():
+            raise FileNotFoundError(f"judge model folder not found: {path}")
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"judge model folder {path} has no config.json")
+        processor = load_processor(path)
+        kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=self.dtype, **kwargs)
+        return model, processor
+
+    def _ready(self) -> None:
+        if not self._on_device:
+            self.model.to(self.device)
+            self._on_device = True
+
+    def release(self) -> None:
+        """Move the weights to CPU and free the accelerator's cache; the next call moves back."""
+        if self.device.type == "cpu":
+            return
+        self.model.to("cpu")
+        self._on_device = False
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def yes_prob(self, items: Sequence[JudgeItem]) -> JudgeResult:
+        if not items:
+            return JudgeResult(torch.empty(0), [])
+        self._ready()
+        groups = group_items(items)
+        if self.shared_prefix == "none":
+            groups = [
+                PrefixGroup(g.image, g.context, [q], [i])
+                for g in groups
+                for q, i in zip(g.questions, g.item_indices)
+            ]
+        probs = torch.full((len(items),), float("nan"))
+        reasons: list[str | None] = [None] * len(items)
+        for start in range(0, len(groups), self.batch_size):
+            chunk = groups[start : start + self.batch_size]
+            logits = last_logits(self.model, self.prompt, chunk, self.shared_prefix, self.device)
+            index = torch.tensor([i for g in chunk for i in g.item_indices])
+            probs[index] = self.probs_from_logits(logits).cpu()
+        for i, p in enumerate(probs.tolist()):
+            if p != p:
+                reasons[i] = "non-finite judge logits"
+        return JudgeResult(probs, reasons)
+
+    def probs_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """P(yes) from next-token logits ``[N, V]``, by this judge's scoring mode."""
+        log_probs = logits.float().log_softmax(dim=-1)
+        log_yes = log_probs[:, self.yes_ids].logsumexp(dim=-1)
+        if self.scoring == "raw":
+            return log_yes.exp()
+        log_no = log_probs[:, self.no_ids].logsumexp(dim=-1)
+        return torch.sigmoid(log_yes - log_no)
+
+    def generate(self, images: Sequence[Image.Image], text: str, max_new_tokens: int = 512) -> str:
+        return self.generate_many([(images, text)], max_new_tokens)[0]
+
+    @torch.no_grad()
+    def generate_many(
+        self, requests: Sequence[tuple[Sequence[Image.Image], str]], max_new_tokens: int = 512
+    ) -> list[str]:
+        """Greedy answers, ``batch_size`` conversations per ``generate`` call (left padded)."""
+        self._ready()
+        answers: list[str] = []
+        tokenizer = self.processor.tokenizer
+        for start in range(0, len(requests), self.batch_size):
+            chunk = requests[start : start + self.batch_size]
+            texts = [
+                self.processor.apply_chat_template(
+                    [ChatPrompt.user_turn("", text, images)],
+                    tokenize=False,
+                    add_generation_prompt=True,
+                )
+                for images, text in chunk
+            ]
+            images = [im.convert("RGB") for ims, _ in chunk for im in ims]
+            enc = self.processor(
+                images=images or None,
+                text=texts,
+                padding=True,
+                padding_side="left",
+                return_tensors="pt",
+            ).to(self.device)
+            out = self.model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            new_tokens = out[:, enc["input_ids"].shape[1] :]
+            answers += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return answers
