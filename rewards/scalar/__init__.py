@@ -3,7 +3,14 @@ and UnifiedReward. Each maps (image, prompt) to one number; see docs/scalar_rewa
 
 from rewards.scalar.clipscore import CLIPScoreReward
 from rewards.scalar.hpsv2 import HPSv2Reward
+from rewards.scalar.hpsv3 import HPSv3Reward
 from rewards.scalar.pickscore import PickScoreReward
 from rewards.scalar.unifiedreward import UnifiedRewardReward
 
-__all__ = ["CLIPScoreReward", "HPSv2Reward", "PickScoreReward", "UnifiedRewardReward"]
+__all__ = [
+    "CLIPScoreReward",
+    "HPSv2Reward",
+    "HPSv3Reward",
+    "PickScoreReward",
+    "UnifiedRewardReward",
+]
