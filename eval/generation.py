@@ -93,6 +93,20 @@ def build_pipeline(model_cfg: Mapping[str, Any], lora_dir: str | Path | None, de
     return pipe.to(device)
 
 
+def model_name_for(cfg: Any) -> str:
+    """The ``<model>`` folder name: ``model_name`` if set, else the model (+ LoRA folder) name."""
+    if cfg.get("model_name"):
+        return str(cfg.model_name)
+    lora = cfg.get("lora")
+    return cfg.model.name + (f"_lora-{Path(lora).name}" if lora else "")
+
+
+def resolve_device(device: str | None) -> str:
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def _pipeline_device(pipe) -> torch.device:
     return getattr(pipe, "_execution_device", None) or pipe.device
 

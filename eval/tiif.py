@@ -44,7 +44,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from eval.common import check_entry, fmt, markdown_table, run_dir, write_json
-from eval.generation import GenerationConfig, ImageJob, build_pipeline, generate_images
+from eval.generation import (
+    GenerationConfig,
+    ImageJob,
+    build_pipeline,
+    generate_images,
+    model_name_for,
+    resolve_device,
+)
 from eval.judging import JudgeOptions, generate_answers, yes_no_by_prob
 from rewards.judges.base import Judge
 
@@ -353,22 +360,6 @@ def run_tiif(
     write_json(out_dir / "summary.json", summary)
     (out_dir / "summary.md").write_text(summary_markdown(summary))
     return summary
-
-
-def model_name_for(cfg: Any) -> str:
-    """The ``<model>`` folder name: ``model_name`` if set, else the model (+ LoRA folder) name."""
-    if cfg.get("model_name"):
-        return str(cfg.model_name)
-    lora = cfg.get("lora")
-    return cfg.model.name + (f"_lora-{Path(lora).name}" if lora else "")
-
-
-def resolve_device(device: str | None) -> str:
-    import torch
-
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 @hydra.main(config_path="../conf", config_name="tiif", version_base=None)
