@@ -77,8 +77,8 @@ class RubricReward(Reward):
     ) -> None:
         if judge is None:
             raise ValueError(
-                "reward=rubric needs a judge: add `- judge: pixel` (or another conf/judge entry) "
-                "to the primary config's defaults, or pass +judge=pixel on the command line"
+                "reward=rubric needs a judge: pick one on the command line, e.g. judge=pixel "
+                "(+judge=pixel if the primary config's defaults have no judge entry)"
             )
         if not isinstance(judge, Judge):
             raise TypeError(f"judge must be a rewards.judges.base.Judge, got {type(judge)}")
