@@ -1,0 +1,88 @@
+"""The trainer's evaluation hook: a small benchmark subset run on the pipeline being trained.
+
+``rl.train`` calls :func:`evaluate_pipeline` on rank 0 every ``eval_hook.every_n_epochs`` epochs,
+with the LoRA (or its EMA) active, and logs the returned flat metrics; ``eval.checkpoints`` calls
+it once per saved checkpoint. The hook config (``conf/eval_hook/*.yaml``) names the benchmarks:
+
+* ``tiif``: TIIF-Bench cases (``prompt_dir``, ``eval_dir``, ``types``, ``limit_per_type``,
+  ``descriptions``) -> ``eval/tiif_<short|long>_overall`` and ``eval/tiif_<short|long>_<level>``
+  (basic, advanced, real_world; a level none of whose types was run is left out);
+* ``unigenbench``: UniGenBench++ prompts (``csv``, ``limit``, ``images_per_prompt``) ->
+  ``eval/unigenbench_overall`` and ``eval/unigenbench_testpoint_accuracy``;
+
+plus ``judge`` (a judge node, built once per process and reused), ``judging`` and
+``generation`` (the sampling settings; image seeds are fixed, so epochs compare like for like).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from eval.generation import GenerationConfig
+from eval.judging import JudgeOptions
+from rewards.judges.base import Judge
+
+log = logging.getLogger(__name__)
+
+_JUDGES: dict[str, Judge] = {}
+
+
+def hook_judge(judge_cfg: Any) -> Judge:
+    """The judge of ``judge_cfg``, built on first use and kept for later evaluations."""
+    import hydra
+
+    if judge_cfg is None:
+        raise ValueError(
+            "eval_hook.judge is not set: give the hook a judge node (it defaults to the run's "
+            "root `judge`), e.g. judge=qwen3_vl judge.model_path=... or eval_hook.judge={...}"
+        )
+    key = json.dumps(
+        OmegaConf.to_container(OmegaConf.create(judge_cfg), resolve=True), sort_keys=True
+    )
+    if key not in _JUDGES:
+        _JUDGES[key] = hydra.utils.instantiate(judge_cfg)
+    return _JUDGES[key]
+
+
+def evaluate_pipeline(pipe, hook_cfg: DictConfig, out_dir: Path, epoch: int) -> dict[str, float]:
+    """Run the configured benchmark subset with ``pipe`` as it is; flat ``eval/...`` metrics."""
+    from eval.tiif import load_tiif, run_tiif
+    from eval.unigenbench import load_unigenbench, run_unigenbench
+
+    out_dir = Path(out_dir)
+    gen = GenerationConfig.from_cfg(OmegaConf.to_container(hook_cfg.generation, resolve=True))
+    opts = JudgeOptions.from_cfg(hook_cfg.judging)
+    judge = hook_judge(hook_cfg.get("judge"))
+    name = f"epoch_{epoch:06d}"
+    metrics: dict[str, float] = {}
+    tiif = hook_cfg.get("tiif")
+    if tiif:
+        cases = load_tiif(
+            tiif.prompt_dir, tiif.eval_dir, tiif.get("types"), tiif.get("limit_per_type")
+        )
+        descriptions = list(tiif.get("descriptions") or ("short_description", "long_description"))
+        summary = run_tiif(pipe, judge, cases, out_dir / "tiif", name, gen, opts, descriptions)
+        for key, value in summary["overall"].items():
+            metrics[f"eval/tiif_{key}_overall"] = value
+            for level, scores in summary["levels"].items():
+                metrics[f"eval/tiif_{key}_{level}"] = scores[key]
+    ugb = hook_cfg.get("unigenbench")
+    if ugb:
+        cases, skipped = load_unigenbench(
+            ugb.csv, ugb.get("malformed_rows", "skip"), ugb.get("limit")
+        )
+        summary = run_unigenbench(
+            pipe, judge, cases, out_dir / "unigenbench", name, gen, opts,
+            ugb.get("images_per_prompt", 4), skipped,
+        )  # fmt: skip
+        metrics["eval/unigenbench_overall"] = summary["overall"]
+        metrics["eval/unigenbench_testpoint_accuracy"] = summary["testpoint_accuracy"]
+    judge.release()
+    metrics = {k: v for k, v in metrics.items() if v == v}  # a level without types is NaN: omit
+    log.info("evaluation after epoch %d: %s", epoch, metrics)
+    return metrics

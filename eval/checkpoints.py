@@ -1,0 +1,163 @@
+"""Evaluate every saved checkpoint of a training run and compare them.
+
+    python -m eval.checkpoints run_dir=runs/train/2026-01-01_00-00-00 judge=openai \
+        eval_hook.tiif.prompt_dir=/data/TIIF-Bench/data/testmini_prompts \
+        eval_hook.tiif.eval_dir=/data/TIIF-Bench/data/testmini_eval_prompts
+
+The checkpoints are ``<run_dir>/checkpoints/epoch_NNNNNN/lora/`` (complete ones only, i.e. with
+the trainer's ``COMPLETE`` marker), plus the base model as epoch 0 (``include_base``). The model
+comes from the run's own ``.hydra/config.yaml`` unless ``model`` is given. The pipeline is built
+once; each checkpoint's LoRA is loaded, evaluated with
+:func:`eval.after_checkpoint.evaluate_pipeline` (the ``eval_hook`` subset) and unloaded.
+
+Outputs in ``<run_dir>/eval_checkpoints/``: one folder per checkpoint, ``metrics.jsonl`` (one
+row per checkpoint; checkpoints already there are skipped, so the command resumes) and
+``checkpoints.png`` (each metric against the epoch). With ``wandb.enabled`` the rows are logged
+to a wandb run of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from eval.after_checkpoint import evaluate_pipeline
+from eval.common import check_entry
+from eval.generation import build_pipeline, resolve_device
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = re.compile(r"^epoch_(\d+)$")
+COMPLETE_MARKER = "COMPLETE"
+LORA_SUBDIR = "lora"
+
+
+def find_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """``(epoch, lora folder)`` of every complete checkpoint of the run, oldest first."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        raise FileNotFoundError(f"no checkpoints folder in {run_dir}")
+    found = []
+    for path in root.iterdir():
+        match = CHECKPOINT.match(path.name)
+        if not match or not path.is_dir():
+            continue
+        if not (path / COMPLETE_MARKER).is_file():
+            log.warning("skipping half-written checkpoint %s", path)
+        elif not (path / LORA_SUBDIR).is_dir():
+            log.warning("skipping %s: no exported LoRA (%s/)", path, LORA_SUBDIR)
+        else:
+            found.append((int(match.group(1)), path / LORA_SUBDIR))
+    return sorted(found)
+
+
+def run_model_config(run_dir: Path) -> Any:
+    """The ``model`` node the run was trained with (from Hydra's saved config)."""
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        raise FileNotFoundError(f"{saved} not found: pass model=... explicitly")
+    return OmegaConf.load(saved).model
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_checkpoints(rows: list[dict[str, Any]], path: Path) -> None:
+    """One line per metric against the epoch (a PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(rows, key=lambda r: r["epoch"])
+    names = sorted({k for r in rows for k in r if k.startswith("eval/")})
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in names:
+        points = [(r["epoch"], r[name]) for r in rows if r.get(name) is not None]
+        ax.plot(*zip(*points), marker="o", label=name.removeprefix("eval/"))
+    ax.set_xlabel("epoch (0 = base model)")
+    ax.set_ylabel("score")
+    ax.set_title("benchmark scores per checkpoint")
+    ax.grid(alpha=0.3)
+    if names:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def evaluate_checkpoints(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Evaluate the base model and every checkpoint not yet in metrics.jsonl."""
+    run_dir = Path(cfg.run_dir)
+    out = run_dir / "eval_checkpoints"
+    metrics_file = out / "metrics.jsonl"
+    rows = read_rows(metrics_file)
+    done = {r["epoch"] for r in rows}
+    todo = ([(0, None)] if cfg.include_base else []) + find_checkpoints(run_dir)
+    todo = [(epoch, lora) for epoch, lora in todo if epoch not in done]
+    if todo:
+        model_cfg = cfg.model if cfg.get("model") else run_model_config(run_dir)
+        pipe = build_pipeline(model_cfg, None, resolve_device(cfg.device))
+    for epoch, lora in todo:
+        if lora is not None:
+            pipe.load_lora_weights(str(lora))
+        metrics = evaluate_pipeline(pipe, cfg.eval_hook, out / f"epoch_{epoch:06d}", epoch)
+        if lora is not None:
+            pipe.unload_lora_weights()
+        row = {"epoch": epoch, "checkpoint": str(lora) if lora else "base", **metrics}
+        rows.append(row)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(metrics_file, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        log.info("epoch %d: %s", epoch, metrics)
+    plot_checkpoints(rows, out / "checkpoints.png")
+    return sorted(rows, key=lambda r: r["epoch"])
+
+
+def log_to_wandb(rows: list[dict[str, Any]], cfg: DictConfig) -> None:
+    import wandb
+
+    run = wandb.init(
+        project=cfg.wandb.project,
+        name=f"{Path(cfg.run_dir).name}-checkpoints",
+        mode=cfg.wandb.mode,
+        dir=str(Path(cfg.run_dir) / "eval_checkpoints"),
+        config=OmegaConf.to_container(cfg.eval_hook, resolve=True),
+    )
+    run.define_metric("eval/*", step_metric="epoch")
+    for row in rows:
+        run.log({k: v for k, v in row.items() if k != "checkpoint"})
+    run.log(
+        {
+            "checkpoints": wandb.Image(
+                str(Path(cfg.run_dir) / "eval_checkpoints" / "checkpoints.png")
+            )
+        }
+    )
+    run.finish()
+
+
+@hydra.main(config_path="../conf", config_name="checkpoints", version_base=None)
+def main(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Entry point: evaluate, write metrics.jsonl and checkpoints.png, optionally log to wandb."""
+    check_entry(cfg, "checkpoints")
+    rows = evaluate_checkpoints(cfg)
+    if cfg.wandb.enabled:
+        log_to_wandb(rows, cfg)
+    for row in rows:
+        print(json.dumps(row))
+    print(f"results in {Path(cfg.run_dir) / 'eval_checkpoints'}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
