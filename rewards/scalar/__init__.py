@@ -4,6 +4,7 @@ and UnifiedReward. Each maps (image, prompt) to one number; see docs/scalar_rewa
 from rewards.scalar.clipscore import CLIPScoreReward
 from rewards.scalar.hpsv2 import HPSv2Reward
 from rewards.scalar.hpsv3 import HPSv3Reward
+from rewards.scalar.imagereward import ImageRewardReward
 from rewards.scalar.pickscore import PickScoreReward
 from rewards.scalar.unifiedreward import UnifiedRewardReward
 
@@ -11,6 +12,7 @@ __all__ = [
     "CLIPScoreReward",
     "HPSv2Reward",
     "HPSv3Reward",
+    "ImageRewardReward",
     "PickScoreReward",
     "UnifiedRewardReward",
 ]
