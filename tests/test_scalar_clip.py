@@ -191,3 +191,18 @@ def test_hpsv2_openclip_checkpoint_scores_like_the_clip_it_came_from(clip_dir, t
         HPSv2Reward(path=str(checkpoint), processor_path=str(clip_dir))(images, PROMPTS[:3])
     with pytest.raises(FileNotFoundError, match="hpsv2 checkpoint.*missing.pt"):
         HPSv2Reward(path=str(tmp_path / "missing.pt"), processor_path=str(clip_dir))
+
+
+def test_hydra_config_builds_the_reward(clip_dir):
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from rewards import build_reward
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "reward" / "clipscore.yaml"
+    reward = build_reward(OmegaConf.merge(OmegaConf.load(conf), {"path": str(clip_dir)}))
+    assert isinstance(reward, CLIPScoreReward) and reward.normalize == "clip_s"
+    images = _images(2, seed=5)
+    direct = CLIPScoreReward(path=str(clip_dir))(images, PROMPTS[:2]).scores
+    torch.testing.assert_close(reward(images, PROMPTS[:2]).scores, direct)

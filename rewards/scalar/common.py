@@ -1,5 +1,5 @@
 """What every scalar reward model shares: local-only loading checks, device/dtype handling,
-optional-dependency imports, batching, the ``normalize`` option, and ``release()``.
+batching, the ``normalize`` option, and ``release()``.
 
 The models are loaded from folders or files the user already has on disk. Each reward checks
 that every file it needs is there *before* any weights load, and fails with one message naming
@@ -11,38 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import importlib
-import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
 from PIL import Image
 
 from rewards.base import Reward, RewardOutput
-
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float64": torch.float64,
-}
-
-
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """``"bfloat16"``/``"bf16"``/... or a torch dtype -> the torch dtype."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return _DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
+from rewards.judges.transformers_judge import parse_dtype
 
 
 def require_dir(path: str | os.PathLike | None, files: Sequence[str], what: str) -> Path:
@@ -73,17 +51,6 @@ def require_file(path: str | os.PathLike | None, what: str) -> Path:
     if not file.is_file():
         raise FileNotFoundError(f"{what}: {file} is not a local file")
     return file
-
-
-def import_optional(module: str, extra: str, needed_for: str) -> ModuleType:
-    """Import an optional dependency or fail with the pip command that installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise ImportError(
-            f"{needed_for} needs the optional package {module!r}: "
-            f"pip install 'autorubric-rl[{extra}]'  ({err})"
-        ) from err
 
 
 @contextlib.contextmanager
@@ -145,7 +112,7 @@ class ScalarReward(Reward):
                 f"choose one of {sorted(self.NORMALIZATIONS)}"
             )
         self.device = torch.device(device)
-        self.dtype = resolve_dtype(dtype)
+        self.dtype = parse_dtype(dtype)
         self.batch_size = int(batch_size)
         self.normalize = normalize
         self._loaded = False
@@ -194,8 +161,3 @@ class ScalarReward(Reward):
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-
-
-def nan_tensor(count: int) -> torch.Tensor:
-    """``count`` NaNs (float64), for items that could not be scored."""
-    return torch.full((count,), math.nan, dtype=torch.float64)
