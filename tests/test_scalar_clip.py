@@ -177,8 +177,12 @@ def test_hpsv2_openclip_checkpoint_scores_like_the_clip_it_came_from(clip_dir, t
     state = _as_openclip(CLIPModel.from_pretrained(clip_dir))
     checkpoint = tmp_path / "HPS_v2_compressed.pt"
     torch.save({"state_dict": state}, checkpoint)
-    images = _images(3, seed=2)
-    cos, _ = _reference(clip_dir, images, PROMPTS[:3])
+    images = _images(3, seed=2)  # 48 x 40: letterboxed to 32 x 27, padded 2 px top, 3 bottom
+    boxed = []
+    for image in images:
+        small = np.asarray(image.resize((32, 27), Image.BICUBIC))
+        boxed.append(Image.fromarray(np.pad(small, ((2, 3), (0, 0), (0, 0)))))
+    cos, _ = _reference(clip_dir, boxed, PROMPTS[:3])
     reward = HPSv2Reward(path=str(checkpoint), processor_path=str(clip_dir), batch_size=2)
     torch.testing.assert_close(reward(images, PROMPTS[:3]).scores.double(), cos, atol=1e-5, rtol=0)
     percent = HPSv2Reward(path=str(checkpoint), processor_path=str(clip_dir), normalize="percent")

@@ -66,11 +66,15 @@ class ClipSimilarityReward(ScalarReward):
         self.model = None
         self.processor = None
 
+    def prepare_images(self, images: list[Image.Image]) -> list[Image.Image]:
+        """Hook for a model-specific step before the CLIP image processor (default: none)."""
+        return images
+
     def cosine(self, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
         """Cosine similarity of each image with its own prompt, ``[b]`` float32."""
         inputs = self.processor(
             text=prompts,
-            images=images,
+            images=self.prepare_images(images),
             return_tensors="pt",
             padding=True,
             truncation=True,

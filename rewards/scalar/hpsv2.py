@@ -4,10 +4,11 @@ The official checkpoint (``HPS_v2_compressed.pt`` / ``HPS_v2.1_compressed.pt``) 
 state dict. Rather than depending on open_clip (which pulls torchvision and timm and pins them to
 particular torch builds), its tensors are mapped onto a transformers ``CLIPModel`` with the same
 architecture, the one of ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``, whose local folder supplies
-the config, the tokenizer and the image processor (resize 224 bicubic, centre crop, OpenAI
-mean/std: OpenCLIP's evaluation transform). The mapping is exact: OpenCLIP's fused attention
-input projection is split into q/k/v, and its ``x @ proj`` projections become ``Linear`` weights
-(transposed).
+the config, the tokenizer and the image processor (OpenAI mean/std). As in HPSv2's evaluation
+transform, each image is first letterboxed: its longer side resized to 224 (bicubic) and the
+shorter one padded with black to a square (see :func:`letterbox`); nothing is cropped. The
+weight mapping is exact: OpenCLIP's fused attention input projection is split into q/k/v, and
+its ``x @ proj`` projections become ``Linear`` weights (transposed).
 
 Raw score: the cosine of the normalised image and text embeddings (what the official
 ``score.py`` prints), in [-1, 1]; typically 0.20-0.35. Normalisations (``normalize``):
@@ -19,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from rewards.scalar.clip import ClipSimilarityReward
 from rewards.scalar.common import load_state_dict_file, require_dir, require_file
@@ -51,6 +53,21 @@ def _tower(state: dict[str, torch.Tensor], src: str, dst: str) -> dict[str, torc
             raise KeyError(f"unexpected OpenCLIP key {key!r}")
         out[f"{layer}{_LAYER[module]}.{kind}"] = value
     return out
+
+
+def letterbox(image: Image.Image, size: int) -> Image.Image:
+    """Resize so the longer side is ``size`` (bicubic) and pad to ``size`` x ``size`` with black,
+    centred (the extra pixel of an odd padding goes right/bottom)."""
+    width, height = image.size
+    scale = size / max(width, height)
+    if scale == 1.0:
+        return image
+    new_w, new_h = round(width * scale), round(height * scale)
+    canvas = Image.new("RGB", (size, size))
+    canvas.paste(
+        image.resize((new_w, new_h), Image.BICUBIC), ((size - new_w) // 2, (size - new_h) // 2)
+    )
+    return canvas
 
 
 def openclip_to_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -114,6 +131,10 @@ class HPSv2Reward(ClipSimilarityReward):
 
     def check_model_path(self, path: str) -> Path:
         return require_file(path, "hpsv2 checkpoint")
+
+    def prepare_images(self, images: list[Image.Image]) -> list[Image.Image]:
+        size = self.processor.image_processor.crop_size["height"]
+        return [letterbox(image, size) for image in images]
 
     def build_model(self, path: Path) -> torch.nn.Module:
         from accelerate import init_empty_weights
