@@ -362,14 +362,12 @@ def run_tiif(
     return summary
 
 
-@hydra.main(config_path="../conf", config_name="tiif", version_base=None)
-def main(cfg: DictConfig) -> dict[str, Any]:
-    """Entry point: load cases, generate, judge, summarise into the run folder."""
+def evaluate(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """The whole command for a composed ``tiif`` config: cases, generation, judge, summary."""
     check_entry(cfg, "tiif")
     cases = load_tiif(
         cfg.data.prompt_dir, cfg.data.eval_dir, cfg.data.types, cfg.data.limit_per_type
     )
-    out = Path(cfg.output_dir) if cfg.get("output_dir") else run_dir()
     name = model_name_for(cfg)
     gen = GenerationConfig.from_cfg(OmegaConf.to_container(cfg.generation))
     pipe = None
@@ -388,6 +386,12 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     print((out / "summary.md").read_text())
     print(f"TIIF overall: {summary['overall']}; results in {out}")
     return summary
+
+
+@hydra.main(config_path="../conf", config_name="tiif", version_base=None)
+def main(cfg: DictConfig) -> None:
+    """Entry point: everything goes to ``output_dir`` or else the Hydra run folder."""
+    evaluate(cfg, Path(cfg.output_dir) if cfg.get("output_dir") else run_dir())
 
 
 if __name__ == "__main__":

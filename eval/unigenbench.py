@@ -370,12 +370,10 @@ def run_unigenbench(
     return summary
 
 
-@hydra.main(config_path="../conf", config_name="unigenbench", version_base=None)
-def main(cfg: DictConfig) -> dict[str, Any]:
-    """Entry point: load the CSV, generate, judge, summarise into the run folder."""
+def evaluate(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """The whole command for a composed ``unigenbench`` config: CSV, generation, judge, scores."""
     check_entry(cfg, "unigenbench")
     cases, skipped = load_unigenbench(cfg.data.csv, cfg.data.malformed_rows, cfg.data.limit)
-    out = Path(cfg.output_dir) if cfg.get("output_dir") else run_dir()
     gen = GenerationConfig.from_cfg(OmegaConf.to_container(cfg.generation))
     pipe = None
     if not cfg.skip_generation:
@@ -394,6 +392,12 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     print((out / "scores.md").read_text())
     print(f"UniGenBench overall {summary['overall']:.4f} ({OVERALL_DEFINITION}); results in {out}")
     return summary
+
+
+@hydra.main(config_path="../conf", config_name="unigenbench", version_base=None)
+def main(cfg: DictConfig) -> None:
+    """Entry point: everything goes to ``output_dir`` or else the Hydra run folder."""
+    evaluate(cfg, Path(cfg.output_dir) if cfg.get("output_dir") else run_dir())
 
 
 if __name__ == "__main__":

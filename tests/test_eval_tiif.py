@@ -4,17 +4,17 @@ end-to-end run with the tiny SD3 that resumes without regenerating anything."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
 from eval.generation import GenerationConfig, build_pipeline
 from eval.judging import JudgeOptions
 from eval.tiif import (
     GROUPS,
+    evaluate,
     load_tiif,
     parse_yes_no,
     result_path,
@@ -131,17 +131,17 @@ def test_end_to_end_tiny_sd3_scripted_judge_and_resume(tmp_path):
     assert len(stamps) == 8
 
 
-def test_cli_tiny_model_pixel_judge_yes_prob(tmp_path):
+def test_command_tiny_model_pixel_judge_yes_prob(tmp_path):
     """The command line with the tiny SD3 and the pixel judge: TIIF questions are outside the
     pixel grammar, so every answer is unanswered and counted wrong (score 0, not an error)."""
-    cmd = [
-        sys.executable, "-m", "eval.tiif", "model=tiny", "judge=pixel",
+    overrides = [
+        "model=tiny", "judge=pixel",
         f"data.prompt_dir={FIX / 'prompts'}", f"data.eval_dir={FIX / 'eval_prompts'}",
         "data.types=[text]", "judging.answer_mode=yes_prob", "generation.num_steps=1",
-        "generation.height=32", "generation.width=32", f"hydra.run.dir={tmp_path}",
+        "generation.height=32", "generation.width=32",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    with initialize_config_dir(str(REPO / "conf"), version_base=None):
+        evaluate(compose("tiif", overrides=overrides), tmp_path)  # what `python -m eval.tiif` runs
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["types"]["text"]["short"] == {
         "correct": 0, "total": 3, "unparsed_images": 1, "images": 1, "score": 0.0

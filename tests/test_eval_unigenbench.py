@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import ast
 import json
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
 from eval.generation import GenerationConfig, build_pipeline
 from eval.judging import JudgeOptions
 from eval.unigenbench import (
     CSV_COLUMNS,
     UniGenBenchDataError,
+    evaluate,
     load_unigenbench,
     parse_scores,
     primary_dimension,
@@ -107,20 +107,21 @@ def test_end_to_end_hand_checked_and_resumable(tmp_path):
     assert again["overall"] == s["overall"]
 
 
-def test_cli_tiny_model_tiny_vlm_judge(tmp_path):
+def test_command_tiny_model_tiny_vlm_judge(tmp_path, capsys):
     """The command line offline: tiny SD3, tiny random Qwen3-VL writing free text. Its noise
     has no <score> list, so every testpoint is counted wrong and the run still completes."""
-    cmd = [
-        sys.executable, "-m", "eval.unigenbench", "model=tiny", "judge=tiny_qwen3_vl",
+    overrides = [
+        "model=tiny", "judge=tiny_qwen3_vl",
         f"data.csv={FIX}", "data.limit=1", "images_per_prompt=2", "judging.max_new_tokens=4",
         "generation.num_steps=1", "generation.height=32", "generation.width=32",
-        f"hydra.run.dir={tmp_path}",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    with initialize_config_dir(str(REPO / "conf"), version_base=None):
+        evaluate(
+            compose("unigenbench", overrides=overrides), tmp_path
+        )  # what `python -m eval.unigenbench` runs
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert scores["unparsed_images"] == 2 and scores["overall"] == 0.0
-    assert "overall = unweighted mean" in proc.stdout
+    assert "overall = unweighted mean" in capsys.readouterr().out
 
 
 def test_malformed_row_policy(tmp_path):
