@@ -118,9 +118,13 @@ class PromptCache:
                 do_classifier_free_guidance=False,
                 max_sequence_length=self.max_sequence_length,
             )
-            for prompt, e, p in zip(chunk, embeds.to(self.device), pooled.to(self.device)):
-                self._cache[prompt] = (e, p)
+            self.add(chunk, embeds, pooled)
             self.num_encoded += len(chunk)
+
+    def add(self, prompts: list[str], embeds: torch.Tensor, pooled: torch.Tensor) -> None:
+        """Store embeddings computed elsewhere (e.g. shape-true random ones in ``bench/``)."""
+        for prompt, e, p in zip(prompts, embeds.to(self.device), pooled.to(self.device)):
+            self._cache[prompt] = (e, p)
 
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings [B, L, D] and pooled embeddings [B, P] for ``prompts`` (cached)."""
