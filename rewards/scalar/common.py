@@ -3,13 +3,12 @@ batching, the ``normalize`` option, and ``release()``.
 
 The models are loaded from folders or files the user already has on disk. Each reward checks
 that every file it needs is there *before* any weights load, and fails with one message naming
-the missing path, so a typo costs seconds rather than a minute of loading. ``HF_HUB_OFFLINE`` is
-set while loading, so transformers never tries the hub even for a folder that lacks a file.
+the missing path, so a typo costs seconds rather than a minute of loading. Loaders only ever get
+existing local folders and files, which transformers reads without contacting any hub.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -51,21 +50,6 @@ def require_file(path: str | os.PathLike | None, what: str) -> Path:
     if not file.is_file():
         raise FileNotFoundError(f"{what}: {file} is not a local file")
     return file
-
-
-@contextlib.contextmanager
-def hub_offline() -> Iterator[None]:
-    """Keep the Hugging Face libraries off the network while loading."""
-    old = {key: os.environ.get(key) for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    try:
-        yield
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
@@ -119,8 +103,7 @@ class ScalarReward(Reward):
 
     def _ensure_loaded(self) -> None:
         if not self._loaded:
-            with hub_offline():
-                self.load()
+            self.load()
             self._loaded = True
 
     def load(self) -> None:
