@@ -2,12 +2,12 @@
 
 Tests, demos and the judge benchmark need a real transformers VLM without downloading one. This
 module builds ``Qwen3VLForConditionalGeneration`` or ``Qwen2_5_VLForConditionalGeneration`` from a
-small config (random weights, deterministic per seed) and the matching real processor class with
-the real (PIL) image processor. The tokenizer is a byte-level BPE trained in-process on a small
-corpus that contains the yes/no spellings a judge reads, plus every Qwen special token, and a
-Qwen-style chat template; the code path is the one a full-size checkpoint takes, only the sizes
-differ. Compute cost depends on shape, not weights, so :func:`vlm_config` with full-size numbers
-gives honest timings.
+small config (random weights, deterministic per seed and device) and the matching real processor
+class with the real (PIL) image processor. The tokenizer is a byte-level BPE trained in-process on
+a small corpus that contains the yes/no spellings a judge reads, plus every Qwen special token,
+and a Qwen-style chat template; the code path is the one a full-size checkpoint takes, only the
+sizes differ. Compute cost depends on shape, not weights, so :func:`vlm_config` with full-size
+numbers gives honest timings.
 
 Patch and merge sizes are chosen so that 32-64 px images become a handful of image tokens
 (``patch_size=8, merge_size=2``: a 32 px image is 4 tokens, a 64 px image 16).
@@ -80,6 +80,7 @@ QWEN_CHAT_TEMPLATE = (
 # Judge answers in every spelling the scorer looks for, and typical judge prompts.
 _CORPUS = (
     "yes no Yes No YES NO yes. no. Yes. No. yes, no, Yes, No,",
+    "system user assistant You are a helpful assistant.",
     "Answer yes or no. Answer with Yes or No only. The answer is yes. The answer is no.",
     "Does the image show a red apple on a wooden table? Is the sky blue? Is there a dog?",
     "Is the main subject centred? Are the colours vivid and the lighting natural? Is text legible?",
@@ -299,12 +300,15 @@ def build_tiny_vlm(
     save_dir: str | Path | None = None,
     size: str | VLMSize = "tiny",
     dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """A random-weight Qwen-VL model (eval mode, CPU) and its processor, deterministic per seed.
+    """A random-weight Qwen-VL model (eval mode) and its processor, deterministic per seed.
 
-    ``size`` is a key of :data:`SIZES` or a :class:`VLMSize`. With ``save_dir`` the model, the
-    tokenizer, the image processor, the chat template and the processor config are written there,
-    in the layout ``AutoModelForImageTextToText`` / ``AutoProcessor`` read.
+    ``size`` is a key of :data:`SIZES` or a :class:`VLMSize`. The weights are created directly
+    on ``device`` in ``dtype`` (a full-size model never passes through CPU float32). With
+    ``save_dir`` the model, the tokenizer, the image processor, the chat template and the
+    processor config are written there, in the layout ``AutoModelForImageTextToText`` /
+    ``AutoProcessor`` read.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown VLM arch {arch!r}; expected one of {ARCHS}")
@@ -312,9 +316,14 @@ def build_tiny_vlm(
     tokenizer = build_qwen_tokenizer()
     config = vlm_config(arch, shape, tokenizer)
     model_cls, processor_cls = _MODEL_CLASSES[arch]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = model_cls(config).to(dtype).eval()
+    previous_dtype = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(dtype)
+        with torch.random.fork_rng(devices=[]), torch.device(device):
+            torch.manual_seed(seed)
+            model = model_cls(config).eval()
+    finally:
+        torch.set_default_dtype(previous_dtype)
     processor = build_processor(
         processor_cls, build_image_processor(arch, shape), tokenizer, QWEN_CHAT_TEMPLATE
     )

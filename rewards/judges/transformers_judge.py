@@ -113,8 +113,11 @@ def load_processor(path: str | Path) -> ProcessorMixin:
     if processor_cls is None:
         return AutoProcessor.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    template_file = path / "chat_template.jinja"
-    template = template_file.read_text() if template_file.exists() else tokenizer.chat_template
+    template = tokenizer.chat_template
+    if (path / "chat_template.jinja").exists():
+        template = (path / "chat_template.jinja").read_text()
+    elif (path / "chat_template.json").exists():
+        template = json.loads((path / "chat_template.json").read_text())["chat_template"]
     image_processor = AutoImageProcessor.from_pretrained(path)
     return build_processor(processor_cls, image_processor, tokenizer, template)
 
@@ -184,7 +187,7 @@ class TransformersJudge(Judge):
         device: str = "cpu",
         dtype: str | torch.dtype = "float32",
         scoring: str = "normalized",
-        shared_prefix: str = "kv_cache",
+        shared_prefix: str = "packed",
         batch_size: int = 16,
         attn_implementation: str | None = None,
     ):

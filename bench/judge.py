@@ -1,0 +1,177 @@
+"""Speed of the local VLM judge: one forward per (image, rubric) against shared-prefix scoring.
+
+    python -m bench.judge                                   # CPU, small random Qwen3-VL, ~1 min
+    python -m bench.judge --full-size --device cuda --dtype bf16 --image-size 512 --images 16
+
+Scores ``images x rubrics`` yes/no questions with a random-weight Qwen-VL judge in each mode of
+:class:`rewards.judges.transformers_judge.TransformersJudge` (``none``: every (image, rubric) is
+its own full prompt, batched; ``kv_cache`` and ``packed``: the image + prompt prefix is run once per
+image). Compute cost depends on shapes, not weight values, so random weights time honestly;
+``--full-size`` builds the Qwen3-VL-8B shapes from a config (nothing is downloaded). The prompt is
+a generation prompt of about ``--prompt-tokens`` tokens and questions of about
+``--question-tokens`` tokens, as in rubric scoring. Each mode runs once to warm up, then
+``--repeats`` times; the median time counts. The shared-prefix answers are checked against the
+one-forward-per-question answers (``max_abs_diff``).
+
+Prints one JSON line, last: scores/s per mode, ``speedup_<mode>`` = naive time / that mode's time,
+``speedup`` = naive time / the faster shared-prefix mode's time (named in ``best_shared_mode``),
+and the token counts that set the ideal speedup N (V + P + q) / (V + P + N q) (N rubrics, P prefix
+and q question tokens, V the vision tower's cost in token equivalents).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+from rewards.judges.base import JudgeItem
+from rewards.judges.prefix_scoring import ChatPrompt
+from rewards.judges.tiny_vlm import SIZES, build_tiny_vlm
+from rewards.judges.transformers_judge import TransformersJudge, parse_dtype
+
+MODES = ("none", "kv_cache", "packed")
+
+# Words the locally trained tokenizer knows as whole tokens, so token counts stay realistic.
+_WORDS = (
+    "a photo of the cat dog sitting on sofa red apple wooden table sky blue watercolour landscape "
+    "portrait old man main subject colours vivid lighting natural text image two people left right "
+    "top bottom background foreground sharp well composed"
+).split()
+
+
+def text_of_tokens(processor, n_tokens: int, rng: np.random.Generator, start: str, end: str) -> str:
+    """``start`` + random known words + ``end``, about ``n_tokens`` tokens in all."""
+    words = [start]
+    while len(processor.tokenizer(" ".join(words) + end)["input_ids"]) < n_tokens:
+        words.append(str(rng.choice(_WORDS)))
+    return " ".join(words) + end
+
+
+def make_items(processor, args: argparse.Namespace) -> list[JudgeItem]:
+    rng = np.random.default_rng(0)
+    size = (args.image_size, args.image_size)
+    images = [
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+        for _ in range(args.images)
+    ]
+    prompts = [
+        text_of_tokens(processor, args.prompt_tokens, rng, "A photo of", ".") for _ in images
+    ]
+    rubrics = [
+        text_of_tokens(processor, args.question_tokens, rng, "Is the", "?")
+        for _ in range(args.rubrics)
+    ]
+    return [JudgeItem(im, p, r) for im, p in zip(images, prompts) for r in rubrics]
+
+
+def time_modes(judges: dict[str, TransformersJudge], items: list[JudgeItem], repeats: int):
+    """Median seconds per call and the last probabilities, for each mode.
+
+    The modes take turns within each repeat, so a machine whose load drifts slows all of them
+    alike and the ratios stay fair.
+    """
+    cuda = any(j.device.type == "cuda" for j in judges.values())
+    sync = torch.cuda.synchronize if cuda else lambda: None
+    times: dict[str, list[float]] = {mode: [] for mode in judges}
+    probs: dict[str, torch.Tensor] = {}
+    for judge in judges.values():
+        judge.yes_prob(items)  # warm-up
+    for _ in range(repeats):
+        for mode, judge in judges.items():
+            sync()
+            start = time.perf_counter()
+            probs[mode] = judge.yes_prob(items).probs
+            sync()
+            times[mode].append(time.perf_counter() - start)
+    return {mode: statistics.median(t) for mode, t in times.items()}, probs
+
+
+def token_counts(processor, item: JudgeItem) -> dict[str, int]:
+    prompt = ChatPrompt(processor)
+    prefix = processor(images=[item.image], text=[prompt.prefix_text(item.context)])
+    merge = processor.image_processor.merge_size
+    image_tokens = int(np.prod(prefix["image_grid_thw"][0])) // merge**2
+    return {
+        "image_tokens": image_tokens,
+        "prefix_tokens": len(prefix["input_ids"][0]),
+        "question_tokens": len(prompt.suffix_ids(item.question)),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="qwen3_vl", choices=["qwen3_vl", "qwen2_5_vl"])
+    parser.add_argument("--size", default="small", choices=sorted(SIZES), help="model shape")
+    parser.add_argument("--full-size", action="store_true", help="Qwen3-VL-8B / Qwen2.5-VL-7B")
+    parser.add_argument("--rubrics", type=int, default=10)
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=256, help="pixels (square)")
+    parser.add_argument("--prompt-tokens", type=int, default=30)
+    parser.add_argument("--question-tokens", type=int, default=20)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--batch-size", type=int, default=16, help="images (or naive rows)/forward")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--modes", default=",".join(MODES))
+    args = parser.parse_args(argv)
+    if args.full_size:
+        args.size = "qwen3_vl_8b" if args.arch == "qwen3_vl" else "qwen2_5_vl_7b"
+    modes = args.modes.split(",")
+    if "none" not in modes:
+        raise SystemExit("--modes must include 'none', the baseline every speedup is against")
+
+    torch.manual_seed(0)
+    dtype = parse_dtype(args.dtype)
+    model, processor = build_tiny_vlm(args.arch, size=args.size, dtype=dtype, device=args.device)
+    items = make_items(processor, args)
+    result: dict = {
+        "bench": "judge",
+        "arch": args.arch,
+        "model": args.size,
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "dtype": str(dtype).removeprefix("torch."),
+        "images": args.images,
+        "rubrics": args.rubrics,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        **token_counts(processor, items[0]),
+    }
+    judges = {
+        mode: TransformersJudge(
+            model=model,
+            processor=processor,
+            device=args.device,
+            dtype=dtype,
+            shared_prefix=mode,
+            batch_size=args.batch_size,
+        )
+        for mode in modes
+    }
+    seconds, probs = time_modes(judges, items, args.repeats)
+    for mode in modes:
+        result[f"{mode}_scores_per_s"] = round(len(items) / seconds[mode], 2)
+        print(f"{mode:>8}: {seconds[mode]:.3f} s for {len(items)} scores", flush=True)
+        if mode != "none":
+            diff = (probs[mode] - probs["none"]).abs().max().item()
+            result[f"{mode}_max_abs_diff"] = float(f"{diff:.2e}")
+    p, q, n = result["prefix_tokens"], result["question_tokens"], args.rubrics
+    result["ideal_speedup_without_vision"] = round(n * (p + q) / (p + n * q), 2)
+    shared = [mode for mode in modes if mode != "none"]
+    for mode in shared:
+        result[f"speedup_{mode}"] = round(seconds["none"] / seconds[mode], 2)
+    if shared:
+        best = min(shared, key=seconds.get)
+        result["best_shared_mode"] = best
+        result["speedup"] = result[f"speedup_{best}"]
+    print(json.dumps(result), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()
