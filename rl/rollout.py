@@ -55,10 +55,11 @@ class RolloutConfig:
         if self.sde_kind not in ("sde", "cps"):
             raise ValueError(f"rollout.sde_kind={self.sde_kind!r} is not 'sde' or 'cps'")
         if self.sde_window is not None:
-            start, end = self.sde_window = tuple(int(s) for s in self.sde_window)
-            if not 0 <= start < end <= self.num_steps:
+            self.sde_window = tuple(int(s) for s in self.sde_window)
+            start, end = (self.sde_window + (-1, -1))[:2]
+            if len(self.sde_window) != 2 or not 0 <= start < end <= self.num_steps:
                 raise ValueError(
-                    f"rollout.sde_window={list(self.sde_window)} must satisfy "
+                    f"rollout.sde_window={list(self.sde_window)} must be [start, end) with "
                     f"0 <= start < end <= num_steps={self.num_steps}"
                 )
         if not self.train_steps:

@@ -99,6 +99,8 @@ def test_window_variant_is_ode_outside_the_window(pipe, cache):
     assert (a.log_probs[:, [1, 2]] != 0).all()
     with pytest.raises(ValueError, match=r"sde_window=\[3, 9\]"):
         RolloutConfig(num_steps=5, sde_window=(3, 9))
+    with pytest.raises(ValueError, match=r"sde_window=\[1, 2, 3\]"):
+        RolloutConfig(num_steps=5, sde_window=[1, 2, 3])
 
 
 def test_default_trains_first_nine_of_ten_steps_and_rejects_none():
