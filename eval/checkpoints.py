@@ -77,6 +77,7 @@ def plot_checkpoints(rows: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rows = sorted(rows, key=lambda r: r["epoch"])
     names = sorted({k for r in rows for k in r if k.startswith("eval/")})
@@ -84,6 +85,7 @@ def plot_checkpoints(rows: list[dict[str, Any]], path: Path) -> None:
     for name in names:
         points = [(r["epoch"], r[name]) for r in rows if r.get(name) is not None]
         ax.plot(*zip(*points), marker="o", label=name.removeprefix("eval/"))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch (0 = base model)")
     ax.set_ylabel("score")
     ax.set_title("benchmark scores per checkpoint")
