@@ -162,3 +162,23 @@ def test_rollout_select_cat_to_and_seeding(pipe, cache):
     assert torch.equal(both.select(torch.tensor([False, False, True])).images, b.images[1:])
     assert torch.equal(both.select(slice(0, 2)).log_probs, a.log_probs)
     assert both.to("cpu").latents.device.type == "cpu"
+
+
+def test_lora_policy_reproduces_its_log_probs_and_differs_from_reference():
+    from peft import LoraConfig
+
+    pipe = build_tiny_sd3(seed=0)
+    cache = PromptCache(pipe, max_sequence_length=32)
+    pipe.transformer.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_v"]))
+    with torch.no_grad():
+        for name, param in pipe.transformer.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5, generator=torch.Generator().manual_seed(0))
+    cfg = RolloutConfig(num_steps=3, **SIZE)
+    cfg.max_sequence_length = 32
+    rollout = sample(pipe, pipe.transformer, cache, PROMPTS, cfg, torch.Generator().manual_seed(0))
+    log_prob, mean, _ = step_log_prob(pipe.transformer, rollout, 1, cache, cfg)
+    assert (log_prob - rollout.log_probs[:, 1]).abs().max() < 1e-6
+    pipe.transformer.disable_adapters()  # the KL reference policy
+    ref_log_prob, ref_mean, _ = step_log_prob(pipe.transformer, rollout, 1, cache, cfg)
+    assert (ref_mean - mean).abs().max() > 1e-3 and not torch.equal(ref_log_prob, log_prob)
