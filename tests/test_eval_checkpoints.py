@@ -113,3 +113,11 @@ def test_every_eval_config_composes():
     ]:
         cfg = compose_cfg(name, extra)
         assert cfg.entry == name
+
+
+def test_a_preset_for_another_entry_is_refused():
+    from eval.common import check_entry
+
+    cfg = compose_cfg("tiif", ["data.prompt_dir=x", "data.eval_dir=y", "entry=learn"])
+    with pytest.raises(ValueError, match="preset for 'learn', not for eval.tiif"):
+        check_entry(cfg, "tiif")
