@@ -1,15 +1,16 @@
 """Checkpoints that are whole or absent, and exact resume.
 
-A checkpoint is ``<run>/checkpoints/epoch_NNNNNN/`` holding accelerate's state (optimizer, every
-process's RNG states, and the model: only the LoRA adapter in LoRA mode, via save/load hooks, the
-full transformer otherwise), the trainer's own state in ``trainer_state.pt`` (epoch, optimizer
-step, sampler, stat tracker, EMA, every rank's noise generators), anything the caller adds (the
-exported LoRA) and a ``COMPLETE`` marker written last. Everything is written into
+A checkpoint is ``<run>/checkpoints/epoch_NNNNNN/`` (the state after N epochs) holding
+accelerate's state (optimizer, rank 0's RNG states, and the model: only the LoRA adapter in LoRA
+mode, via save/load hooks, the full transformer otherwise), the trainer's own state in
+``trainer_state.pt`` (epoch, optimizer step, sampler, stat tracker, EMA, and every rank's
+generators and global RNG states, gathered to rank 0), anything the caller adds (the exported
+LoRA) and a ``COMPLETE`` marker written last. Everything is written into
 ``.staging-epoch_NNNNNN/`` first and renamed into place once complete, so a crash leaves either
-the previous checkpoints untouched or a staging folder that :meth:`CheckpointManager.latest`
+the previous checkpoints untouched or a folder that :meth:`CheckpointManager.complete_checkpoints`
 ignores, as it ignores any folder without the marker.
 
-Assumes a file system shared by all processes (each writes its own RNG state file).
+Assumes a file system shared by all processes (DeepSpeed writes per-rank files).
 """
 
 from __future__ import annotations

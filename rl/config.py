@@ -63,6 +63,7 @@ class TrainSection:
     gradient_checkpointing: bool = False
     reward_in_background: bool = False  # score batch i in a thread while batch i+1 samples
     shuffle_samples: bool = True  # shuffle the epoch's samples before training
+    same_latent: bool = False  # one start noise per group (drawn from seed, epoch and prompt)
 
 
 @dataclass
@@ -116,7 +117,7 @@ class TrainConfig:
     log: LogSection
     logger: LoggerSection
     model: dict[str, Any]
-    reward: dict[str, Any]
+    reward: DictConfig  # kept as a node: it may interpolate the root (e.g. ${judge})
     eval_hook: dict[str, Any]
 
 
@@ -171,14 +172,14 @@ def parse_config(cfg: DictConfig) -> TrainConfig:
 
     def plain(name: str) -> dict[str, Any]:
         node = cfg.get(name)
-        return OmegaConf.to_container(node, resolve=False) if node is not None else {}
+        return OmegaConf.to_container(node, resolve=True) if node is not None else {}
 
     return TrainConfig(
         seed=int(cfg.get("seed", 0)),
         resume=cfg.get("resume"),
         rollout=rollout,
         model=plain("model"),
-        reward=plain("reward"),
+        reward=cfg.reward,
         eval_hook=plain("eval_hook"),
         **sections,
     )

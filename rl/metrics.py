@@ -40,12 +40,15 @@ class RunLogger:
         if enabled and logger_cfg.get("mode", "disabled") != "disabled":
             self.wandb = _init_wandb(run_dir, logger_cfg, config)
 
-    def drop_from(self, epoch: int) -> None:
-        """Remove the lines of epochs >= ``epoch`` (a resumed run redoes them)."""
-        if not self.enabled or not self.path.exists():
+    def restore(self, epoch: int, last_row: dict[str, Any]) -> None:
+        """Prepare metrics.jsonl for a run resumed at ``epoch``: drop the lines of epochs it will
+        redo, and put back the checkpoint's own epoch line (``last_row``) if it is missing."""
+        if not self.enabled:
             return
-        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        rows = read_rows(self.path) if self.path.exists() else []
         kept = [row for row in rows if row["epoch"] < epoch]
+        if not kept or kept[-1]["epoch"] != last_row["epoch"]:
+            kept.append(last_row)
         self.path.write_text("".join(json.dumps(row) + "\n" for row in kept))
 
     def log_epoch(self, row: dict[str, Any]) -> None:
@@ -74,18 +77,9 @@ class RunLogger:
             self.wandb.log({"samples": wandb.Image(grid, caption=caption)}, step=epoch)
         return path
 
-    def log_extra(self, epoch: int, values: dict[str, float]) -> None:
-        """Metrics that arrive after the epoch's line (evaluation) go to wandb and a side file."""
-        if not self.enabled:
-            return
-        with (self.run_dir / "eval_metrics.jsonl").open("a") as f:
-            f.write(json.dumps({"epoch": epoch, **values}) + "\n")
-        if self.wandb is not None:
-            self.wandb.log(values, step=epoch)
-
     def finish(self) -> Path | None:
         """Draw the reward curve from metrics.jsonl and close wandb."""
-        if not self.enabled:
+        if not self.enabled or not self.path.exists():
             return None
         path = plot_reward_curve(self.path, self.run_dir / CURVE_FILE)
         if self.wandb is not None:
@@ -115,6 +109,11 @@ def _init_wandb(run_dir: Path, logger_cfg: dict[str, Any], config: dict[str, Any
     )
 
 
+def read_rows(metrics_path: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl file."""
+    return [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+
+
 def sample_grid(images: list[Image.Image], captions: list[str], min_side: int = 128) -> Image.Image:
     """Images in a near-square grid, each upscaled to at least ``min_side`` px with its caption."""
     scale = max(1, math.ceil(min_side / max(images[0].size)))
@@ -138,7 +137,7 @@ def plot_reward_curve(metrics_path: Path, out_path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    rows = read_rows(metrics_path)
     epochs = [r["epoch"] for r in rows]
     mean = [r["reward_mean"] for r in rows]
     std = [r["reward_std"] for r in rows]

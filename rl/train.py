@@ -1,0 +1,517 @@
+"""Flow-GRPO fine-tuning of an SD3 model against any reward: ``python -m rl.train``.
+
+One recipe class that reads top to bottom: :meth:`FlowGRPOTrainer.setup`, :meth:`~.train` (one
+epoch = sample, score, advantages, update), :meth:`~.save`, :meth:`~.cleanup`.
+
+Kept from the reference implementation, because the algorithm depends on them: K images per
+prompt with groups spread over all ranks and advantages computed after gathering every rank's
+rewards (global std by default); the clipped-ratio loss on log-probs that are per-dimension means
+(hence the tiny clip range), with a KL to the LoRA-disabled transformer; training the stored
+transitions of the first 9 of 10 steps (or the SDE window) in one inner epoch, with gradient
+accumulation spanning all trained steps of the accumulated micro-batches; dropping samples whose
+advantage is 0. Changed: the number of batches per epoch derives from the process count (one
+preset scales), training micro-batches keep the same count on every rank (padding with weight 0)
+so multi-process runs never hang, NaN rewards are excluded instead of crashing the statistics,
+and resume is exact (sampler, noise generators, optimizer, EMA, metrics).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import set_seed
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from rewards import Reward, RewardOutput, build_reward
+from rl.advantages import PromptStatTracker
+from rl.checkpoint import CheckpointManager, gather_objects, register_lora_hooks
+from rl.config import (
+    ConfigError,
+    TrainConfig,
+    check_entry,
+    parse_config,
+    register_resolvers,
+)
+from rl.ema import EMA
+from rl.lora import ReferencePolicy, base_model_name, export_lora, make_trainable
+from rl.loss import StepLoss, grpo_step_loss, kl_to_reference
+from rl.metrics import RunLogger
+from rl.models import ModelFolderError, load_pipeline
+from rl.rollout import PromptCache, Rollout, sample, step_log_prob
+from rl.sampler import GroupLayout, GroupSampler, SamplerConfigError, load_prompts
+
+log = logging.getLogger(__name__)
+
+# Per-rank generator seeds: distinct per rank and purpose, fixed by the run seed.
+NOISE_STREAM, SHUFFLE_STREAM = 1, 2
+
+
+def rank_seed(seed: int, rank: int, stream: int) -> int:
+    return seed * 1_000_003 + rank * 101 + stream
+
+
+class FlowGRPOTrainer:
+    """The training recipe. ``FlowGRPOTrainer(cfg, run_dir).run()`` does everything."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, raw_config: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.raw_config = raw_config
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        cfg, t = self.cfg, self.cfg.train
+        state = PartialState()
+        self.prompts, self.metadata = load_prompts(cfg.data.prompts, cfg.data.prompt_file)
+        self.layout = GroupLayout(
+            num_prompts=len(self.prompts),
+            group_size=t.group_size,
+            groups_per_epoch=t.groups_per_epoch,
+            batch_size=t.batch_size,
+            num_processes=state.num_processes,
+        )
+        self.sampler = GroupSampler(self.layout, rank=state.process_index, seed=cfg.seed)
+        self.train_steps = cfg.rollout.train_steps
+        self.micro_batches = self.layout.batches_per_epoch * math.ceil(
+            t.batch_size / t.micro_batch_size
+        )
+        if self.micro_batches % t.optimizer_steps_per_epoch:
+            raise ConfigError(
+                f"train.optimizer_steps_per_epoch={t.optimizer_steps_per_epoch} does not divide "
+                f"the {self.micro_batches} training micro-batches per epoch ("
+                f"{self.layout.batches_per_epoch} batches x ceil(batch_size {t.batch_size} / "
+                f"micro_batch_size {t.micro_batch_size}))"
+            )
+        accumulation = self.micro_batches // t.optimizer_steps_per_epoch
+        self.accelerator = acc = Accelerator(
+            mixed_precision=t.mixed_precision,
+            gradient_accumulation_steps=accumulation * len(self.train_steps),
+        )
+        self.is_main = acc.is_main_process
+        set_seed(cfg.seed)  # identical LoRA init on every rank
+
+        pipe = load_pipeline(cfg.model)  # checks a model folder before any weights load
+        self.reward: Reward = build_reward(cfg.reward)
+        pipe.vae.to(acc.device)
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+            getattr(pipe, name).to(acc.device)
+        self.pipe = pipe
+        self.cache = PromptCache(pipe, cfg.rollout.max_sequence_length, acc.device)
+
+        transformer = pipe.transformer.to(acc.device)
+        self.params = make_trainable(transformer, cfg.lora)
+        self.reference = ReferencePolicy(transformer, cfg.lora) if t.beta > 0 else None
+        if t.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        optimizer = torch.optim.AdamW(
+            self.params,
+            lr=t.learning_rate,
+            betas=tuple(t.adam_betas),
+            weight_decay=t.adam_weight_decay,
+            eps=t.adam_epsilon,
+        )
+        if not cfg.lora.full_finetune:
+            register_lora_hooks(acc)
+        self.transformer, self.optimizer = acc.prepare(transformer, optimizer)
+        self.ema = (
+            EMA(self.params, cfg.ema.decay, cfg.ema.update_every) if cfg.ema.enabled else None
+        )
+        self.tracker = PromptStatTracker(global_std=t.global_std)
+        rank = acc.process_index
+        self.noise_gen = torch.Generator().manual_seed(rank_seed(cfg.seed, rank, NOISE_STREAM))
+        self.shuffle_gen = torch.Generator().manual_seed(rank_seed(cfg.seed, rank, SHUFFLE_STREAM))
+        self.start_epoch, self.optimizer_step = 0, 0
+
+        self.checkpoints = CheckpointManager(
+            acc, self.run_dir / "checkpoints", cfg.checkpoint.keep_last
+        )
+        self.logger = RunLogger(self.run_dir, asdict(cfg.logger), self.raw_config, self.is_main)
+        resume_from = self.checkpoints.resolve(cfg.resume)
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+        self.scorer = ThreadPoolExecutor(max_workers=1) if t.reward_in_background else None
+        if self.is_main:
+            log.info(
+                "run folder %s | %d processes | %d prompts | %d images/epoch in %d batches of "
+                "%d per process | %d trained steps | %d trainable parameters",
+                self.run_dir,
+                acc.num_processes,
+                len(self.prompts),
+                self.layout.images_per_epoch,
+                self.layout.batches_per_epoch,
+                t.batch_size,
+                len(self.train_steps),
+                sum(p.numel() for p in self.params),
+            )
+
+    # ------------------------------------------------------------------ train
+    def train(self) -> None:
+        epochs = range(self.start_epoch, self.cfg.train.epochs)
+        for epoch in tqdm(epochs, desc="epochs", disable=not self.is_main):
+            timer = PhaseTimer()
+            with timer("sample_s"):
+                rollout, group_ids, scores = self.sample_epoch()
+            with timer("advantages_s"):
+                advantages, row = self.epoch_advantages(group_ids, scores)
+            with timer("train_s"):
+                row |= self.train_epoch(rollout, advantages)
+            row = {"epoch": epoch, **row}
+            if self.sample_images_due(epoch):
+                self.logger.save_samples(epoch, *self.sample_preview(rollout, scores))
+            row |= timer.seconds
+            row["images_per_s"] = self.layout.images_per_epoch / timer.seconds["sample_s"]
+            done = epoch + 1
+            with timer("checkpoint_s"):
+                if done % self.cfg.checkpoint.every_n_epochs == 0 or done == self.cfg.train.epochs:
+                    self.save(done, row)
+            with timer("eval_s"):
+                row |= self.maybe_evaluate(done)
+            self.logger.log_epoch(row | timer.seconds)
+
+    def sample_epoch(self) -> tuple[Rollout, torch.Tensor, RewardOutput]:
+        """Sample this rank's batches of the next epoch; return them, their prompt (group) ids
+        and their rewards (scored in a background thread if configured)."""
+        unwrapped = self.accelerator.unwrap_model(self.transformer)
+        rollouts: list[Rollout] = []
+        pending: list[Future | RewardOutput] = []
+        epoch = self.sampler.next_epoch
+        batches = self.sampler.next_epoch_batches()
+        for indices in tqdm(batches, desc="sampling", leave=False, disable=not self.is_main):
+            prompts = [self.prompts[i] for i in indices]
+            start = self.group_start_noise(epoch, indices) if self.cfg.train.same_latent else None
+            with self.accelerator.autocast():
+                rollout = sample(
+                    self.pipe,
+                    unwrapped,
+                    self.cache,
+                    prompts,
+                    self.cfg.rollout,
+                    self.noise_gen,
+                    latents=start,
+                )
+            metadata = [self.metadata[i] for i in indices]
+            if self.scorer is not None:
+                pending.append(self.scorer.submit(self.reward, rollout.images, prompts, metadata))
+            else:
+                pending.append(self.reward(rollout.images, prompts, metadata))
+            rollouts.append(rollout)
+        outputs = [p.result() if isinstance(p, Future) else p for p in pending]
+        group_ids = torch.tensor([i for indices in batches for i in indices])
+        return Rollout.cat(rollouts), group_ids, concat_reward_outputs(outputs)
+
+    def group_start_noise(self, epoch: int, indices: list[int]) -> torch.Tensor:
+        """One start noise per group, the same on whichever rank a member lands: it is drawn
+        from (seed, epoch, prompt index), never from a rank's generator."""
+        r = self.cfg.rollout
+        scale = self.pipe.vae_scale_factor
+        shape = (self.pipe.transformer.config.in_channels, r.height // scale, r.width // scale)
+        noise = [
+            torch.randn(
+                shape, generator=torch.Generator().manual_seed(hash((self.cfg.seed, epoch, i)))
+            )
+            for i in indices
+        ]
+        return torch.stack(noise).to(self.accelerator.device)
+
+    def epoch_advantages(
+        self, group_ids: torch.Tensor, scores: RewardOutput
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Gather every rank's rewards, compute group advantages, return this rank's share and
+        the epoch's reward and group statistics."""
+        acc = self.accelerator
+        rewards = acc.gather(scores.scores.to(acc.device)).cpu()
+        advantages, stats = self.tracker.advantages(
+            rewards, acc.gather(group_ids.to(acc.device)).cpu()
+        )
+        valid = rewards[~torch.isnan(rewards)]
+        stats["reward_mean"] = float(valid.mean()) if valid.numel() else math.nan
+        stats["reward_std"] = float(valid.std(correction=0)) if valid.numel() else math.nan
+        for name, values in sorted(scores.details.items()):
+            stats[f"reward/{name}"] = float(acc.gather(values.to(acc.device)).nanmean())
+        for reason, count in gather_failures(acc, scores.failures).items():
+            stats[f"reward_failures/{reason}"] = float(count)
+        local = group_ids.numel()
+        mine = advantages[acc.process_index * local : (acc.process_index + 1) * local]
+        return mine, stats
+
+    def train_epoch(self, rollout: Rollout, advantages: torch.Tensor) -> dict[str, float]:
+        """One inner epoch over this rank's samples with non-zero advantage, every trained step.
+
+        The kept samples are split into the same number of micro-batches on every rank (a rank
+        that runs out trains a weight-0 stand-in), and gradients accumulate over
+        ``micro_batches / optimizer_steps_per_epoch`` micro-batches x all trained steps.
+        """
+        t, acc = self.cfg.train, self.accelerator
+        keep = (advantages != 0).nonzero().flatten()
+        kept = int(acc.gather(torch.tensor([keep.numel()], device=acc.device)).sum())
+        if kept == 0:
+            log.warning("every advantage is 0 this epoch (all rewards equal or NaN); no update")
+            return {"kept_samples": 0.0}
+        if t.shuffle_samples:
+            keep = keep[torch.randperm(keep.numel(), generator=self.shuffle_gen)]
+        sums: dict[str, float] = defaultdict(float)
+        grad_norms: list[float] = []
+        first_step = self.optimizer_step
+        onpolicy_max = 0.0
+        self.transformer.train()
+        chunks = torch.tensor_split(keep, self.micro_batches)
+        for chunk in tqdm(chunks, desc="training", leave=False, disable=not self.is_main):
+            weight = torch.ones(chunk.numel(), device=acc.device)
+            if chunk.numel() == 0:  # keep every rank's forward/backward count equal
+                chunk, weight = torch.zeros(1, dtype=torch.long), torch.zeros(1, device=acc.device)
+            batch = rollout.select(chunk)
+            for step in self.train_steps:
+                with acc.accumulate(self.transformer):
+                    out = self.step_loss(batch, step, advantages[chunk].to(acc.device), weight)
+                    acc.backward(out.loss)
+                    if acc.sync_gradients:
+                        grad_norm = acc.clip_grad_norm_(self.params, t.max_grad_norm)
+                        if grad_norm is not None:  # DeepSpeed clips internally
+                            grad_norms.append(float(grad_norm))
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                if self.optimizer_step == first_step:  # still the rollout's own weights
+                    onpolicy_max = max(onpolicy_max, float(out.log_ratio_abs_max))
+                if acc.sync_gradients:
+                    self.optimizer_step += 1
+                    if self.ema is not None:
+                        self.ema.step(self.optimizer_step)
+                for name in ("policy_loss", "kl", "clipfrac", "approx_kl"):
+                    sums[name] += float(getattr(out, name)) / (len(chunks) * len(self.train_steps))
+                sums["log_ratio_abs_max"] = max(
+                    sums["log_ratio_abs_max"], float(out.log_ratio_abs_max)
+                )
+        if grad_norms:
+            sums["grad_norm"] = sum(grad_norms) / len(grad_norms)
+        sums["onpolicy_log_ratio_abs_max"] = onpolicy_max
+        stats = {
+            k: float(acc.reduce(torch.tensor(v, device=acc.device), "mean"))
+            for k, v in sums.items()
+        }
+        for name in ("log_ratio_abs_max", "onpolicy_log_ratio_abs_max"):
+            stats[name] = float(acc.reduce(torch.tensor(sums[name], device=acc.device), "max"))
+        return stats | {"kept_samples": float(kept), "optimizer_step": float(self.optimizer_step)}
+
+    def step_loss(
+        self, batch: Rollout, step: int, advantages: torch.Tensor, weight: torch.Tensor
+    ) -> StepLoss:
+        """Loss of one trained step of one micro-batch: policy forward, reference forward, KL."""
+        cfg, t = self.cfg, self.cfg.train
+        with self.accelerator.autocast():
+            log_prob, mean, std = step_log_prob(
+                self.transformer, batch, step, self.cache, cfg.rollout
+            )
+            kl = None
+            if self.reference is not None:
+                with torch.no_grad(), self.reference.active() as ref_model:
+                    _, ref_mean, _ = step_log_prob(ref_model, batch, step, self.cache, cfg.rollout)
+                dt = batch.sigmas[step + 1] - batch.sigmas[step]
+                include_dt = t.kl_include_dt and cfg.rollout.sde_kind == "sde"
+                kl = kl_to_reference(mean, ref_mean, std, dt, include_dt)
+        return grpo_step_loss(
+            log_prob,
+            batch.log_probs[:, step],
+            advantages,
+            weight,
+            clip_range=t.clip_range,
+            adv_clip_max=t.adv_clip_max,
+            beta=t.beta,
+            kl=kl,
+        )
+
+    def sample_images_due(self, epoch: int) -> bool:
+        every = self.cfg.log.sample_every_n_epochs
+        last = epoch + 1 == self.cfg.train.epochs
+        return every > 0 and (epoch % every == 0 or last)
+
+    def sample_preview(
+        self, rollout: Rollout, scores: RewardOutput
+    ) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+        n = self.cfg.log.num_sample_images
+        return rollout.images[:n], rollout.prompts[:n], scores.scores[:n]
+
+    def maybe_evaluate(self, epochs_done: int) -> dict[str, float]:
+        """Run the eval hook (rank 0) every ``eval_hook.every_n_epochs`` epochs."""
+        every = int(self.cfg.eval_hook.get("every_n_epochs") or 0)
+        if every <= 0 or epochs_done % every:
+            return {}
+        results: dict[str, float] = {}
+        if self.is_main:
+            from eval.after_checkpoint import evaluate_pipeline
+
+            out_dir = self.run_dir / "eval" / f"epoch_{epochs_done:06d}"
+            with self.trained_weights():
+                results = evaluate_pipeline(
+                    self.pipe, OmegaConf.create(self.cfg.eval_hook), out_dir, epochs_done
+                )
+        self.accelerator.wait_for_everyone()
+        return results
+
+    def trained_weights(self):
+        """The weights to export and evaluate: the EMA's when enabled, else the live ones."""
+        return self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ save / resume
+    def save(self, epochs_done: int, row: dict[str, Any]) -> None:
+        """Checkpoint after ``epochs_done`` epochs (all ranks), with the LoRA exported inside."""
+        state = {
+            "epochs_done": epochs_done,
+            "optimizer_step": self.optimizer_step,
+            "sampler": self.sampler.state_dict(),
+            "tracker": self.tracker.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "metrics_row": row,
+            "per_rank": {
+                "noise_gen": self.noise_gen.get_state(),
+                "shuffle_gen": self.shuffle_gen.get_state(),
+                "global_rng": global_rng_state(),
+            },
+        }
+        self.checkpoints.save(epochs_done, state, lambda folder: self.export(folder, epochs_done))
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = self.checkpoints.load(path)
+        self.start_epoch = state["epochs_done"]
+        self.optimizer_step = state["optimizer_step"]
+        self.sampler.load_state_dict(state["sampler"])
+        self.tracker.load_state_dict(state["tracker"])
+        if self.ema is not None:
+            if state["ema"] is None:
+                raise ValueError(f"{path} has no EMA state but ema.enabled=true")
+            self.ema.load_state_dict(state["ema"])
+        self.noise_gen.set_state(state["per_rank"]["noise_gen"])
+        self.shuffle_gen.set_state(state["per_rank"]["shuffle_gen"])
+        set_global_rng_state(state["per_rank"]["global_rng"])
+        self.logger.restore(self.start_epoch, state["metrics_row"])
+        if self.is_main:
+            log.info("resumed from %s after %d epochs", path, self.start_epoch)
+
+    def export(self, folder: Path, epochs_done: int) -> None:
+        """Rank 0: the LoRA (``lora/``) or, for full fine-tuning, the transformer."""
+        transformer = self.accelerator.unwrap_model(self.transformer)
+        with self.trained_weights():
+            if self.cfg.lora.full_finetune:
+                transformer.save_pretrained(folder / "transformer")
+                return
+            export_lora(
+                transformer,
+                folder / "lora",
+                base_model=base_model_name(self.cfg.model),
+                reward=str(self.cfg.reward.get("_target_", "reward")),
+                epoch=epochs_done,
+                settings=self.cfg.lora,
+            )
+
+    # ------------------------------------------------------------------ cleanup
+    def cleanup(self) -> None:
+        """Final export and reward curve (rank 0); stop the scoring thread; free the reward."""
+        if self.is_main:
+            self.export(self.run_dir, self.cfg.train.epochs)
+            self.logger.finish()
+            log.info("done; metrics, samples, checkpoints and the LoRA are in %s", self.run_dir)
+        if self.scorer is not None:
+            self.scorer.shutdown()
+        self.reward.release()
+        self.accelerator.end_training()
+
+    def run(self) -> None:
+        self.setup()
+        self.train()
+        self.accelerator.wait_for_everyone()
+        self.cleanup()
+
+
+class PhaseTimer:
+    """Wall-clock seconds per named phase: ``with timer("train_s"): ...``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def global_rng_state() -> dict[str, Any]:
+    """This process's global RNGs (accelerate's save_state keeps only rank 0's)."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_global_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def concat_reward_outputs(outputs: list[RewardOutput]) -> RewardOutput:
+    """Join per-batch reward outputs into one."""
+    failures: Counter = Counter()
+    for out in outputs:
+        failures.update(out.failures)
+    names = outputs[0].details.keys()
+    return RewardOutput(
+        scores=torch.cat([o.scores for o in outputs]),
+        details={n: torch.cat([o.details[n] for o in outputs]) for n in names},
+        failures=failures,
+    )
+
+
+def gather_failures(accelerator: Accelerator, failures: Counter) -> Counter:
+    """Sum the per-rank failure counters."""
+    total: Counter = Counter()
+    for counter in gather_objects(accelerator, dict(failures)):
+        total.update(counter)
+    return total
+
+
+USER_ERRORS = (ConfigError, SamplerConfigError, ModelFolderError, FileNotFoundError)
+
+register_resolvers()
+
+
+@hydra.main(config_path="../conf", config_name="train", version_base=None)
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    try:
+        check_entry(cfg, hydra_cfg.runtime.choices.get("experiment"))
+        train_cfg = parse_config(cfg)
+        trainer = FlowGRPOTrainer(
+            train_cfg, Path(hydra_cfg.runtime.output_dir), OmegaConf.to_container(cfg, resolve=True)
+        )
+        trainer.run()
+    except USER_ERRORS as err:
+        log.error("%s: %s", type(err).__name__, err)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
