@@ -1,0 +1,315 @@
+"""``python -m rubric_learning.learn``: learn a weighted rubric set from preference pairs.
+
+AutoRubric-T2I as a working-set sparse logistic regression (see docs/rubric_learning.md):
+
+1. **data**: load pairs (``data`` node), drop unreadable images and ties, split train/val/test;
+2. **seeds**: pick seed pairs by proxy-reward margin and prompt diversity;
+3. **synthesis**: the generative judge explains each seed preference and writes rubric
+   statements; they form the deduplicated working set;
+4. **rounds**: score the working set on train and validation pairs (cached, only new rubrics
+   cost judge calls), fit the L1 refiner, keep the Top-N positive rubrics, remember the round
+   with the best validation accuracy; then mine misranked training pairs by bucket and ask the
+   generator, in two stages, for the rubrics they show to be missing;
+5. **outputs**: the best round's rubric set (``rubric_set.json``), its held-out test accuracy,
+   ``report.json``/``report.md``/``accuracy.png``. When the data node declares ``hidden_rules``
+   (the synthetic world) the hidden set's own test accuracy is reported as ``oracle_accuracy``,
+   with how many hidden rules and offered distractors were kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from rewards import build_reward
+from rewards.judges.base import Judge
+from rewards.rubric_set import DEFAULT_TEMPLATE, Rubric
+from rubric_learning.cache import JudgeCache, make_key
+from rubric_learning.failures import diagnosis_requests, extraction_requests
+from rubric_learning.mining import HardPairMiner
+from rubric_learning.pairs import PreferencePair, Splits, drop_ties, drop_unreadable, split_pairs
+from rubric_learning.refiner import pairwise_accuracy, refine, score_differences
+from rubric_learning.report import RunReport, save_rubric_set
+from rubric_learning.scoring import CachedGenerator, JudgeStats, RubricScorer
+from rubric_learning.seeds import select_seed_pairs
+from rubric_learning.synthesis import RubricParseError, RubricPool, normalise, synthesis_requests
+
+log = logging.getLogger(__name__)
+ENTRY = "learn"
+
+
+class EmptyWorkingSetError(RuntimeError):
+    """No rubric statement survived synthesis, so there is nothing to score or fit."""
+
+
+def check_entry(cfg: DictConfig, experiment: str | None) -> None:
+    """Fail with one message when an experiment preset for another entry was chosen."""
+    if cfg.get("entry") != ENTRY:
+        raise ValueError(
+            f"experiment={experiment} is a preset for {cfg.get('entry')}, not rubric_learning.learn"
+        )
+
+
+def judge_identity(node: Any, override: str | None) -> str:
+    """The cache's name for a judge: given, or a hash of its whole config node."""
+    if override:
+        return str(override)
+    return make_key(OmegaConf.to_yaml(node, resolve=True))[:16]
+
+
+# ---------------------------------------------------------------------------------- data
+
+
+def load_splits(cfg: DictConfig) -> tuple[Splits, dict[str, Any]]:
+    """Pairs from the data node, readable and decided, split; plus counts for the report."""
+    loaded = instantiate({k: v for k, v in cfg.data.items() if k != "name"}, _convert_="all")
+    if isinstance(loaded, Splits):
+        parts = {"train": loaded.train, "val": loaded.val, "test": loaded.test}
+    else:
+        split = split_pairs(list(loaded), cfg.splits.train, cfg.splits.val, cfg.seed)
+        parts = {"train": split.train, "val": split.val, "test": split.test}
+    dropped: Counter = Counter()
+    for name, pairs in parts.items():
+        pairs, unreadable = drop_unreadable(pairs)
+        dropped.update(unreadable)
+        if cfg.ties == "drop":
+            dropped["tie"] += sum(p.is_tie for p in pairs)
+            pairs = drop_ties(pairs, name)
+        parts[name] = pairs
+    if not parts["train"]:
+        raise ValueError("the training split is empty: give more pairs or a larger splits.train")
+    splits = Splits(parts["train"], parts["val"], parts["test"])
+    return splits, {"sizes": splits.sizes(), "dropped": dict(dropped)}
+
+
+def labels_of(pairs: list[PreferencePair]) -> np.ndarray:
+    return np.array([p.label for p in pairs], dtype=float)
+
+
+# ---------------------------------------------------------------------------------- learner
+
+
+class RubricLearner:
+    """One rubric-learning run; :meth:`run` reads as the algorithm."""
+
+    def __init__(self, cfg: DictConfig, out_dir: Path) -> None:
+        self.cfg = cfg
+        self.out_dir = out_dir
+        self.splits, self.data_info = load_splits(cfg)
+        self.judge: Judge = instantiate(cfg.judge)
+        self.generator: Judge = instantiate(cfg.generator) if cfg.generator else self.judge
+        cache_path = cfg.scoring.cache_path or out_dir / "judge_cache.sqlite"
+        self.cache = JudgeCache(cache_path)
+        self.stats = JudgeStats()
+        self.template = dict(cfg.scoring.template or DEFAULT_TEMPLATE)
+        self.scorer = RubricScorer(
+            self.judge,
+            self.cache,
+            judge_identity(cfg.judge, cfg.scoring.judge_id),
+            self.template,
+            cfg.scoring.batch_size,
+            self.stats,
+            cfg.scoring.retry_failed,
+        )
+        gen_node = cfg.generator or cfg.judge
+        self.writer = CachedGenerator(
+            self.generator,
+            self.cache,
+            judge_identity(gen_node, cfg.synthesis.generator_id),
+            cfg.synthesis.max_new_tokens,
+            cfg.synthesis.batch_size,
+            self.stats,
+        )
+        self.pool = RubricPool(
+            cfg.synthesis.near_duplicate, cfg.synthesis.min_words, cfg.synthesis.max_words
+        )
+        self.miner = HardPairMiner(seed=cfg.seed, **OmegaConf.to_container(cfg.mining))
+        self.report = RunReport(out_dir, header={"data": self.data_info, "cache": str(cache_path)})
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        seeds = self.select_seeds()
+        for text in cfg.synthesis.initial_rubrics or []:
+            self.pool.add(text, {"round": 0, "source": "initial"})
+        self.add_generated(seeds, self.synthesize(seeds), {"round": 0, "source": "seed"})
+        best, mark = None, self.stats.snapshot()
+        for round_index in range(cfg.rounds):
+            record, weights, kept = self.fit_round(round_index)
+            if best is None or record["val_accuracy"] > best[0]["val_accuracy"]:
+                best = (record, [self.pool.rubrics[i] for i in kept], weights[kept])
+            if round_index + 1 < cfg.rounds:
+                hard, record["buckets"] = self.mine(weights, round_index)
+                self.add_generated(
+                    hard,
+                    self.analyse_failures(hard, kept),
+                    {"round": round_index + 1, "source": "failure"},
+                )
+            record["judge"], mark = self.stats.since(mark), self.stats.snapshot()
+            self.report.add_round(record)
+        return self.finish(*best)
+
+    # -- steps, in the order run() calls them -------------------------------------------------
+
+    def select_seeds(self) -> list[PreferencePair]:
+        cfg = self.cfg.seeds
+        proxy = build_reward(cfg.proxy_reward) if cfg.proxy_reward else None
+        seeds = select_seed_pairs(
+            self.splits.train, cfg.num, proxy, cfg.n_clusters, cfg.margin_weight, self.cfg.seed
+        )
+        if proxy is not None:
+            proxy.release()
+        self.report.header["seed_pairs"] = len(seeds)
+        return seeds
+
+    def synthesize(self, pairs: list[PreferencePair]) -> list[str]:
+        return self.writer.generate_many(synthesis_requests(pairs), desc="rule synthesis")
+
+    def add_generated(self, pairs: list[PreferencePair], answers: list[str], origin: dict) -> int:
+        """Parse answers into the pool; an unparseable answer is counted and skipped."""
+        before, failed = len(self.pool), []
+        for pair, answer in zip(pairs, answers, strict=True):
+            try:
+                self.pool.add_answer(answer, {**origin, "pair_id": pair.id})
+            except RubricParseError as err:
+                failed.append(str(err))
+        if failed:
+            log.warning(
+                "%d/%d generator answers unparseable, e.g. %s", len(failed), len(answers), failed[0]
+            )
+        if not len(self.pool):
+            raise EmptyWorkingSetError(
+                f"empty working set: {len(answers)} generator answers gave no rubric statement "
+                f"(rejected: {dict(self.pool.rejected)}). Check the generator, or start from "
+                "synthesis.initial_rubrics. Scores and answers so far are kept in "
+                f"{self.cache.path}."
+            )
+        return len(self.pool) - before
+
+    def fit_round(self, round_index: int) -> tuple[dict[str, Any], np.ndarray, list[int]]:
+        """Score the working set, fit the refiner, measure the kept set."""
+        cfg, texts = self.cfg, self.pool.texts()
+        train = self.scorer.score_pairs(self.splits.train, texts, f"round {round_index} train")
+        val = self.scorer.score_pairs(self.splits.val, texts, f"round {round_index} val")
+        self.train_scores = train
+        fit = refine(
+            train,
+            labels_of(self.splits.train),
+            cfg.refiner.top_n,
+            cfg.refiner.C,
+            list(cfg.refiner.C_grid),
+            val,
+            labels_of(self.splits.val),
+            cfg.refiner.random_state,
+            cfg.refiner.selection,
+            cfg.refiner.nonnegative,
+        )
+        new = sum(r.provenance.get("round") == round_index for r in self.pool.rubrics)
+        record = {
+            "round": round_index,
+            "train_accuracy": pairwise_accuracy(
+                score_differences(train)[0], labels_of(self.splits.train), fit.weights
+            ),
+            "val_accuracy": pairwise_accuracy(
+                score_differences(val)[0], labels_of(self.splits.val), fit.weights
+            ),
+            "C": fit.C,
+            "working_set_size": len(texts),
+            "new_rubrics": new,
+            "nan_features": fit.nan_features,
+            "kept": [
+                {"id": self.pool.rubrics[i].id, "text": texts[i], "weight": float(fit.weights[i])}
+                for i in fit.kept
+            ],
+        }
+        return record, fit.weights, fit.kept
+
+    def mine(self, weights: np.ndarray, round_index: int) -> tuple[list[PreferencePair], dict]:
+        """Draw this round's hard training pairs from the current reward's mistakes."""
+        rewards = np.einsum("nks,k->ns", np.nan_to_num(self.train_scores), weights)
+        train = self.splits.train
+        chosen, buckets = self.miner.mine(
+            rewards, labels_of(train), [p.id for p in train], round_index, self.cfg.rounds - 1
+        )
+        return [train[i] for i in chosen], buckets
+
+    def analyse_failures(self, pairs: list[PreferencePair], kept: list[int]) -> list[str]:
+        """Two-stage failure analysis: diagnose the missing dimension, then extract rubrics."""
+        current = [self.pool.rubrics[i].text for i in kept]
+        diagnoses = self.writer.generate_many(diagnosis_requests(pairs, current), "diagnosis")
+        return self.writer.generate_many(
+            extraction_requests(pairs, current, diagnoses), "extraction"
+        )
+
+    def finish(self, best: dict, rubrics: list[Rubric], weights: np.ndarray) -> dict[str, Any]:
+        """Test the best round's set, compare with hidden rules if any, save everything."""
+        test_pairs = self.splits.test
+        texts = [r.text for r in rubrics]
+        final: dict[str, Any] = {"best_round": best["round"], "val_accuracy": best["val_accuracy"]}
+        if test_pairs:
+            scores = self.scorer.score_pairs(test_pairs, texts, "test")
+            final["test_accuracy"] = pairwise_accuracy(
+                score_differences(scores)[0], labels_of(test_pairs), weights
+            )
+        hidden = self.cfg.data.get("hidden_rules")
+        if hidden and test_pairs:
+            final.update(self.compare_with_hidden(hidden, texts))
+        final["judge_totals"] = self.stats.snapshot()
+        final["working_set_size"] = len(self.pool)
+        final["rejected_statements"] = dict(self.pool.rejected)
+        path = save_rubric_set(
+            self.out_dir / "rubric_set.json",
+            list(zip(rubrics, weights.tolist())),
+            self.template,
+            str(self.cfg.judge.get("scoring", "normalized")),
+            {k: v for k, v in final.items() if not isinstance(v, dict)} | self.data_info,
+        )
+        final["rubric_set"] = str(path)
+        self.report.final = final
+        self.report.write()
+        self.cache.close()
+        print({k: v for k, v in final.items() if not isinstance(v, dict)}, flush=True)
+        return final
+
+    def compare_with_hidden(self, hidden: Any, kept_texts: list[str]) -> dict[str, Any]:
+        """Oracle accuracy of the hidden rule set, and which hidden rules/distractors were kept."""
+        texts = [str(r["text"]) for r in hidden]
+        weights = np.array([float(r["weight"]) for r in hidden])
+        scores = self.scorer.score_pairs(self.splits.test, texts, "hidden rules")
+        hidden_keys = {normalise(t) for t in texts}
+        kept_keys = {normalise(t) for t in kept_texts}
+        offered = {normalise(t) for t in self.pool.texts()}
+        return {
+            "oracle_accuracy": pairwise_accuracy(
+                score_differences(scores)[0], labels_of(self.splits.test), weights
+            ),
+            "hidden_rules": len(hidden_keys),
+            "hidden_offered": len(hidden_keys & offered),
+            "hidden_kept": len(hidden_keys & kept_keys),
+            "distractors_offered": len(offered - hidden_keys),
+            "distractors_kept": len(kept_keys - hidden_keys),
+        }
+
+
+def learn(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Run rubric learning with ``cfg`` into ``out_dir``; returns the final figures."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return RubricLearner(cfg, out_dir).run()
+
+
+@hydra.main(config_path="../conf", config_name="learn", version_base=None)
+def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    check_entry(cfg, hydra_cfg.runtime.choices.get("experiment"))
+    learn(cfg, Path(hydra_cfg.runtime.output_dir))
+
+
+if __name__ == "__main__":
+    main()
