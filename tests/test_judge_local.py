@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -261,3 +262,19 @@ def test_local_path_configs_need_a_path(name, tmp_path):
     cfg.model_path = str(tmp_path / "absent")
     with pytest.raises(Exception, match="absent"):
         hydra.utils.instantiate(cfg)
+
+
+def test_bench_judge_runs_and_prints_one_json_line(capsys):
+    from bench.judge import main
+
+    result = main(
+        ["--size", "tiny", "--images", "2", "--rubrics", "3", "--image-size", "32",
+         "--repeats", "1", "--prompt-tokens", "8", "--question-tokens", "6"]
+    )  # fmt: skip
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last) == result
+    for mode in ("none", "kv_cache", "packed"):
+        assert result[f"{mode}_scores_per_s"] > 0
+    assert result["kv_cache_max_abs_diff"] < 1e-4 and result["packed_max_abs_diff"] < 1e-4
+    assert result["speedup"] == result[f"speedup_{result['best_shared_mode']}"]
+    assert result["image_tokens"] == 4

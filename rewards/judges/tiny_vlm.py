@@ -109,6 +109,11 @@ class VLMSize:
     patch_size: int = 8
     merge_size: int = 2
     initializer_range: float = 0.2  # larger than usual, so random answers differ between inputs
+    # M-RoPE split of the rotary half-dimension into (t, h, w) sections; None: about 1/4, 3/8, 3/8.
+    mrope_section: tuple[int, int, int] | None = None
+    deepstack_layers: tuple[int, ...] = (0,)  # Qwen3-VL: vision layers fed to the decoder
+    position_embedding_grid: int = 8  # Qwen3-VL: learned vision positions, grid x grid
+    full_attention_blocks: tuple[int, ...] | None = None  # Qwen2.5-VL; None: the last block
 
 
 # The tiny test model, a CPU benchmark model (~64 image tokens for a 256 px image) and the shapes
@@ -128,6 +133,7 @@ SIZES: dict[str, VLMSize] = {
         vision_heads=4,
         patch_size=16,
         initializer_range=0.02,
+        position_embedding_grid=16,
     ),
     "qwen3_vl_8b": VLMSize(
         hidden_size=4096,
@@ -143,6 +149,9 @@ SIZES: dict[str, VLMSize] = {
         vision_heads=16,
         patch_size=16,
         initializer_range=0.02,
+        mrope_section=(24, 20, 20),
+        deepstack_layers=(8, 16, 24),
+        position_embedding_grid=48,
     ),
     "qwen2_5_vl_7b": VLMSize(
         hidden_size=3584,
@@ -158,6 +167,8 @@ SIZES: dict[str, VLMSize] = {
         vision_heads=16,
         patch_size=14,
         initializer_range=0.02,
+        mrope_section=(16, 24, 24),
+        full_attention_blocks=(7, 15, 23, 31),
     ),
 }
 
@@ -220,7 +231,9 @@ def vlm_config(
     )
     # M-RoPE: the rotary half-dimension split into temporal / height / width sections.
     half = size.head_dim // 2
-    section = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
+    section = list(size.mrope_section or (half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8))
+    if sum(section) != half:
+        raise ValueError(f"mrope_section {section} must add up to head_dim / 2 = {half}")
     vision = dict(
         depth=size.vision_depth,
         hidden_size=size.vision_hidden_size,
@@ -249,11 +262,10 @@ def vlm_config(
             },
         )
         # Deepstack: features of early vision layers are added to the first decoder layers.
-        deepstack = (
-            [i * size.vision_depth // 3 for i in range(1, 3)] if size.vision_depth > 2 else [0]
+        vision.update(
+            num_position_embeddings=size.position_embedding_grid**2,
+            deepstack_visual_indexes=list(size.deepstack_layers),
         )
-        vision.update(num_position_embeddings=2304 if size.vision_depth > 2 else 64)
-        vision.update(deepstack_visual_indexes=deepstack)
         return Qwen3VLConfig(text_config=text, vision_config=vision, **tokens)
     if size.hidden_size // size.num_heads != size.head_dim:
         raise ValueError("Qwen2.5-VL needs head_dim == hidden_size // num_heads")
@@ -263,7 +275,7 @@ def vlm_config(
     vision.update(
         hidden_act="silu",
         window_size=window,
-        fullatt_block_indexes=[size.vision_depth - 1],
+        fullatt_block_indexes=list(size.full_attention_blocks or [size.vision_depth - 1]),
         tokens_per_second=2,
     )
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tokens)
