@@ -2,7 +2,8 @@
 
 Every image has a file name and a seed that depends only on the run's base seed and that name
 (``seed = crc32(key) + base_seed``), never on batch composition or on which images already
-exist; an interrupted run therefore resumes with exactly the images it would have made. Files
+exist; an interrupted run therefore resumes with the starting noise it would have used (pixels
+can differ by float rounding, since batched kernels depend on the batch size). Files
 that already exist and decode are kept and skipped; a file that does not decode is made again.
 Images are written to a temporary name and renamed, so a crash never leaves half a PNG.
 """

@@ -16,7 +16,7 @@ from PIL import Image
 
 from eval.after_checkpoint import evaluate_pipeline
 from eval.checkpoints import evaluate_checkpoints, find_checkpoints
-from eval.generation import build_pipeline
+from eval.generation import GenerationConfig, ImageJob, build_pipeline, generate_images
 
 REPO = Path(__file__).resolve().parents[1]
 FIX = REPO / "tests" / "fixtures_eval"
@@ -61,41 +61,48 @@ def _fake_run(run_dir: Path) -> None:
     """A run folder as rl.train leaves it: saved config and a complete LoRA checkpoint."""
     (run_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create({"model": TINY}), run_dir / ".hydra" / "config.yaml")
-    pipe = build_pipeline(TINY, None, "cpu")
-    config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
-    pipe.transformer.add_adapter(config)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in pipe.transformer.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
-    checkpoint = run_dir / "checkpoints" / "epoch_000002"
-    StableDiffusion3Pipeline.save_lora_weights(
-        checkpoint / "lora", transformer_lora_layers=get_peft_model_state_dict(pipe.transformer)
-    )
-    (checkpoint / "COMPLETE").write_text("{}")
+    for epoch in (2, 3):
+        pipe = build_pipeline(TINY, None, "cpu")
+        config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+        pipe.transformer.add_adapter(config)
+        gen = torch.Generator().manual_seed(epoch)
+        with torch.no_grad():
+            for name, param in pipe.transformer.named_parameters():
+                if "lora_B" in name:
+                    param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
+        checkpoint = run_dir / "checkpoints" / f"epoch_{epoch:06d}"
+        StableDiffusion3Pipeline.save_lora_weights(
+            checkpoint / "lora", transformer_lora_layers=get_peft_model_state_dict(pipe.transformer)
+        )
+        (checkpoint / "COMPLETE").write_text("{}")
     (run_dir / "checkpoints" / "epoch_000004").mkdir()  # half-written: ignored
 
 
 def test_checkpoints_evaluates_base_and_lora_then_resumes(tmp_path):
     run = tmp_path / "run"
     _fake_run(run)
-    assert [e for e, _ in find_checkpoints(run)] == [2]
+    assert [e for e, _ in find_checkpoints(run)] == [2, 3]
     overrides = [f"run_dir={run}", *hook_overrides(), "eval_hook.unigenbench=null"]
     rows = evaluate_checkpoints(compose_cfg("checkpoints", overrides))
-    assert [r["epoch"] for r in rows] == [0, 2] and rows[0]["checkpoint"] == "base"
+    assert [r["epoch"] for r in rows] == [0, 2, 3] and rows[0]["checkpoint"] == "base"
     out = run / "eval_checkpoints"
     assert (out / "checkpoints.png").stat().st_size > 1000
-    base, lora = (
+    base, lora2, lora3 = (
         np.asarray(Image.open(out / f"epoch_{e:06d}/tiif/images/style/epoch_{e:06d}"
                               "/short_description/0.png"), dtype=float)
-        for e in (0, 2)
+        for e in (0, 2, 3)
     )  # fmt: skip
-    assert np.abs(base - lora).mean() > 1.0  # the LoRA was applied
+    assert np.abs(base - lora2).mean() > 1.0  # the LoRA was applied
+    # Epoch 3 ran on the pipeline that had epoch 2 loaded and unloaded: it must equal a fresh
+    # pipeline with only epoch 3's LoRA (up to uint8 rounding: the batch size differs).
+    fresh = build_pipeline(TINY, run / "checkpoints" / "epoch_000003" / "lora", "cpu")
+    job = ImageJob("A bright red painting.", tmp_path / "fresh.png", "style/short_description/0")
+    generate_images(fresh, [job], GenerationConfig(num_steps=1, height=32, width=32))
+    assert np.abs(np.asarray(Image.open(job.path), dtype=float) - lora3).max() <= 1
 
     again = evaluate_checkpoints(compose_cfg("checkpoints", overrides))
     assert again == rows  # nothing re-evaluated: rows come from metrics.jsonl
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
 
 
 def test_hook_without_a_judge_fails_clearly(tmp_path):
