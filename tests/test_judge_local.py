@@ -278,3 +278,13 @@ def test_bench_judge_runs_and_prints_one_json_line(capsys):
     assert result["kv_cache_max_abs_diff"] < 1e-4 and result["packed_max_abs_diff"] < 1e-4
     assert result["speedup"] == result[f"speedup_{result['best_shared_mode']}"]
     assert result["image_tokens"] == 4
+
+
+def test_shared_prefix_needs_an_mrope_model(tiny):
+    _, model, processor = tiny
+
+    class NoRope(torch.nn.Module):
+        model = torch.nn.Module()
+
+    with pytest.raises(ValueError, match="shared_prefix='none'"):
+        TransformersJudge(model=NoRope(), processor=processor, shared_prefix="packed")

@@ -103,19 +103,19 @@ def _prefix_inputs(prompt: ChatPrompt, groups: Sequence[PrefixGroup], device) ->
     return _model_inputs(prompt.processor, [g.image for g in groups], texts, device)
 
 
-def _output_head(model: PreTrainedModel) -> torch.nn.Module:
-    return model.get_output_embeddings()
+def check_shared_prefix_support(model: PreTrainedModel) -> None:
+    """Raise unless ``model`` exposes the M-RoPE position function the shared modes rely on."""
+    if not hasattr(getattr(model, "model", None), "get_rope_index"):
+        raise ValueError(
+            f"shared-prefix scoring needs a multimodal-RoPE (Qwen-VL family) model; "
+            f"{type(model).__name__} has no model.get_rope_index: use shared_prefix='none'"
+        )
 
 
 def _rope_index(model: PreTrainedModel, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """M-RoPE position ids ``[3, B, L]`` of left-padded prefixes and each row's next position."""
-    base = model.model
-    if not hasattr(base, "get_rope_index"):
-        raise ValueError(
-            f"shared-prefix scoring needs a multimodal-RoPE (Qwen-VL) model; "
-            f"{type(model).__name__} has no get_rope_index: use shared_prefix='none'"
-        )
-    positions, _ = base.get_rope_index(
+    check_shared_prefix_support(model)
+    positions, _ = model.model.get_rope_index(
         inputs["input_ids"],
         mm_token_type_ids=inputs["mm_token_type_ids"],
         image_grid_thw=inputs["image_grid_thw"],
@@ -234,7 +234,7 @@ def logits_packed(
     ).last_hidden_state
     rows, cols = zip(*last_index)
     picked = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
-    return _output_head(model)(picked).float()
+    return model.get_output_embeddings()(picked).float()
 
 
 SCORERS = {

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import transformers
 from PIL import Image
+from tqdm.auto import tqdm
 from transformers import (
     AutoImageProcessor,
     AutoModelForImageTextToText,
@@ -32,7 +33,13 @@ from transformers import (
 from transformers.utils import is_torchvision_available
 
 from rewards.judges.base import Judge, JudgeError, JudgeItem, JudgeResult
-from rewards.judges.prefix_scoring import SHARED_PREFIX_MODES, ChatPrompt, PrefixGroup, last_logits
+from rewards.judges.prefix_scoring import (
+    SHARED_PREFIX_MODES,
+    ChatPrompt,
+    PrefixGroup,
+    check_shared_prefix_support,
+    last_logits,
+)
 
 YES_SPELLINGS = ("yes", "Yes", "YES", " yes", " Yes", " YES")
 NO_SPELLINGS = ("no", "No", "NO", " no", " No", " NO")
@@ -208,6 +215,8 @@ class TransformersJudge(Judge):
         self.batch_size = batch_size
         if model_path is not None:
             model, processor = self._load(Path(model_path), attn_implementation)
+        if shared_prefix != "none":
+            check_shared_prefix_support(model)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.processor = processor
         self.prompt = ChatPrompt(processor)
@@ -254,7 +263,8 @@ class TransformersJudge(Judge):
             ]
         probs = torch.full((len(items),), float("nan"))
         reasons: list[str | None] = [None] * len(items)
-        for start in range(0, len(groups), self.batch_size):
+        starts = range(0, len(groups), self.batch_size)
+        for start in tqdm(starts, desc="judge", leave=False, disable=len(starts) < 4):
             chunk = groups[start : start + self.batch_size]
             logits = last_logits(self.model, self.prompt, chunk, self.shared_prefix, self.device)
             index = torch.tensor([i for g in chunk for i in g.item_indices])
