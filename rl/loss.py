@@ -16,6 +16,7 @@ means, so padding never changes the loss or its gradient.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -74,14 +75,14 @@ def grpo_step_loss(
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
     policy = weighted_mean(torch.maximum(unclipped, clipped), weight)
-    kl_mean = weighted_mean(kl, weight) if kl is not None else torch.zeros_like(policy)
+    kl_mean = weighted_mean(kl, weight) if kl is not None else torch.full_like(policy, math.nan)
     real = weight > 0
     with torch.no_grad():
         clipfrac = weighted_mean(((ratio - 1.0).abs() > clip_range).float(), weight)
         approx_kl = weighted_mean(0.5 * log_ratio.pow(2), weight)
         abs_max = log_ratio[real].abs().max() if real.any() else torch.zeros(())
     return StepLoss(
-        loss=policy + beta * kl_mean if kl is not None else policy,
+        loss=policy + beta * kl_mean if kl is not None else policy,  # kl NaN = not computed
         policy_loss=policy.detach(),
         kl=kl_mean.detach(),
         clipfrac=clipfrac,

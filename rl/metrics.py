@@ -146,10 +146,14 @@ def plot_reward_curve(metrics_path: Path, out_path: Path) -> Path:
     ax_r.fill_between(
         epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.25
     )
-    ax_r.set(xlabel="epoch", ylabel="reward", title="reward per epoch (mean +- std)")
+    ax_r.set(xlabel="epoch", ylabel="reward", title="reward per epoch (mean ± std)")
     ax_r.grid(alpha=0.3)
     ax_kl.plot(epochs, [r["kl"] for r in rows], marker="o", ms=3, color="tab:red")
-    ax_kl.set(xlabel="epoch", ylabel="KL to reference", title="KL (policy vs LoRA-off reference)")
+    ax_kl.set(
+        xlabel="epoch",
+        ylabel="KL to reference",
+        title="KL to the reference (computed when beta > 0)",
+    )
     ax_kl.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)

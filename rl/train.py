@@ -23,7 +23,7 @@ import math
 import random
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
@@ -58,6 +58,8 @@ from rl.sampler import GroupLayout, GroupSampler, SamplerConfigError, load_promp
 
 log = logging.getLogger(__name__)
 
+LOSS_METRICS = ("policy_loss", "kl", "clipfrac", "approx_kl")  # epoch means
+MAX_METRICS = ("log_ratio_abs_max", "onpolicy_log_ratio_abs_max")  # epoch maxima over ranks
 # Per-rank generator seeds: distinct per rank and purpose, fixed by the run seed.
 NOISE_STREAM, SHUFFLE_STREAM = 1, 2
 
@@ -76,6 +78,24 @@ class FlowGRPOTrainer:
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
+        """Everything cheap and checkable first (prompts, batch arithmetic), then the models,
+        then the optimizer and trainer state, and last the resume."""
+        self._setup_data()
+        self._setup_models()
+        self._setup_optimization()
+        self.checkpoints = CheckpointManager(
+            self.accelerator, self.run_dir / "checkpoints", self.cfg.checkpoint.keep_last
+        )
+        self.logger = RunLogger(
+            self.run_dir, asdict(self.cfg.logger), self.raw_config, self.is_main
+        )
+        resume_from = self.checkpoints.resolve(self.cfg.resume)
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+        self._log_plan()
+
+    def _setup_data(self) -> None:
+        """Prompts, the group sampler and the accelerator (its accumulation follows the plan)."""
         cfg, t = self.cfg, self.cfg.train
         state = PartialState()
         self.prompts, self.metadata = load_prompts(cfg.data.prompts, cfg.data.prompt_file)
@@ -104,8 +124,14 @@ class FlowGRPOTrainer:
             gradient_accumulation_steps=accumulation * len(self.train_steps),
         )
         self.is_main = acc.is_main_process
-        set_seed(cfg.seed)  # identical LoRA init on every rank
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
 
+    def _setup_models(self) -> None:
+        """The pipeline (a model folder is checked before any weights load), the reward, the
+        prompt cache, and the trained parameters with their KL reference."""
+        cfg, t, acc = self.cfg, self.cfg.train, self.accelerator
+        set_seed(cfg.seed)  # identical LoRA init on every rank
         pipe = load_pipeline(cfg.model)  # checks a model folder before any weights load
         self.reward: Reward = build_reward(cfg.reward)
         pipe.vae.to(acc.device)
@@ -119,6 +145,11 @@ class FlowGRPOTrainer:
         self.reference = ReferencePolicy(transformer, cfg.lora) if t.beta > 0 else None
         if t.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
+        self.transformer = transformer
+
+    def _setup_optimization(self) -> None:
+        """AdamW, accelerate's wrapping, EMA, the advantage tracker and the generators."""
+        cfg, t, acc = self.cfg, self.cfg.train, self.accelerator
         optimizer = torch.optim.AdamW(
             self.params,
             lr=t.learning_rate,
@@ -128,7 +159,7 @@ class FlowGRPOTrainer:
         )
         if not cfg.lora.full_finetune:
             register_lora_hooks(acc)
-        self.transformer, self.optimizer = acc.prepare(transformer, optimizer)
+        self.transformer, self.optimizer = acc.prepare(self.transformer, optimizer)
         self.ema = (
             EMA(self.params, cfg.ema.decay, cfg.ema.update_every) if cfg.ema.enabled else None
         )
@@ -137,15 +168,10 @@ class FlowGRPOTrainer:
         self.noise_gen = torch.Generator().manual_seed(rank_seed(cfg.seed, rank, NOISE_STREAM))
         self.shuffle_gen = torch.Generator().manual_seed(rank_seed(cfg.seed, rank, SHUFFLE_STREAM))
         self.start_epoch, self.optimizer_step = 0, 0
-
-        self.checkpoints = CheckpointManager(
-            acc, self.run_dir / "checkpoints", cfg.checkpoint.keep_last
-        )
-        self.logger = RunLogger(self.run_dir, asdict(cfg.logger), self.raw_config, self.is_main)
-        resume_from = self.checkpoints.resolve(cfg.resume)
-        if resume_from is not None:
-            self.load_checkpoint(resume_from)
         self.scorer = ThreadPoolExecutor(max_workers=1) if t.reward_in_background else None
+
+    def _log_plan(self) -> None:
+        t, acc = self.cfg.train, self.accelerator
         if self.is_main:
             log.info(
                 "run folder %s | %d processes | %d prompts | %d images/epoch in %d batches of "
@@ -221,12 +247,8 @@ class FlowGRPOTrainer:
         r = self.cfg.rollout
         scale = self.pipe.vae_scale_factor
         shape = (self.pipe.transformer.config.in_channels, r.height // scale, r.width // scale)
-        noise = [
-            torch.randn(
-                shape, generator=torch.Generator().manual_seed(hash((self.cfg.seed, epoch, i)))
-            )
-            for i in indices
-        ]
+        seeds = [hash((self.cfg.seed, epoch, i)) & (2**63 - 1) for i in indices]  # int hash: stable
+        noise = [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
         return torch.stack(noise).to(self.accelerator.device)
 
     def epoch_advantages(
@@ -262,13 +284,14 @@ class FlowGRPOTrainer:
         kept = int(acc.gather(torch.tensor([keep.numel()], device=acc.device)).sum())
         if kept == 0:
             log.warning("every advantage is 0 this epoch (all rewards equal or NaN); no update")
-            return {"kept_samples": 0.0}
+            skipped = dict.fromkeys(LOSS_METRICS + ("grad_norm", *MAX_METRICS), math.nan)
+            return skipped | {"kept_samples": 0.0, "optimizer_step": float(self.optimizer_step)}
         if t.shuffle_samples:
             keep = keep[torch.randperm(keep.numel(), generator=self.shuffle_gen)]
-        sums: dict[str, float] = defaultdict(float)
+        means: dict[str, float] = dict.fromkeys(LOSS_METRICS, 0.0)
+        maxima: dict[str, float] = dict.fromkeys(MAX_METRICS, 0.0)
         grad_norms: list[float] = []
         first_step = self.optimizer_step
-        onpolicy_max = 0.0
         self.transformer.train()
         chunks = torch.tensor_split(keep, self.micro_batches)
         for chunk in tqdm(chunks, desc="training", leave=False, disable=not self.is_main):
@@ -286,26 +309,20 @@ class FlowGRPOTrainer:
                             grad_norms.append(float(grad_norm))
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
+                log_ratio = float(out.log_ratio_abs_max)
+                maxima["log_ratio_abs_max"] = max(maxima["log_ratio_abs_max"], log_ratio)
                 if self.optimizer_step == first_step:  # still the rollout's own weights
-                    onpolicy_max = max(onpolicy_max, float(out.log_ratio_abs_max))
+                    onpolicy = maxima["onpolicy_log_ratio_abs_max"]
+                    maxima["onpolicy_log_ratio_abs_max"] = max(onpolicy, log_ratio)
                 if acc.sync_gradients:
                     self.optimizer_step += 1
                     if self.ema is not None:
                         self.ema.step(self.optimizer_step)
-                for name in ("policy_loss", "kl", "clipfrac", "approx_kl"):
-                    sums[name] += float(getattr(out, name)) / (len(chunks) * len(self.train_steps))
-                sums["log_ratio_abs_max"] = max(
-                    sums["log_ratio_abs_max"], float(out.log_ratio_abs_max)
-                )
-        if grad_norms:
-            sums["grad_norm"] = sum(grad_norms) / len(grad_norms)
-        sums["onpolicy_log_ratio_abs_max"] = onpolicy_max
-        stats = {
-            k: float(acc.reduce(torch.tensor(v, device=acc.device), "mean"))
-            for k, v in sums.items()
-        }
-        for name in ("log_ratio_abs_max", "onpolicy_log_ratio_abs_max"):
-            stats[name] = float(acc.reduce(torch.tensor(sums[name], device=acc.device), "max"))
+                for name in LOSS_METRICS:
+                    means[name] += float(getattr(out, name)) / (len(chunks) * len(self.train_steps))
+        means["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
+        stats = {k: reduce_scalar(acc, v, "mean") for k, v in means.items()}
+        stats |= {k: reduce_scalar(acc, v, "max") for k, v in maxima.items()}
         return stats | {"kept_samples": float(kept), "optimizer_step": float(self.optimizer_step)}
 
     def step_loss(
@@ -452,6 +469,11 @@ class PhaseTimer:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
+def reduce_scalar(accelerator: Accelerator, value: float, op: str) -> float:
+    """A float reduced over ranks ("mean" or "max")."""
+    return float(accelerator.reduce(torch.tensor(value, device=accelerator.device), op))
+
+
 def global_rng_state() -> dict[str, Any]:
     """This process's global RNGs (accelerate's save_state keeps only rank 0's)."""
     return {
@@ -508,9 +530,8 @@ def main(cfg: DictConfig) -> None:
             train_cfg, Path(hydra_cfg.runtime.output_dir), OmegaConf.to_container(cfg, resolve=True)
         )
         trainer.run()
-    except USER_ERRORS as err:
-        log.error("%s: %s", type(err).__name__, err)
-        sys.exit(2)
+    except USER_ERRORS as err:  # a mistake in the input: its message, not a traceback
+        sys.exit(f"error: {type(err).__name__}: {err}")
 
 
 if __name__ == "__main__":
