@@ -264,14 +264,18 @@ class RubricLearner:
         final["judge_totals"] = self.stats.snapshot()
         final["working_set_size"] = len(self.pool)
         final["rejected_statements"] = dict(self.pool.rejected)
-        path = save_rubric_set(
-            self.out_dir / "rubric_set.json",
-            list(zip(rubrics, weights.tolist())),
-            self.template,
-            str(self.cfg.judge.get("scoring", "normalized")),
-            {k: v for k, v in final.items() if not isinstance(v, dict)} | self.data_info,
-        )
-        final["rubric_set"] = str(path)
+        final["rubric_set"] = None
+        if rubrics:
+            path = save_rubric_set(
+                self.out_dir / "rubric_set.json",
+                list(zip(rubrics, weights.tolist())),
+                self.template,
+                str(self.cfg.judge.get("scoring", "normalized")),
+                {k: v for k, v in final.items() if not isinstance(v, dict)} | self.data_info,
+            )
+            final["rubric_set"] = str(path)
+        else:
+            log.warning("no rubric got a positive weight in any round: rubric_set.json not written")
         self.report.final = final
         self.report.write()
         self.cache.close()

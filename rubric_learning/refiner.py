@@ -141,6 +141,8 @@ def refine(
     """
     if selection not in ("best", "one_se"):
         raise ValueError(f"refiner.selection must be best or one_se, got {selection!r}")
+    if train_scores.shape[1] == 0:
+        raise ValueError("the refiner got an empty working set: there are no rubrics to weigh")
     diffs, nan_count = score_differences(train_scores)
 
     def fit(c: float) -> RefinerResult:

@@ -58,7 +58,7 @@ def _statements(value: object) -> list[str] | None:
             item = item.get("rubric", item.get("text", item.get("statement")))
         if isinstance(item, str) and item.strip():
             out.append(item.strip())
-    return out
+    return out or None
 
 
 def _bracketed_candidates(text: str) -> list[str]:

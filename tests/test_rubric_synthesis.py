@@ -1,0 +1,43 @@
+"""Rule synthesis: parsing generator answers (including garbage) and deduplicating statements."""
+
+import pytest
+
+from rubric_learning.synthesis import RubricParseError, RubricPool, parse_rubric_list
+
+
+def test_parses_fenced_bare_and_object_lists():
+    fenced = 'Image 1 wins.\n```json\n["The sky is blue.", "A cat is visible."]\n```\nDone [1]'
+    assert parse_rubric_list(fenced) == ["The sky is blue.", "A cat is visible."]
+    bare = 'Because of the light [see image 2]. Rules: ["Text is legible.", ""] thanks'
+    assert parse_rubric_list(bare) == ["Text is legible."]
+    objects = '{"rubrics": [{"rubric": "Hands have five fingers."}, {"text": "No watermark."}]}'
+    assert parse_rubric_list(f"```\n{objects}\n```") == [
+        "Hands have five fingers.",
+        "No watermark.",
+    ]
+
+
+@pytest.mark.parametrize(
+    "answer", ['{"rubric": "a dict, not a list"}', "no list at all", "[unclosed", "ü#@ [1, 2] ü"]
+)
+def test_answers_without_a_statement_list_raise_a_clear_error(answer):
+    with pytest.raises(RubricParseError, match="no JSON list of rubric statements"):
+        parse_rubric_list(answer)
+
+
+def test_pool_drops_exact_and_near_duplicates_and_counts_rejections():
+    pool = RubricPool(near_duplicate=0.8, min_words=3)
+    assert pool.add("The main subject is fully visible.", {"round": 0}) is not None
+    assert pool.add("the MAIN subject is fully visible", {}) is None  # exact after normalising
+    assert pool.add("The main subject is fully visible and.", {}) is None  # Jaccard 5/6
+    assert pool.add("Too short", {}) is None
+    kept = pool.add("Text in the image is spelled correctly.", {"round": 1})
+    assert kept.id == "r0001" and kept.provenance == {"round": 1}
+    assert pool.texts() == [
+        "The main subject is fully visible.",
+        "Text in the image is spelled correctly.",
+    ]
+    assert pool.rejected == {"exact duplicate": 1, "near duplicate": 1, "length": 1}
+    with pytest.raises(RubricParseError):
+        pool.add_answer("garbage", {})
+    assert pool.rejected["unparseable answer"] == 1
