@@ -5,12 +5,16 @@ assistant turn. Everything up to and including the context is the same for every
 about one image, so it is split off as the *prefix*; the question and the template's closing tokens
 form the *suffix*. Three ways to get the logits of the token after each prompt:
 
-- ``none``: one forward per (image, question) over the whole prompt, the reference.
+- ``none``: one forward per (image, question) over the whole prompt (the vision tower runs for
+  every question), the reference.
 - ``kv_cache``: one forward over each prefix (vision tower included) keeps its key/value cache;
   the questions then run as a batch against that cache, each row pointing at its image's prefix.
 - ``packed``: one sequence per image, the prefix followed by all its questions back to back. A
   block attention mask lets each question see the prefix and itself only, and each question's
   positions restart where the prefix ends, so every question sees exactly what it would alone.
+
+In every mode each image goes through the image processor once (CPU work that a GPU run would
+otherwise repeat per question), so the modes differ only in what the model computes.
 
 The Qwen-VL models use multimodal RoPE: image tokens get (t, h, w) positions and text after the
 image continues from the largest position used so far, ``max + 1``. The prefix positions come from
@@ -85,22 +89,52 @@ class ChatPrompt:
         ]
 
 
-def _model_inputs(processor: ProcessorMixin, images, texts, device) -> dict[str, torch.Tensor]:
-    """Tokenise left-padded texts with their images; tensors on ``device``."""
-    enc = processor(
-        images=list(images),
-        text=list(texts),
+@dataclass
+class EncodedImage:
+    """One image through the processor's image processor: patches, grid and placeholder text."""
+
+    pixel_values: torch.Tensor
+    image_grid_thw: torch.Tensor
+    placeholder: str  # the image token repeated once per image token the model will see
+
+
+def encode_images(processor: ProcessorMixin, groups: Sequence[PrefixGroup]) -> list[EncodedImage]:
+    """Each group's image preprocessed once, however many questions are asked about it."""
+    encoded = []
+    for g in groups:
+        out = processor.image_processor(images=[g.image], return_tensors="pt")
+        placeholder = processor.replace_image_token(out, image_idx=0)
+        encoded.append(EncodedImage(out["pixel_values"], out["image_grid_thw"], placeholder))
+    return encoded
+
+
+def _model_inputs(
+    processor: ProcessorMixin, images: Sequence[EncodedImage], texts: Sequence[str], device
+) -> dict[str, torch.Tensor]:
+    """What ``processor(images=..., text=texts)`` returns (left padded), from encoded images.
+
+    Each text holds one image token, expanded here to the image's placeholder; this is the
+    processor's own expansion, done without preprocessing an image again for every question.
+    """
+    expanded = [t.replace(processor.image_token, im.placeholder, 1) for t, im in zip(texts, images)]
+    enc = processor.tokenizer(
+        expanded,
         padding=True,
         padding_side="left",
         return_tensors="pt",
+        return_token_type_ids=False,
     )
+    types = processor.create_mm_token_type_ids(enc["input_ids"].tolist())
+    enc["mm_token_type_ids"] = torch.tensor(types)
+    enc["pixel_values"] = torch.cat([im.pixel_values for im in images])
+    enc["image_grid_thw"] = torch.cat([im.image_grid_thw for im in images])
     return {k: v.to(device) for k, v in enc.items()}
 
 
 def _prefix_inputs(prompt: ChatPrompt, groups: Sequence[PrefixGroup], device) -> dict:
     """The image + context prefix of every group, left-padded into one batch."""
     texts = [prompt.prefix_text(g.context) for g in groups]
-    return _model_inputs(prompt.processor, [g.image for g in groups], texts, device)
+    return _model_inputs(prompt.processor, encode_images(prompt.processor, groups), texts, device)
 
 
 def check_shared_prefix_support(model: PreTrainedModel) -> None:
@@ -148,9 +182,9 @@ def logits_one_per_question(
     Returns float32 logits ``[Q, V]`` for the questions of ``groups`` in order.
     """
     images, texts = [], []
-    for g in groups:
+    for g, encoded in zip(groups, encode_images(prompt.processor, groups)):
         for q in g.questions:
-            images.append(g.image)
+            images.append(encoded)
             texts.append(prompt.full_text(g.context, q))
     inputs = _model_inputs(prompt.processor, images, texts, device)
     return model(**inputs, logits_to_keep=1).logits[:, -1].float()
@@ -195,26 +229,29 @@ def logits_packed(
     prefix_pos, next_pos = _rope_index(model, prefix)
     n_rows, prefix_len = prefix["input_ids"].shape
     suffixes = [[prompt.suffix_ids(q) for q in g.questions] for g in groups]
-    length = prefix_len + max(sum(len(s) for s in row) for row in suffixes)
+    width = max(sum(len(s) for s in row) for row in suffixes)
     pad_id = prompt.processor.tokenizer.pad_token_id
 
-    ids = torch.full((n_rows, length), pad_id, dtype=torch.long, device=device)
-    ids[:, :prefix_len] = prefix["input_ids"]
-    positions = torch.zeros((3, n_rows, length), dtype=torch.long, device=device)
-    positions[:, :, :prefix_len] = prefix_pos
-    # block[b, i]: -1 pad, 0 prefix, k + 1 question k. A token sees the prefix and its own block.
-    block = torch.full((n_rows, length), -1, dtype=torch.long, device=device)
-    block[:, :prefix_len] = prefix["attention_mask"].long() - 1
+    # The questions' part, built on CPU and moved once. block: -1 pad, 0 prefix, k + 1 question k.
+    q_ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
+    q_offset = torch.zeros((n_rows, width), dtype=torch.long)  # position after the prefix
+    q_block = torch.full((n_rows, width), -1, dtype=torch.long)
     last_index = []  # (row, position of the question's last token), in question order
     for b, row in enumerate(suffixes):
-        start = prefix_len
+        start = 0
         for k, suffix in enumerate(row):
             end = start + len(suffix)
-            ids[b, start:end] = torch.tensor(suffix, device=device)
-            positions[:, b, start:end] = next_pos[b] + torch.arange(len(suffix), device=device)
-            block[b, start:end] = k + 1
-            last_index.append((b, end - 1))
+            q_ids[b, start:end] = torch.tensor(suffix)
+            q_offset[b, start:end] = torch.arange(len(suffix))
+            q_block[b, start:end] = k + 1
+            last_index.append((b, prefix_len + end - 1))
             start = end
+    q_ids, q_offset, q_block = q_ids.to(device), q_offset.to(device), q_block.to(device)
+    q_pos = (next_pos[:, None] + q_offset).masked_fill(q_block < 0, 0)
+    ids = torch.cat([prefix["input_ids"], q_ids], dim=1)
+    positions = torch.cat([prefix_pos, q_pos[None].expand(3, -1, -1)], dim=2)
+    block = torch.cat([prefix["attention_mask"].long() - 1, q_block], dim=1)
+    length = ids.shape[1]
 
     causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
     same_block = block[:, :, None] == block[:, None, :]
@@ -232,8 +269,8 @@ def logits_packed(
         pixel_values=prefix["pixel_values"],
         image_grid_thw=prefix["image_grid_thw"],
     ).last_hidden_state
-    rows, cols = zip(*last_index)
-    picked = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
+    rows, cols = torch.tensor(last_index, device=device).T
+    picked = hidden[rows, cols]
     return model.get_output_embeddings()(picked).float()
 
 
