@@ -7,7 +7,7 @@ ends with a JSON list of objective, reusable statements that the preferred image
 :func:`parse_rubric_list` reads that list from free text (a fenced block, the last bracketed list,
 items that are strings or objects with a ``rubric``/``text`` field); an answer without one raises
 :class:`RubricParseError`, which callers count and skip. :class:`RubricPool` keeps the working
-set free of exact and near duplicates (normalised text, then token-set Jaccard similarity).
+set free of exact duplicates (same normalised text) and rewordings (see :func:`is_rewording`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from difflib import SequenceMatcher
 
 from rewards.rubric_set import Rubric
 
@@ -96,17 +97,25 @@ def normalise(text: str) -> str:
     return " ".join(_WORD.findall(text.lower()))
 
 
-def jaccard(a: str, b: str) -> float:
-    sa, sb = set(a.split()), set(b.split())
-    return len(sa & sb) / max(len(sa | sb), 1)
+def is_rewording(a: str, b: str, threshold: float) -> bool:
+    """Whether two normalised statements say the same with words added or dropped.
+
+    The word sequences must match with insertions and deletions only (``difflib``), with a
+    similarity ratio of at least ``threshold``. A substituted word makes a different rule, however
+    similar the rest: "bright" / "dark", "left half ... right half" / "right half ... left half".
+    """
+    matcher = SequenceMatcher(None, a.split(), b.split(), autojunk=False)
+    if any(tag == "replace" for tag, *_ in matcher.get_opcodes()):
+        return False
+    return matcher.ratio() >= threshold
 
 
 @dataclass
 class RubricPool:
     """The working set of rubrics, without exact or near duplicates.
 
-    ``near_duplicate`` is the token-set Jaccard similarity (after :func:`normalise`) at or above
-    which a new statement counts as a rewording of one already in the pool. ``min_words`` and
+    ``near_duplicate`` is the similarity ratio at or above which a new statement counts as a
+    rewording of one already in the pool (:func:`is_rewording`). ``min_words`` and
     ``max_words`` drop fragments and essays.
     """
 
@@ -133,7 +142,7 @@ class RubricPool:
         if key in self._keys:
             self.rejected["exact duplicate"] += 1
             return None
-        if any(jaccard(key, other) >= self.near_duplicate for other in self._keys):
+        if any(is_rewording(key, other, self.near_duplicate) for other in self._keys):
             self.rejected["near duplicate"] += 1
             return None
         rubric = Rubric(f"r{len(self.rubrics):04d}", " ".join(text.split()), 0.0, provenance)

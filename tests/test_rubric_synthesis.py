@@ -29,14 +29,17 @@ def test_pool_drops_exact_and_near_duplicates_and_counts_rejections():
     pool = RubricPool(near_duplicate=0.8, min_words=3)
     assert pool.add("The main subject is fully visible.", {"round": 0}) is not None
     assert pool.add("the MAIN subject is fully visible", {}) is None  # exact after normalising
-    assert pool.add("The main subject is fully visible and.", {}) is None  # Jaccard 5/6
+    assert pool.add("The main subject is clearly fully visible.", {}) is None  # a word added
+    assert pool.add("The main subject is fully hidden.", {}) is not None  # a word replaced
     assert pool.add("Too short", {}) is None
     kept = pool.add("Text in the image is spelled correctly.", {"round": 1})
-    assert kept.id == "r0001" and kept.provenance == {"round": 1}
-    assert pool.texts() == [
-        "The main subject is fully visible.",
-        "Text in the image is spelled correctly.",
-    ]
+    assert kept.id == "r0002" and kept.provenance == {"round": 1}
+    assert pool.texts()[2] == "Text in the image is spelled correctly."
+    for text in (
+        "The left half of the image is brighter than the right half.",
+        "The right half of the image is brighter than the left half.",
+    ):
+        assert pool.add(text, {}) is not None  # same words, opposite rules
     assert pool.rejected == {"exact duplicate": 1, "near duplicate": 1, "length": 1}
     with pytest.raises(RubricParseError):
         pool.add_answer("garbage", {})
