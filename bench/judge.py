@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
             dtype=dtype,
             shared_prefix=mode,
             batch_size=args.batch_size,
+            progress=False,
         )
         for mode in modes
     }

@@ -184,6 +184,7 @@ class TransformersJudge(Judge):
         batch_size: images per forward in the shared-prefix modes (with all their questions),
             (image, question) pairs per forward in mode "none".
         attn_implementation: passed to ``from_pretrained`` ("sdpa", "eager", ...).
+        progress: show a progress bar over calls of four batches or more.
     """
 
     name = "transformers"
@@ -199,6 +200,7 @@ class TransformersJudge(Judge):
         shared_prefix: str = "packed",
         batch_size: int = 16,
         attn_implementation: str | None = None,
+        progress: bool = True,
     ):
         if scoring not in SCORING_MODES:
             raise ValueError(f"unknown scoring {scoring!r}; expected one of {SCORING_MODES}")
@@ -215,6 +217,7 @@ class TransformersJudge(Judge):
         self.scoring = scoring
         self.shared_prefix = shared_prefix
         self.batch_size = batch_size
+        self.progress = progress
         if model_path is not None:
             model, processor = self._load(Path(model_path), attn_implementation)
         if shared_prefix != "none":
@@ -266,7 +269,9 @@ class TransformersJudge(Judge):
         probs = torch.full((len(items),), float("nan"))
         reasons: list[str | None] = [None] * len(items)
         starts = range(0, len(groups), self.batch_size)
-        for start in tqdm(starts, desc="judge", leave=False, disable=len(starts) < 4):
+        for start in tqdm(
+            starts, desc="judge", leave=False, disable=not self.progress or len(starts) < 4
+        ):
             chunk = groups[start : start + self.batch_size]
             logits = last_logits(self.model, self.prompt, chunk, self.shared_prefix, self.device)
             index = torch.tensor([i for g in chunk for i in g.item_indices])
