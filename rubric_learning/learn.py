@@ -135,12 +135,11 @@ class RubricLearner:
         self.report = RunReport(out_dir, header={"data": self.data_info, "cache": str(cache_path)})
 
     def run(self) -> dict[str, Any]:
-        cfg = self.cfg
+        cfg, best, mark = self.cfg, None, self.stats.snapshot()  # round 0 counts the synthesis
         seeds = self.select_seeds()
         for text in cfg.synthesis.initial_rubrics or []:
             self.pool.add(text, {"round": 0, "source": "initial"})
         self.add_generated(seeds, self.synthesize(seeds), {"round": 0, "source": "seed"})
-        best, mark = None, self.stats.snapshot()
         for round_index in range(cfg.rounds):
             record, weights, kept = self.fit_round(round_index)
             if best is None or record["val_accuracy"] > best[0]["val_accuracy"]:

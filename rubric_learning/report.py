@@ -95,6 +95,8 @@ class RunReport:
         if "best_round" in self.final:
             best = self.final["best_round"]
             ax.axvline(best, color="grey", linestyle=":", label=f"best (round {best})")
+            if self.final.get("test_accuracy") is not None:
+                ax.plot([best], [self.final["test_accuracy"]], "k*", ms=10, label="test, best set")
         if "oracle_accuracy" in self.final:
             ax.axhline(
                 self.final["oracle_accuracy"],
