@@ -43,7 +43,7 @@ def noise_image(seed: int, width: int, height: int) -> Image.Image:
 
 QUESTIONS = [
     "Is the sky blue?",
-    "Yes?",
+    "\nYes?",
     "Is there a dog on the left of the red car, and is it looking at the camera?",
     "Does the image follow the prompt, and is it sharp, well composed and free of artefacts?",
 ]
@@ -52,7 +52,7 @@ QUESTIONS = [
 def mixed_items() -> list[JudgeItem]:
     """3 images of different sizes (one with an empty context) x 4 questions, interleaved."""
     images = [noise_image(0, 32, 32), noise_image(1, 64, 48), noise_image(2, 32, 64)]
-    contexts = ["A photo of a cat on a sofa.", "", "A watercolour landscape with a lake."]
+    contexts = ["A photo of a cat on a sofa.\n", "", "  A watercolour landscape with a lake."]
     items = [JudgeItem(images[i], contexts[i], q) for q in QUESTIONS for i in range(len(images))]
     rng = np.random.default_rng(3)
     return [items[k] for k in rng.permutation(len(items))]

@@ -69,16 +69,22 @@ class ChatPrompt:
 
     @staticmethod
     def user_turn(context: str, question: str, images: Sequence) -> dict:
-        """One user message: the images, then the context and the question on separate lines."""
+        """One user message: the images, then the context and the question on separate lines.
+
+        Both are stripped: the prompt then splits at a newline followed by a non-space, where
+        Qwen-style pre-tokenizers always cut, so prefix + suffix tokenize as the whole does.
+        """
+        context, question = context.strip(), question.strip()
         text = f"{context}\n{question}" if context else question
         content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
         return {"role": "user", "content": content}
 
     def prefix_text(self, context: str) -> str:
+        context = context.strip()
         return f"{self._head}{context}{self._joint}" if context else self._head
 
     def suffix_text(self, question: str) -> str:
-        return f"{question}{self._tail}"
+        return f"{question.strip()}{self._tail}"
 
     def full_text(self, context: str, question: str) -> str:
         return self.prefix_text(context) + self.suffix_text(question)
