@@ -69,8 +69,11 @@ def judge_identity(node: Any, override: str | None) -> str:
 
 
 def load_splits(cfg: DictConfig) -> tuple[Splits, dict[str, Any]]:
-    """Pairs from the data node, readable and decided, split; plus counts for the report."""
-    loaded = instantiate({k: v for k, v in cfg.data.items() if k != "name"}, _convert_="all")
+    """Pairs from the data node, readable and decided, split; plus counts for the report.
+
+    Ties are always dropped (and counted): the refiner needs a preferred image.
+    """
+    loaded = instantiate(cfg.data, _convert_="all")
     if isinstance(loaded, Splits):
         parts = {"train": loaded.train, "val": loaded.val, "test": loaded.test}
     else:
@@ -80,10 +83,8 @@ def load_splits(cfg: DictConfig) -> tuple[Splits, dict[str, Any]]:
     for name, pairs in parts.items():
         pairs, unreadable = drop_unreadable(pairs)
         dropped.update(unreadable)
-        if cfg.ties == "drop":
-            dropped["tie"] += sum(p.is_tie for p in pairs)
-            pairs = drop_ties(pairs, name)
-        parts[name] = pairs
+        dropped["tie"] += sum(p.is_tie for p in pairs)
+        parts[name] = drop_ties(pairs, name)
     if not parts["train"]:
         raise ValueError("the training split is empty: give more pairs or a larger splits.train")
     splits = Splits(parts["train"], parts["val"], parts["test"])
@@ -133,6 +134,7 @@ class RubricLearner:
         )
         self.miner = HardPairMiner(seed=cfg.seed, **OmegaConf.to_container(cfg.mining))
         self.report = RunReport(out_dir, header={"data": self.data_info, "cache": str(cache_path)})
+        self.train_scores = np.empty((0, 0, 2))  # the latest round's working-set scores on train
 
     def run(self) -> dict[str, Any]:
         cfg, best, mark = self.cfg, None, self.stats.snapshot()  # round 0 counts the synthesis

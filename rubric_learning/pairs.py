@@ -30,7 +30,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,10 @@ TIE = 0.5
 
 class PairDataError(ValueError):
     """A preference file that cannot be read as the format it claims to be."""
+
+
+class CorruptImageError(ValueError):
+    """An image file or byte string that PIL cannot decode."""
 
 
 @dataclass(frozen=True)
@@ -65,15 +69,7 @@ class PreferencePair:
 
     def swapped(self) -> PreferencePair:
         """The same comparison with A and B exchanged (the label flips with them)."""
-        return PreferencePair(
-            self.id,
-            self.prompt,
-            self.image_b,
-            self.image_a,
-            1.0 - self.label,
-            self.source,
-            self.metadata,
-        )
+        return replace(self, image_a=self.image_b, image_b=self.image_a, label=1.0 - self.label)
 
 
 # ----------------------------------------------------------------------------- images
@@ -98,10 +94,6 @@ def open_image(ref: ImageRef) -> Image.Image:
             return im.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise CorruptImageError(f"corrupt image {name}: {err}") from err
-
-
-class CorruptImageError(ValueError):
-    """An image file or byte string that PIL cannot decode."""
 
 
 def content_hash(ref: ImageRef) -> str:
