@@ -1,14 +1,24 @@
-"""Refiner against a direct scikit-learn fit, the active-set variant, C selection, mining, seeds."""
+"""Refiner against a direct scikit-learn fit, the active-set variant, C choice, mining, seeds."""
 
+import io
 from collections import Counter
 
 import numpy as np
 import pytest
+from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
+from rewards.pixel_target import PixelTargetReward
 from rubric_learning.mining import HardPairMiner, bucket_pairs, bucket_shares
+from rubric_learning.pairs import PreferencePair
 from rubric_learning.refiner import pairwise_accuracy, refine, score_differences
-from rubric_learning.seeds import composite_scores
+from rubric_learning.seeds import composite_scores, proxy_margins, select_seed_pairs
+
+
+def png(colour) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def make_scores(n=300, k=8, seed=0):
@@ -117,3 +127,19 @@ def test_seed_composite_rewards_margin_and_cluster_diversity():
     by_diversity = composite_scores(margins, clusters, margin_weight=0.0)
     assert np.argmax(by_margin) == 0
     assert by_diversity[3] == by_diversity[0] == 1.0 and by_diversity[1] == 0.5
+
+
+def test_proxy_margins_point_toward_the_preferred_image_and_seeds_span_clusters():
+    red, blue = png((230, 50, 50)), png((40, 40, 200))
+    prompts = ["a red fox", "a red fox running", "a blue whale", "a blue whale diving"]
+    pairs = [
+        PreferencePair(f"p{i}", prompt, red, blue, float(i % 2 == 0))
+        for i, prompt in enumerate(prompts)
+    ]
+    reward = PixelTargetReward(target_rgb=[0.9, 0.2, 0.2])
+    margins = proxy_margins(reward, pairs)
+    assert margins[0] > 0 and margins[1] == pytest.approx(-margins[0])
+    assert (proxy_margins(None, pairs) == 0).all()
+    chosen = select_seed_pairs(pairs, num=2, reward=reward, n_clusters=2, margin_weight=0.5)
+    assert {p.prompt.split()[1] for p in chosen} == {"red", "blue"}  # one per prompt cluster
+    assert all(p.label == 1.0 for p in chosen)  # the proxy agrees with people on both
