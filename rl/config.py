@@ -239,13 +239,21 @@ def shared_run_stamp() -> str:
     if not _RUN_STAMP:
         stamp = time.strftime("%Y-%m-%d/%H-%M-%S")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            from accelerate import PartialState
             from accelerate.utils import broadcast_object_list
 
-            PartialState()  # joins the process group that the launcher described
+            distributed_state()  # joins the process group that the launcher described
             stamp = broadcast_object_list([stamp], from_process=0)[0]
         _RUN_STAMP.append(stamp)
     return _RUN_STAMP[0]
+
+
+def distributed_state():
+    """accelerate's process state, created as ``Accelerator`` would create it (CPU processes
+    when ``ACCELERATE_USE_CPU`` is set), so that creating it early does not fix a wrong one."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def register_resolvers() -> None:

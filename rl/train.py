@@ -33,7 +33,7 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from accelerate.utils import set_seed
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
@@ -45,6 +45,7 @@ from rl.config import (
     ConfigError,
     TrainConfig,
     check_entry,
+    distributed_state,
     parse_config,
     register_resolvers,
 )
@@ -97,7 +98,7 @@ class FlowGRPOTrainer:
     def _setup_data(self) -> None:
         """Prompts, the group sampler and the accelerator (its accumulation follows the plan)."""
         cfg, t = self.cfg, self.cfg.train
-        state = PartialState()
+        state = distributed_state()
         self.prompts, self.metadata = load_prompts(cfg.data.prompts, cfg.data.prompt_file)
         self.layout = GroupLayout(
             num_prompts=len(self.prompts),

@@ -118,17 +118,17 @@ def test_exported_lora_loads_in_diffusers_and_changes_the_images(short_run):
 
 
 def test_demo_learns_the_pixel_target(tmp_path):
-    """A shortened demo (8 epochs of 16 images, 6 steps): the reward of the last two epochs beats
-    the first two by 0.003, about 1.5 per-image reward stds and 7 stds of an epoch's mean."""
+    """The demo shortened to 6 epochs: the reward of the last two epochs beats the first two by
+    0.004, twice the per-image reward std at the start and ~10 stds of an epoch's mean."""
     rows = run_training(
         tmp_path,
-        ["experiment=demo", "train.epochs=8", "rollout.num_steps=6", "train.groups_per_epoch=2",
-         "train.learning_rate=2e-2", "checkpoint.every_n_epochs=8",
+        ["experiment=demo", "train.epochs=6", "checkpoint.every_n_epochs=6",
          "log.sample_every_n_epochs=0"],
     )  # fmt: skip
     rewards = [r["reward_mean"] for r in rows]
+    assert rows[0]["reward_std"] < 0.003
     first, last = sum(rewards[:2]) / 2, sum(rewards[-2:]) / 2
-    assert last - first > 0.003, rewards
+    assert last - first > 0.004, rewards
 
 
 class NanEveryThirdReward(Reward):
@@ -145,13 +145,15 @@ class NanEveryThirdReward(Reward):
 def test_nan_rewards_are_excluded_counted_and_training_goes_on(tmp_path):
     rows = run_training(
         tmp_path,
-        [*TINY, "train.epochs=1", "log.sample_every_n_epochs=0",
+        [*TINY, "train.epochs=1", "log.sample_every_n_epochs=0", "train.micro_batch_size=1",
          "~reward", f"+reward._target_={__name__}.NanEveryThirdReward"],
     )  # fmt: skip
     (row,) = rows
     assert row["reward_nan"] == 2  # samples 0 and 3 of 4
     assert row["reward_failures/test failure"] == 2
-    assert row["kept_samples"] <= 2 and row["reward_mean"] == row["reward_mean"]  # not NaN
+    # 2 samples kept for 4 micro-batches: two weight-0 stand-ins, and still a real update
+    assert row["kept_samples"] == 2 and row["reward_mean"] == row["reward_mean"]  # not NaN
+    assert row["grad_norm"] > 0
 
 
 def test_bf16_gradient_checkpointing_and_background_scoring_stay_on_policy(tmp_path):
@@ -206,22 +208,27 @@ def test_missing_model_folder_fails_clearly_from_the_command_line(tmp_path):
 
 
 def test_every_experiment_preset_composes():
-    presets = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
-    mine = {"demo", "sd35m_pickscore", "sd35m_fast_nocfg", "sd35m_single_gpu_80gb"}
-    assert mine <= set(presets)
-    for name in presets:
-        cfg = compose_train([f"experiment={name}"])
-        if cfg.entry == "train":
-            for key in OmegaConf.missing_keys(cfg):  # paths the user must give
-                OmegaConf.update(cfg, key, "/given/by/user")
-            if cfg.data.prompts is None and cfg.data.prompt_file is None:
-                cfg.data.prompt_file = "/given/by/user/prompts.txt"
-            parse_config(cfg)  # schema and value checks pass (nothing is loaded)
-        else:
-            from rl.config import check_entry
+    """Each preset composes with its entry's primary config; train presets also pass the schema,
+    and a preset of another entry is refused by rl.train with one clear message."""
+    from rl.config import check_entry
 
-            with pytest.raises(ConfigError, match=f"experiment={name} is a preset for"):
-                check_entry(cfg, name)
+    presets = sorted((ROOT / "conf" / "experiment").glob("*.yaml"))
+    names = {p.stem for p in presets}
+    assert {"demo", "sd35m_pickscore", "sd35m_fast_nocfg", "sd35m_single_gpu_80gb"} <= names
+    for path in presets:
+        entry = OmegaConf.load(path).entry
+        primary = {"train": "train", "learn": "learn"}.get(entry, entry)
+        with initialize_config_dir(config_dir=CONF, version_base=None):
+            cfg = compose(primary, overrides=[f"experiment={path.stem}"])
+        if entry != "train":
+            with pytest.raises(ConfigError, match=f"experiment={path.stem} is a preset for"):
+                check_entry(compose_train([f"experiment={path.stem}"]), path.stem)
+            continue
+        for key in OmegaConf.missing_keys(cfg):  # paths the user must give
+            OmegaConf.update(cfg, key, "/given/by/user")
+        if cfg.data.prompts is None and cfg.data.prompt_file is None:
+            cfg.data.prompt_file = "/given/by/user/prompts.txt"
+        parse_config(cfg)  # schema and value checks pass (nothing is loaded)
 
 
 def test_model_folder_error_is_raised_before_loading(tmp_path):
@@ -231,18 +238,21 @@ def test_model_folder_error_is_raised_before_loading(tmp_path):
 
 
 def test_two_processes_share_one_run_folder_and_gather_whole_groups(tmp_path):
-    """accelerate launch with 2 CPU processes and Hydra's default (timestamped) run folder."""
+    """accelerate launch with 2 CPU processes and Hydra's default (timestamped) run folder.
+
+    (``accelerate launch --cpu --num_processes 2`` starts ONE process unless mpirun is set up;
+    ``--multi_gpu`` with ``ACCELERATE_USE_CPU`` starts two gloo processes through torchrun.)"""
     overrides = [
         *TINY,
-        "train.epochs=1",
+        "train.epochs=2",
         "train.batch_size=2",
         "train.micro_batch_size=2",
         "train.groups_per_epoch=2",  # 2 groups x 4 images = 2 batches x 2 processes x 2 images
         "log.sample_every_n_epochs=0",
     ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
          "-m", "rl.train", *overrides],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
@@ -250,11 +260,14 @@ def test_two_processes_share_one_run_folder_and_gather_whole_groups(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     runs = [p for p in (tmp_path / "outputs" / "train").glob("*/*") if p.is_dir()]
     assert len(runs) == 1, runs
-    (row,) = [json.loads(line) for line in (runs[0] / "metrics.jsonl").read_text().splitlines()]
-    # each process holds 4 of the 8 images, yet both groups are seen whole (4 members each)
-    assert row["num_groups"] == 2 and row["group_size_min"] == row["group_size_max"] == 4
-    assert row["onpolicy_log_ratio_abs_max"] == 0.0
-    state = torch.load(runs[0] / "checkpoints/epoch_000001/trainer_state.pt", weights_only=False)
+    rows = [json.loads(line) for line in (runs[0] / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    for row in rows:
+        # each process holds 4 of the 8 images, yet both groups are seen whole (4 members each)
+        assert row["num_groups"] == 2 and row["group_size_min"] == row["group_size_max"] == 4
+        assert row["kept_samples"] == 8 and row["onpolicy_log_ratio_abs_max"] == 0.0
+    assert "| 2 processes |" in (runs[0] / "train.log").read_text()
+    state = torch.load(runs[0] / "checkpoints/epoch_000002/trainer_state.pt", weights_only=False)
     noise = [rank["noise_gen"] for rank in state["per_rank"]]  # both ranks' generators, distinct
     assert len(noise) == 2 and not torch.equal(*noise)
     assert len(list(runs[0].glob("*.log"))) == 1
