@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -296,36 +295,6 @@ def write_report(report: dict[str, Any], out_dir: Path) -> None:
     (out_dir / "results.md").write_text(text + "\n" + markdown_table(header, rows))
 
 
-def mmrb2_prompts(path: str | Path) -> dict[str, str]:
-    """Pair id -> prompt text from MMRB2's ``prompt_content`` ([["text", ...]]) entries, the
-    field where the full release (``t2i.json``) keeps the prompt."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    prompts = {}
-    for row in data.get("pairs", []):
-        texts = [c[1] for c in row.get("prompt_content") or [] if len(c) == 2 and c[0] == "text"]
-        if texts:
-            prompts[str(row["id"])] = "\n".join(texts)
-    return prompts
-
-
-def _load_mmrb2(path: str, image_root: str | None, prompts_path: str | None) -> list:
-    if prompts_path:
-        return load_mmrb2(path, image_root=image_root, prompts_path=prompts_path)
-    with tempfile.TemporaryDirectory() as tmp:
-        file = Path(tmp) / "prompts.json"
-        file.write_text(json.dumps(mmrb2_prompts(path)))
-        return load_mmrb2(path, image_root=image_root, prompts_path=str(file))
-
-
-def _load_pickapic(path: str) -> list[PreferencePair]:
-    """One parquet file, or every ``*.parquet`` file of a folder (sorted)."""
-    folder = Path(path)
-    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else [folder]
-    if not files:
-        raise FileNotFoundError(f"no .parquet files in {folder} (Pick-a-Pic)")
-    return [pair for file in files for pair in load_pickapic(str(file))]
-
-
 def load_pairs(benchmark_cfg: Any, data_cfg: Any) -> list[PreferencePair]:
     """Load ``data.path`` with the loader of ``benchmark.name`` (rubric_learning.pairs, the one
     set of loaders of the project) and keep the first ``data.limit`` pairs."""
@@ -333,11 +302,11 @@ def load_pairs(benchmark_cfg: Any, data_cfg: Any) -> list[PreferencePair]:
     if not path:
         raise ValueError(f"benchmark={name} needs data.path=<file>")
     if name == "mmrb2":
-        pairs = _load_mmrb2(path, root, data_cfg.get("prompts_path"))
+        pairs = load_mmrb2(path, image_root=root, prompts_path=data_cfg.get("prompts_path"))
     elif name == "hpdv3":
         pairs = load_hpdv3(path, image_root=root, seed=benchmark_cfg.get("shuffle_seed", 0))
     elif name == "pickapic":
-        pairs = _load_pickapic(path)
+        pairs = load_pickapic(path)
     elif name == "jsonl":
         pairs = load_jsonl(path, image_root=root)
     else:

@@ -10,10 +10,11 @@ Loaders (each usable as a Hydra ``_target_`` of the ``data`` node):
   (``label`` may be ``"A"``/``"B"``/``"tie"`` or 1/0/0.5; image paths relative to the file).
 - :func:`load_hpdv3`: HPDv3 ``test.json``, a list of ``{prompt, path1, path2, model1, model2}``
   where ``path1`` is always preferred; A/B are shuffled with a seed so labels are balanced.
-- :func:`load_pickapic`: Pick-a-Pic v2 parquet with ``caption``, ``jpg_0``, ``jpg_1`` (bytes) and
-  ``label_0`` (1, 0 or 0.5 for a tie).
+- :func:`load_pickapic`: Pick-a-Pic v2 parquet (one file or a folder of shards) with ``caption``,
+  ``jpg_0``, ``jpg_1`` (bytes) and ``label_0`` (1, 0 or 0.5 for a tie).
 - :func:`load_mmrb2`: Multimodal RewardBench 2 text-to-image JSON (``{"pairs": [...]}``) with
-  images in a folder; the prompt text comes from the pair or from a separate id -> prompt file.
+  images in a folder; the prompt text comes from ``prompt_content`` (full release) or from a
+  separate id -> prompt file (metadata-only release).
   MMRB2 is an evaluation benchmark (CC BY-NC, not to be trained on): use it as a test set.
 
 :func:`drop_unreadable` opens every image once and drops pairs whose image is missing or corrupt,
@@ -215,14 +216,41 @@ def load_hpdv3(
     return pairs
 
 
+def parquet_files(path: str) -> list[Path]:
+    """One parquet file, or the ``*.parquet`` shards of a folder in name order."""
+    where = Path(path)
+    if where.is_dir():
+        files = sorted(where.glob("*.parquet"))
+        if not files:
+            raise FileNotFoundError(f"no .parquet files in folder {where}")
+        return files
+    if not where.is_file():
+        raise FileNotFoundError(f"preference file or folder not found: {where}")
+    return [where]
+
+
 def load_pickapic(path: str, limit: int | None = None) -> list[PreferencePair]:
-    """Pick-a-Pic v2 parquet: ``caption``, ``jpg_0``/``jpg_1`` bytes, ``label_0`` (0.5 = tie)."""
+    """Pick-a-Pic v2 parquet: ``caption``, ``jpg_0``/``jpg_1`` bytes, ``label_0`` (0.5 = tie).
+
+    ``path`` is one parquet file or a folder of shards (as the dataset is published), read in
+    name order; ``limit`` counts pairs across shards.
+    """
+    pairs: list[PreferencePair] = []
+    for file in parquet_files(path):
+        pairs += _pickapic_shard(file, None if limit is None else limit - len(pairs))
+        if limit is not None and len(pairs) >= limit:
+            break
+    return pairs
+
+
+def _pickapic_shard(file: Path, limit: int | None) -> list[PreferencePair]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"preference file not found: {file}")
-    table = pq.read_table(file)
+    try:
+        table = pq.read_table(file)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise PairDataError(f"{file}: not a readable parquet file ({err})") from err
     needed = {"caption", "jpg_0", "jpg_1", "label_0"}
     missing = needed - set(table.column_names)
     if missing:
@@ -245,7 +273,7 @@ def load_pickapic(path: str, limit: int | None = None) -> list[PreferencePair]:
         rid = row.get("ranking_id")
         pairs.append(
             PreferencePair(
-                id=f"pickapic-{rid if rid is not None else i}",
+                id=f"pickapic-{rid}" if rid is not None else f"pickapic-{file.stem}-{i}",
                 prompt=str(row["caption"]),
                 image_a=images[0],
                 image_b=images[1],
@@ -266,9 +294,11 @@ def load_mmrb2(
 ) -> list[PreferencePair]:
     """MMRB2 text-to-image pairs; ``chosen`` "A"/"B" gives the label.
 
-    The prompt is read from the pair's ``prompt`` field (or ``prompt_metadata.prompt``); the
-    metadata-only release has neither, so a JSON file mapping pair id -> prompt can be given as
-    ``prompts_path``.
+    The prompt text is read, in this order, from ``prompts_path`` (a JSON file mapping pair id ->
+    prompt, for the metadata-only ``t2i_response_only.json``), from the pair's ``prompt_content``
+    (``[["text", ...], ...]``, where the full release ``t2i.json`` keeps it; text parts joined by
+    newlines), or from a ``prompt`` / ``prompt_metadata.prompt`` field. Image paths are relative
+    to ``image_root`` (default: the JSON file's folder, as in the full release).
     """
     file = Path(path)
     data = _read_json(file)
@@ -285,11 +315,11 @@ def load_mmrb2(
             chosen = row["chosen"]
         except (KeyError, IndexError, TypeError) as err:
             raise PairDataError(f"{where}: missing MMRB2 field ({err})") from err
-        prompt = row.get("prompt") or (row.get("prompt_metadata") or {}).get("prompt")
-        prompt = prompt or extra.get(pid)
+        prompt = extra.get(pid) or _mmrb2_prompt(row)
         if not prompt:
             raise PairDataError(
-                f"{where}: pair {pid} has no prompt text; pass prompts_path= a JSON id -> prompt"
+                f"{where}: pair {pid} has no prompt text (no prompt_content); use the full "
+                "release t2i.json or pass prompts_path= a JSON file mapping pair id -> prompt"
             )
         pairs.append(
             PreferencePair(
@@ -304,6 +334,15 @@ def load_mmrb2(
         if limit is not None and len(pairs) >= limit:
             break
     return pairs
+
+
+def _mmrb2_prompt(row: dict) -> str | None:
+    """The prompt text of an MMRB2 pair: its ``prompt_content`` text parts, else a plain field."""
+    parts = row.get("prompt_content") or []
+    texts = [p[1] for p in parts if isinstance(p, list) and len(p) == 2 and p[0] == "text"]
+    if texts:
+        return "\n".join(str(t) for t in texts)
+    return row.get("prompt") or (row.get("prompt_metadata") or {}).get("prompt")
 
 
 # ----------------------------------------------------------------------------- splits

@@ -150,9 +150,9 @@ def test_official_mmrb2_file_parses(tmp_path):
     data = {"path": str(file), "prompts_path": str(prompts), "image_root": str(tmp_path)}
     with pytest.raises(FileNotFoundError, match="image_root"):  # metadata only: no images
         load_pairs(bench, OmegaConf.create(data))
-    from eval.preference import _load_mmrb2
+    from rubric_learning.pairs import load_mmrb2
 
-    pairs = _load_mmrb2(str(file), None, str(prompts))
+    pairs = load_mmrb2(str(file), prompts_path=str(prompts))
     assert len(pairs) == 1000
     assert {p.source for p in pairs} == {"evalmuse", "oneigbench", "r2ibench", "wise",
                                          "realunify_ueg"}  # fmt: skip

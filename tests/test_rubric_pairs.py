@@ -104,6 +104,33 @@ def test_pickapic_parquet_bytes_and_ties(tmp_path):
     pq.write_table(table.drop(["label_0"]), tmp_path / "bad.parquet")
     with pytest.raises(PairDataError, match="label_0"):
         load_pickapic(str(tmp_path / "bad.parquet"))
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet")
+    with pytest.raises(PairDataError, match="broken.parquet: not a readable parquet file"):
+        load_pickapic(str(tmp_path / "broken.parquet"))
+
+
+def test_pickapic_folder_of_shards_in_name_order(tmp_path):
+    shards = tmp_path / "test"
+    shards.mkdir()
+    for n, captions in enumerate((["a", "b"], ["c", "d", "e"])):
+        table = pa.table(
+            {
+                "caption": captions,
+                "jpg_0": [png_bytes("red")] * len(captions),
+                "jpg_1": [png_bytes("blue")] * len(captions),
+                "label_0": [1.0] * len(captions),
+            }
+        )
+        pq.write_table(table, shards / f"test-0000{n}-of-00002.parquet")
+    pairs = load_pickapic(str(shards))
+    assert [p.prompt for p in pairs] == ["a", "b", "c", "d", "e"]
+    assert len({p.id for p in pairs}) == 5  # no ranking_id: ids still unique across shards
+    assert [p.prompt for p in load_pickapic(str(shards), limit=3)] == ["a", "b", "c"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no .parquet files in folder"):
+        load_pickapic(str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="not found: .*missing.parquet"):
+        load_pickapic(str(tmp_path / "missing.parquet"))
 
 
 def test_mmrb2_chosen_and_prompt_sources(image_dir):
@@ -118,6 +145,12 @@ def test_mmrb2_chosen_and_prompt_sources(image_dir):
         }
 
     data = {"pairs": [entry("a1", "A", prompt="a fox"), entry("b2", "B")]}
+    full = {  # the full release keeps the prompt as text parts in prompt_content
+        "pairs": [entry("c3", "B", prompt_content=[["text", "a red kite"], ["text", "at dusk"]])]
+    }
+    (image_dir / "t2i_full.json").write_text(json.dumps(full))
+    [kite] = load_mmrb2(str(image_dir / "t2i_full.json"))
+    assert (kite.prompt, kite.label) == ("a red kite\nat dusk", 0.0)
     (image_dir / "t2i.json").write_text(json.dumps(data))
     (image_dir / "prompts.json").write_text(json.dumps({"b2": "a hen"}))
     pairs = load_mmrb2(str(image_dir / "t2i.json"), prompts_path=str(image_dir / "prompts.json"))
