@@ -10,10 +10,24 @@ __all__ = ["Reward", "RewardOutput", "build_reward"]
 
 
 def build_reward(cfg: Any) -> Reward:
-    """Instantiate a reward from its Hydra config node (``conf/reward/*.yaml``)."""
-    from hydra.utils import instantiate
+    """Instantiate a reward from its Hydra config node (``conf/reward/*.yaml``).
 
-    reward = instantiate(cfg, _convert_="all")
+    A required field left at ``???`` fails with the override that sets it. The judge of a rubric
+    reward is the root ``judge`` node pulled in by interpolation, so Hydra reports it as
+    ``reward.judge.model_path``; the message names ``judge.model_path``, what the user types.
+    """
+    from hydra.utils import instantiate
+    from omegaconf.errors import MissingMandatoryValue
+
+    try:
+        reward = instantiate(cfg, _convert_="all")
+    except MissingMandatoryValue as err:
+        key = str(getattr(err, "full_key", "") or "")
+        override = "judge." + key.rsplit(".judge.", 1)[1] if ".judge." in key else key
+        raise MissingMandatoryValue(
+            f"{override} is required and not set: pass {override}=<local path or value> "
+            "on the command line"
+        ) from err
     if not isinstance(reward, Reward):
         target = cfg.get("_target_") if hasattr(cfg, "get") else None
         raise TypeError(f"reward config {target!r} built a {type(reward).__name__}, not a Reward")

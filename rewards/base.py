@@ -64,9 +64,9 @@ class Reward(abc.ABC):
         prompts: Sequence[str],
         metadata: Sequence[dict[str, Any]] | None = None,
     ) -> RewardOutput:
-        from rewards.images import to_pil
+        from rewards.images import read_images
 
-        pil = to_pil(images)
+        pil, corrupt = read_images(images)
         if len(pil) != len(prompts):
             raise ValueError(f"{self.name}: got {len(pil)} images but {len(prompts)} prompts")
         meta = list(metadata) if metadata is not None else [{} for _ in prompts]
@@ -74,11 +74,22 @@ class Reward(abc.ABC):
             raise ValueError(
                 f"{self.name}: got {len(meta)} metadata entries for {len(prompts)} prompts"
             )
-        out = self.score(pil, list(prompts), meta)
-        if out.scores.shape[0] != len(prompts):
-            raise RuntimeError(
-                f"{self.name}: returned {out.scores.shape[0]} scores for {len(prompts)} samples"
+        for index, problem in corrupt.items():
+            log.warning("%s: image %d is corrupt (%s); its score is NaN", self.name, index, problem)
+        keep = [i for i in range(len(pil)) if i not in corrupt]
+        if keep:
+            out = self.score(
+                [pil[i] for i in keep], [prompts[i] for i in keep], [meta[i] for i in keep]
             )
+            if out.scores.shape[0] != len(keep):
+                raise RuntimeError(
+                    f"{self.name}: returned {out.scores.shape[0]} scores for {len(keep)} samples"
+                )
+        else:
+            out = RewardOutput(torch.zeros(0))
+        if corrupt:
+            out = _with_nan_rows(out, keep, len(pil))
+            out.failures.update(f"corrupt image: {problem}" for problem in corrupt.values())
         if out.failures:
             log.warning(
                 "%s: %d/%d samples unscored (%s)",
@@ -97,3 +108,16 @@ class Reward(abc.ABC):
 
     def release(self) -> None:  # noqa: B027 - optional hook, default is a no-op
         """Free accelerator memory between phases (models that hold GPU weights override this)."""
+
+
+def _with_nan_rows(out: RewardOutput, rows: list[int], batch: int) -> RewardOutput:
+    """``out`` (one row per index in ``rows``) spread over ``batch`` rows, NaN everywhere else."""
+    index = torch.tensor(rows, dtype=torch.long)
+
+    def spread(values: torch.Tensor) -> torch.Tensor:
+        full = torch.full((batch,), float("nan"), dtype=torch.float32)
+        full[index] = values
+        return full
+
+    details = {name: spread(value) for name, value in out.details.items()}
+    return RewardOutput(spread(out.scores), details, Counter(out.failures))

@@ -2,6 +2,10 @@
 
 Rewards accept either a list of PIL images or a float tensor ``[B, 3, H, W]`` in ``[0, 1]`` (what
 the trainer decodes) or a uint8 tensor ``[B, 3, H, W]``; judges and scalar models work on PIL.
+
+:func:`read_images` also finds the images that cannot be scored (a file that does not decode, an
+empty image, a tensor sample with NaN or inf pixels), so a reward can make exactly those samples
+NaN with a counted reason instead of scoring a silently black or half-decoded picture.
 """
 
 from __future__ import annotations
@@ -34,6 +38,51 @@ def to_pil(images: ImageBatch) -> list[Image.Image]:
             raise TypeError(f"image {i} is a {type(im).__name__}, expected a PIL image")
         out.append(im if im.mode == "RGB" else im.convert("RGB"))
     return out
+
+
+def _tensor_problem(sample: torch.Tensor) -> str | None:
+    if sample.is_floating_point() and not bool(torch.isfinite(sample).all()):
+        return "non-finite pixel values"
+    if sample.shape[-1] == 0 or sample.shape[-2] == 0:
+        return "empty image"
+    return None
+
+
+def _pil_problem(image: Image.Image) -> str | None:
+    if image.width == 0 or image.height == 0:
+        return "empty image"
+    try:
+        image.load()  # a lazily opened file decodes here; truncated or garbled data raises
+    except (OSError, SyntaxError, ValueError) as err:
+        return f"does not decode ({err})"
+    return None
+
+
+def read_images(images: ImageBatch) -> tuple[list[Image.Image | None], dict[int, str]]:
+    """The batch as RGB PIL images, with ``None`` and a reason for each corrupt image.
+
+    Returns ``(images, problems)``: ``problems`` maps the index of every image that cannot be
+    scored to why (``"non-finite pixel values"``, ``"empty image"``, ``"does not decode (...)"``);
+    those positions hold ``None``. Inputs of the wrong type or shape still raise at once.
+    """
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f"expected an image tensor [B, 3, H, W], got {tuple(images.shape)}")
+        problems = {i: p for i, s in enumerate(images) if (p := _tensor_problem(s)) is not None}
+        pil = to_pil(images)
+        return [None if i in problems else im for i, im in enumerate(pil)], problems
+    out: list[Image.Image | None] = []
+    problems: dict[int, str] = {}
+    for i, im in enumerate(images):
+        if not isinstance(im, Image.Image):
+            raise TypeError(f"image {i} is a {type(im).__name__}, expected a PIL image")
+        problem = _pil_problem(im)
+        if problem is not None:
+            problems[i] = problem
+            out.append(None)
+        else:
+            out.append(im if im.mode == "RGB" else im.convert("RGB"))
+    return out, problems
 
 
 def to_float_array(image: Image.Image) -> np.ndarray:

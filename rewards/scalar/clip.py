@@ -25,6 +25,7 @@ class ClipSimilarityReward(ScalarReward):
     ``path`` is a local ``CLIPModel`` folder; ``processor_path`` the folder with the matching
     ``CLIPProcessor`` (image processor + tokenizer), by default ``path`` itself. Prompts longer
     than the text encoder's context (77 tokens) are truncated, as CLIP was trained.
+    ``normalize=None`` takes the class's ``DEFAULT_NORMALIZE``.
     """
 
     name = "clip"
@@ -36,7 +37,7 @@ class ClipSimilarityReward(ScalarReward):
         device: str = "cpu",
         dtype: str = "float32",
         batch_size: int = 16,
-        normalize: str = "none",
+        normalize: str | None = None,
     ) -> None:
         super().__init__(device=device, dtype=dtype, batch_size=batch_size, normalize=normalize)
         self.path = self.check_model_path(path)

@@ -19,19 +19,9 @@ class CLIPScoreReward(ClipSimilarityReward):
     """CLIPScore with any local transformers CLIP folder (e.g. openai/clip-vit-large-patch14)."""
 
     name = "clipscore"
+    DEFAULT_NORMALIZE = "clip_s"
     NORMALIZATIONS = {
         "none": lambda cos: cos,
         "clip_s": lambda cos: CLIP_S_WEIGHT * cos.clamp(min=0),
         "percent": lambda cos: 100.0 * cos.clamp(min=0),
     }
-
-    def __init__(
-        self,
-        path: str,
-        processor_path: str | None = None,
-        device: str = "cpu",
-        dtype: str = "float32",
-        batch_size: int = 16,
-        normalize: str = "clip_s",
-    ) -> None:
-        super().__init__(path, processor_path, device, dtype, batch_size, normalize)

@@ -68,6 +68,21 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def assign_exactly(
+    module: torch.nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype, what: str
+) -> None:
+    """Load ``state`` into ``module`` (built on the meta device) in ``dtype``, key for key.
+
+    A checkpoint that does not fit fails naming ``what`` and up to eight missing and unexpected
+    keys, so a wrong file or a renamed layer never loads partly.
+    """
+    expected = set(module.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise KeyError(f"{what}: missing {missing[:8]}, unexpected {unexpected[:8]}")
+    module.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
+
+
 def batches(count: int, batch_size: int) -> Iterator[slice]:
     """Consecutive slices of ``range(count)`` of at most ``batch_size`` items."""
     if batch_size < 1:
@@ -80,16 +95,23 @@ class ScalarReward(Reward):
     """A reward model that maps (image, prompt) to one number.
 
     Subclasses set ``NORMALIZATIONS`` (name -> function of the raw score tensor; ``"none"`` is
-    the identity) and implement :meth:`raw_scores` for one batch. ``score`` runs the batches
-    under ``torch.no_grad``, reports the raw value in ``details["raw"]`` and the normalised one
-    as ``scores``. ``release()`` drops the weights; the next call reloads them.
+    the identity) and ``DEFAULT_NORMALIZE`` (used when ``normalize`` is None), and implement
+    :meth:`raw_scores` for one batch. ``score`` runs the batches under ``torch.no_grad``, reports
+    the raw value in ``details["raw"]`` and the normalised one as ``scores``. ``release()`` drops
+    the weights; the next call reloads them.
     """
 
     NORMALIZATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"none": lambda x: x}
+    DEFAULT_NORMALIZE = "none"
 
     def __init__(
-        self, device: str = "cpu", dtype: str = "float32", batch_size: int = 8, normalize="none"
+        self,
+        device: str = "cpu",
+        dtype: str = "float32",
+        batch_size: int = 8,
+        normalize: str | None = None,
     ) -> None:
+        normalize = normalize or self.DEFAULT_NORMALIZE
         if normalize not in self.NORMALIZATIONS:
             raise ValueError(
                 f"{self.name}: unknown normalize={normalize!r}; "

@@ -23,7 +23,12 @@ import torch
 from PIL import Image
 
 from rewards.scalar.clip import ClipSimilarityReward
-from rewards.scalar.common import load_state_dict_file, require_dir, require_file
+from rewards.scalar.common import (
+    assign_exactly,
+    load_state_dict_file,
+    require_dir,
+    require_file,
+)
 
 _LAYER = {
     "ln_1": "layer_norm1",
@@ -124,7 +129,7 @@ class HPSv2Reward(ClipSimilarityReward):
         device: str = "cpu",
         dtype: str = "float32",
         batch_size: int = 16,
-        normalize: str = "none",
+        normalize: str | None = None,
     ) -> None:
         require_dir(processor_path, ("config.json",), "hpsv2 CLIP-ViT-H-14 config")
         super().__init__(path, processor_path, device, dtype, batch_size, normalize)
@@ -144,12 +149,6 @@ class HPSv2Reward(ClipSimilarityReward):
         with init_empty_weights():
             model = CLIPModel(config)
         state = openclip_to_transformers(load_state_dict_file(path))
-        expected = set(model.state_dict())
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-        if missing or unexpected:
-            raise KeyError(
-                f"{path} does not fit the CLIPModel of {self.processor_path}: "
-                f"missing {missing[:8]}, unexpected {unexpected[:8]}"
-            )
-        model.load_state_dict({k: v.to(self.dtype) for k, v in state.items()}, assign=True)
+        what = f"{path} does not fit the CLIPModel of {self.processor_path}"
+        assign_exactly(model, state, self.dtype, what)
         return model

@@ -26,7 +26,13 @@ import re
 import torch
 from torch import nn
 
-from rewards.scalar.common import ScalarReward, load_state_dict_file, require_dir, require_file
+from rewards.scalar.common import (
+    ScalarReward,
+    assign_exactly,
+    load_state_dict_file,
+    require_dir,
+    require_file,
+)
 
 REWARD_TOKEN = "<|Reward|>"
 HEAD_SIZES = (1024, 16, 2)
@@ -129,21 +135,12 @@ class HPSv3Reward(ScalarReward):
             )
         with init_empty_weights():
             backbone = Qwen2VLForConditionalGeneration(config)
-        self._assign(backbone, state, self.dtype)
+        misfit = f"{self.checkpoint} does not fit HPSv3 on {self.path}"
+        assign_exactly(backbone, state, self.dtype, misfit)
         head = reward_head(embed.shape[1])
-        self._assign(head, head_state, torch.float32)
+        assign_exactly(head, head_state, torch.float32, misfit)
         self.backbone = backbone.to(self.device).eval()
         self.head = head.to(self.device).eval()
-
-    def _assign(self, module: nn.Module, state: dict[str, torch.Tensor], dtype) -> None:
-        expected = set(module.state_dict())
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-        if missing or unexpected:
-            raise KeyError(
-                f"{self.checkpoint} does not fit HPSv3 on {self.path}: "
-                f"missing {missing[:8]}, unexpected {unexpected[:8]}"
-            )
-        module.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
 
     def unload(self) -> None:
         self.backbone = self.head = self.processor = None

@@ -27,7 +27,13 @@ import re
 import torch
 from torch import nn
 
-from rewards.scalar.common import ScalarReward, load_state_dict_file, require_dir, require_file
+from rewards.scalar.common import (
+    ScalarReward,
+    assign_exactly,
+    load_state_dict_file,
+    require_dir,
+    require_file,
+)
 
 SCORE_MEAN = 0.16717362830052426
 SCORE_STD = 1.0333394966054072
@@ -86,14 +92,6 @@ def to_transformers_blip(
         elif key.startswith("mlp.layers."):
             head[key.removeprefix("mlp.layers.")] = value
     return vision, text, head
-
-
-def _load_exactly(module: nn.Module, state: dict[str, torch.Tensor], what: str, dtype) -> None:
-    expected = set(module.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise KeyError(f"{what}: missing {missing[:8]}, unexpected {unexpected[:8]}")
-    module.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
 
 
 class ImageRewardReward(ScalarReward):
@@ -158,10 +156,10 @@ class ImageRewardReward(ScalarReward):
         )  # fmt: skip
         with init_empty_weights():
             vision, text = BlipVisionModel(vision_config), BlipTextModel(text_config, False)
-        _load_exactly(vision, vision_state, f"{self.path} (vision)", self.dtype)
-        _load_exactly(text, text_state, f"{self.path} (text, {self.med_config})", self.dtype)
+        assign_exactly(vision, vision_state, self.dtype, f"{self.path} (vision)")
+        assign_exactly(text, text_state, self.dtype, f"{self.path} (text, {self.med_config})")
         head = score_head(text_config.hidden_size)
-        _load_exactly(head, head_state, f"{self.path} (mlp head)", torch.float32)
+        assign_exactly(head, head_state, torch.float32, f"{self.path} (mlp head)")
         tokenizer = BertTokenizer.from_pretrained(str(self.tokenizer_path))
         tokenizer.add_special_tokens({"bos_token": "[DEC]"})
         tokenizer.add_special_tokens({"additional_special_tokens": ["[ENC]"]})

@@ -22,21 +22,11 @@ class PickScoreReward(ClipSimilarityReward):
     """PickScore from a local PickScore_v1 folder and a local CLIP-H processor folder."""
 
     name = "pickscore"
+    DEFAULT_NORMALIZE = "divide_26"
     NORMALIZATIONS = {
         "none": lambda raw: raw,
         "divide_26": lambda raw: raw / FLOW_GRPO_SCALE,
     }
-
-    def __init__(
-        self,
-        path: str,
-        processor_path: str | None = None,
-        device: str = "cpu",
-        dtype: str = "float32",
-        batch_size: int = 16,
-        normalize: str = "divide_26",
-    ) -> None:
-        super().__init__(path, processor_path, device, dtype, batch_size, normalize)
 
     def raw_scores(self, images, prompts):
         cos = self.cosine(images, prompts)
