@@ -1,7 +1,8 @@
 """Speed of the local VLM judge: one forward per (image, rubric) against shared-prefix scoring.
 
     python -m bench.judge                                   # CPU, small random Qwen3-VL, ~1 min
-    python -m bench.judge --full-size --device cuda --dtype bf16 --image-size 512 --images 16
+    python -m bench.judge --full-size --device cuda --dtype bf16 --image-size 512 --images 16 \
+        --out bench/results/judge_gpu.jsonl
 
 Scores ``images x rubrics`` yes/no questions with a random-weight Qwen-VL judge in each mode of
 :class:`rewards.judges.transformers_judge.TransformersJudge` (``none``: every (image, rubric) is
@@ -25,6 +26,7 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -119,6 +121,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=16, help="images (or naive rows)/forward")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument(
+        "--out", help="also append the JSON line to this file, e.g. bench/results/judge_gpu.jsonl"
+    )
     args = parser.parse_args(argv)
     if args.full_size:
         args.size = "qwen3_vl_8b" if args.arch == "qwen3_vl" else "qwen2_5_vl_7b"
@@ -170,7 +175,13 @@ def main(argv: list[str] | None = None) -> dict:
         best = min(shared, key=seconds.get)
         result["best_shared_mode"] = best
         result["speedup"] = result[f"speedup_{best}"]
-    print(json.dumps(result), flush=True)
+    line = json.dumps(result)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("a") as file:
+            file.write(line + "\n")
+    print(line, flush=True)
     return result
 
 

@@ -264,15 +264,17 @@ def test_local_path_configs_need_a_path(name, tmp_path):
         hydra.utils.instantiate(cfg)
 
 
-def test_bench_judge_runs_and_prints_one_json_line(capsys):
+def test_bench_judge_runs_and_prints_one_json_line(capsys, tmp_path):
     from bench.judge import main
 
+    out = tmp_path / "results" / "judge.jsonl"
     result = main(
         ["--size", "tiny", "--images", "2", "--rubrics", "3", "--image-size", "32",
-         "--repeats", "1", "--prompt-tokens", "8", "--question-tokens", "6"]
+         "--repeats", "1", "--prompt-tokens", "8", "--question-tokens", "6", "--out", str(out)]
     )  # fmt: skip
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last) == result
+    assert out.read_text() == last + "\n"
     for mode in ("none", "kv_cache", "packed"):
         assert result[f"{mode}_scores_per_s"] > 0
     assert result["kv_cache_max_abs_diff"] < 1e-4 and result["packed_max_abs_diff"] < 1e-4
