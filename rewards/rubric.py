@@ -31,7 +31,7 @@ from PIL import Image
 
 from rewards.base import Reward, RewardOutput
 from rewards.judges.base import Judge, JudgeItem
-from rewards.rubric_set import SCORING_MODES, RubricSet, load_rubric_set
+from rewards.rubric_set import RubricSet, check_scoring, load_rubric_set
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +88,7 @@ class RubricReward(Reward):
             )
         if not isinstance(rubric_set, RubricSet):
             rubric_set = load_rubric_set(resolve_rubric_set_path(rubric_set))
-        scoring = scoring or rubric_set.scoring
-        if scoring not in SCORING_MODES:
-            raise ValueError(f"scoring must be one of {SCORING_MODES}, got {scoring!r}")
+        scoring = check_scoring(scoring or rubric_set.scoring)
         self.rubric_set = rubric_set
         self.judge = judge
         self.on_unanswered = on_unanswered

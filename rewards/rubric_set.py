@@ -77,6 +77,13 @@ class RubricSet:
         return path
 
 
+def check_scoring(scoring: str) -> str:
+    """``scoring`` if it is one of :data:`SCORING_MODES`, else a ValueError naming the choices."""
+    if scoring not in SCORING_MODES:
+        raise ValueError(f"scoring must be one of {SCORING_MODES}, got {scoring!r}")
+    return scoring
+
+
 def _fail(source: str, where: str, problem: str) -> RubricSetError:
     return RubricSetError(f"{source}: field {where!r} {problem}")
 

@@ -46,7 +46,7 @@ import torch
 from PIL import Image
 
 from rewards.judges.base import Judge, JudgeError, JudgeItem, JudgeResult
-from rewards.rubric_set import SCORING_MODES
+from rewards.rubric_set import check_scoring
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +147,7 @@ class OpenAIJudge(Judge):
         system_prompt: str | None = None,
         api_key: str | None = None,
     ) -> None:
-        if scoring not in SCORING_MODES:
-            raise ValueError(f"scoring must be one of {SCORING_MODES}, got {scoring!r}")
+        check_scoring(scoring)
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         if concurrency < 1 or max_retries < 0 or top_logprobs < 1:

@@ -34,7 +34,11 @@ from transformers import (
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.tokenization_utils_tokenizers import PreTrainedTokenizerFast
 
-from rewards.judges.transformers_judge import VIDEO_PROCESSOR_CLASSES, build_processor
+from rewards.judges.transformers_judge import (
+    VIDEO_PROCESSOR_CLASSES,
+    build_processor,
+    video_processor_settings,
+)
 
 ARCHS = ("qwen3_vl", "qwen2_5_vl")
 
@@ -355,12 +359,9 @@ def save_vlm(model: PreTrainedModel, processor: ProcessorMixin, save_dir: str | 
     # wherever torchvision is installed.
     real_cls = getattr(processor, "real_processor_class", None)
     if real_cls is not None:
-        image = processor.image_processor
         video = {
             "video_processor_type": VIDEO_PROCESSOR_CLASSES[real_cls],
-            "patch_size": image.patch_size,
-            "merge_size": image.merge_size,
-            "temporal_patch_size": image.temporal_patch_size,
+            **video_processor_settings(processor.image_processor),
         }
         (out / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2) + "\n")
         config_file = out / "processor_config.json"

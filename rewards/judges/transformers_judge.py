@@ -42,10 +42,10 @@ from rewards.judges.prefix_scoring import (
     check_shared_prefix_support,
     last_logits,
 )
+from rewards.rubric_set import check_scoring
 
 YES_SPELLINGS = ("yes", "Yes", "YES", " yes", " Yes", " YES")
 NO_SPELLINGS = ("no", "No", "NO", " no", " No", " NO")
-SCORING_MODES = ("normalized", "raw")
 
 _DTYPES = {
     "float32": torch.float32,
@@ -73,6 +73,15 @@ VIDEO_PROCESSOR_CLASSES = {
 }
 
 
+def video_processor_settings(image_processor) -> dict[str, int]:
+    """The patch/merge sizes a Qwen-VL video processor shares with the model's image processor."""
+    return {
+        "patch_size": image_processor.patch_size,
+        "merge_size": image_processor.merge_size,
+        "temporal_patch_size": image_processor.temporal_patch_size,
+    }
+
+
 def build_processor(
     processor_cls: type[ProcessorMixin], image_processor, tokenizer, chat_template: str | None
 ) -> ProcessorMixin:
@@ -84,11 +93,7 @@ def build_processor(
     """
     if is_torchvision_available():
         video_cls = getattr(transformers, VIDEO_PROCESSOR_CLASSES[processor_cls.__name__])
-        video = video_cls(
-            patch_size=image_processor.patch_size,
-            merge_size=image_processor.merge_size,
-            temporal_patch_size=image_processor.temporal_patch_size,
-        )
+        video = video_cls(**video_processor_settings(image_processor))
         return processor_cls(image_processor, tokenizer, video, chat_template=chat_template)
     image_only_cls = _image_only_processor_class(processor_cls)
     return image_only_cls(
@@ -202,8 +207,7 @@ class TransformersJudge(Judge):
         attn_implementation: str | None = None,
         progress: bool = True,
     ):
-        if scoring not in SCORING_MODES:
-            raise ValueError(f"unknown scoring {scoring!r}; expected one of {SCORING_MODES}")
+        check_scoring(scoring)
         if shared_prefix not in SHARED_PREFIX_MODES:
             raise ValueError(
                 f"unknown shared_prefix {shared_prefix!r}; expected one of {SHARED_PREFIX_MODES}"
