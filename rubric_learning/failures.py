@@ -2,8 +2,9 @@
 
 Stage 1 (diagnosis): the generative judge sees the prompt, both images, which one people
 preferred and the current kept rubrics, and names the visual or semantic dimension those rubrics
-miss. Stage 2 (extraction): given its own diagnosis, it writes new objective, reusable rubric
-statements as a JSON list (parsed and deduplicated like the seed rubrics).
+miss. Stage 2 (extraction): given its own diagnosis and every statement already in the working set,
+it writes new objective, reusable rubric statements as a JSON list (parsed and deduplicated like
+the seed rubrics).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ People preferred image {winner} over image {loser}. An analysis of what the curr
 Write new rubric statements for that missing dimension: short, objective yes/no checks about a
 single image, answered the same way by any careful viewer, satisfied by image {winner} and not by
 image {loser}, and useful for judging other images too (do not name "image 1" or "image 2").
-Do not repeat these existing statements:
+Do not repeat any of these statements (the current rubric and those already tried):
 {rubrics}
 
 Answer with a JSON list of strings only.
@@ -58,9 +59,14 @@ def diagnosis_requests(pairs: Sequence[PreferencePair], rubrics: Sequence[str]) 
 
 
 def extraction_requests(
-    pairs: Sequence[PreferencePair], rubrics: Sequence[str], diagnoses: Sequence[str]
+    pairs: Sequence[PreferencePair], tried: Sequence[str], diagnoses: Sequence[str]
 ) -> list:
-    """Stage-2 requests: the same images, the diagnosis, and the statements not to repeat."""
+    """Stage-2 requests: the same images, the diagnosis, and the statements not to repeat.
+
+    ``tried`` is the whole working set, not only the kept rubrics: a statement that was already
+    scored and dropped would only come back as a duplicate, so the answer is spent on dimensions
+    not yet tried.
+    """
     out = []
     for pair, diagnosis in zip(pairs, diagnoses, strict=True):
         winner, loser = _roles(pair.label)
@@ -69,7 +75,7 @@ def extraction_requests(
             winner=winner,
             loser=loser,
             diagnosis=diagnosis.strip(),
-            rubrics=_listing(rubrics),
+            rubrics=_listing(tried),
         )
         out.append(([open_image(pair.image_a), open_image(pair.image_b)], text))
     return out

@@ -246,7 +246,7 @@ class RubricLearner:
         current = [self.pool.rubrics[i].text for i in kept]
         diagnoses = self.writer.generate_many(diagnosis_requests(pairs, current), "diagnosis")
         return self.writer.generate_many(
-            extraction_requests(pairs, current, diagnoses), "extraction"
+            extraction_requests(pairs, self.pool.texts(), diagnoses), "extraction"
         )
 
     def finish(self, best: dict, rubrics: list[Rubric], weights: np.ndarray) -> dict[str, Any]:

@@ -44,3 +44,27 @@ def test_pool_drops_exact_and_near_duplicates_and_counts_rejections():
     with pytest.raises(RubricParseError):
         pool.add_answer("garbage", {})
     assert pool.rejected["unparseable answer"] == 1
+
+
+def test_extraction_lists_every_tried_statement_so_the_proposer_moves_to_new_dimensions():
+    import io
+
+    from PIL import Image
+
+    from rubric_learning.failures import extraction_requests
+    from rubric_learning.pairs import PreferencePair
+    from rubric_learning.synthetic import SyntheticProposer
+
+    def png(value):
+        buffer = io.BytesIO()
+        Image.new("RGB", (32, 32), value).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    pair = PreferencePair("p", "a tile", png((250, 250, 250)), png((10, 10, 10)), 1.0)
+    proposer = SyntheticProposer(rules_per_answer=2, random_per_answer=0, min_lead=0.0)
+    [(images, text)] = extraction_requests([pair], [], ["brightness"])
+    first = proposer.propose(images, text)
+    [(images, text)] = extraction_requests([pair], first, ["brightness"])
+    assert all(f"- {s}" in text for s in first)
+    second = proposer.propose(images, text)
+    assert second and not set(second) & set(first)  # tried statements are not offered again
