@@ -68,6 +68,9 @@ def test_non_finite_tensor_samples_are_nan_in_a_mix_and_never_reach_the_componen
     assert out.failures == {"corrupt image: non-finite pixel values": 2}
     alone = PixelTargetReward()(images[:1], ["p"]).scores[0]
     torch.testing.assert_close(out.scores[0], 2.0 * alone)
+    none_left = mix(images[1:], ["p"] * 2)  # every image corrupt: nothing is scored at all
+    assert calls == [1] and torch.isnan(none_left.scores).all() and none_left.details == {}
+    assert none_left.failures == {"corrupt image: non-finite pixel values": 2}
 
 
 @pytest.mark.parametrize(
