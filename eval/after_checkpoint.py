@@ -23,8 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from eval.generation import GenerationConfig
-from eval.judging import JudgeOptions
+from eval.command import settings_from_cfg
 from rewards.judges.base import Judge
 
 log = logging.getLogger(__name__)
@@ -55,8 +54,7 @@ def evaluate_pipeline(pipe, hook_cfg: DictConfig, out_dir: Path, epoch: int) -> 
     from eval.unigenbench import load_unigenbench, run_unigenbench
 
     out_dir = Path(out_dir)
-    gen = GenerationConfig.from_cfg(OmegaConf.to_container(hook_cfg.generation, resolve=True))
-    opts = JudgeOptions.from_cfg(hook_cfg.judging)
+    gen, opts = settings_from_cfg(hook_cfg)
     judge = hook_judge(hook_cfg.get("judge"))
     name = f"epoch_{epoch:06d}"
     metrics: dict[str, float] = {}

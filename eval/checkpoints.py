@@ -72,7 +72,8 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def plot_checkpoints(rows: list[dict[str, Any]], path: Path) -> None:
-    """One line per metric against the epoch (a PNG)."""
+    """One small panel per metric (all are accuracies in [0, 1]), score against epoch, each
+    point labelled with its value; on one shared axis, coinciding lines would hide each other."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,20 +81,30 @@ def plot_checkpoints(rows: list[dict[str, Any]], path: Path) -> None:
     from matplotlib.ticker import MaxNLocator
 
     rows = sorted(rows, key=lambda r: r["epoch"])
-    names = sorted({k for r in rows for k in r if k.startswith("eval/")})
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in names:
+    names = sorted({k for r in rows for k in r if k.startswith("eval/")}) or ["(no metrics)"]
+    cols = min(3, len(names))
+    nrows = -(-len(names) // cols)
+    fig, axes = plt.subplots(
+        nrows, cols, figsize=(4 * cols, 2.8 * nrows), squeeze=False, sharex=True
+    )
+    for ax, name in zip(axes.flat, names):
         points = [(r["epoch"], r[name]) for r in rows if r.get(name) is not None]
-        ax.plot(*zip(*points), marker="o", label=name.removeprefix("eval/"))
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch (0 = base model)")
-    ax.set_ylabel("score")
-    ax.set_title("benchmark scores per checkpoint")
-    ax.grid(alpha=0.3)
-    if names:
-        ax.legend(fontsize=8)
+        if points:
+            ax.plot(*zip(*points), marker="o")
+            for x, y in points:
+                ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 5),
+                            ha="center", fontsize=7)  # fmt: skip
+        ax.set_title(name.removeprefix("eval/"), fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(-0.05, 1.1)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(names) :]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch (0 = base model)")
+    fig.suptitle("benchmark scores per checkpoint")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

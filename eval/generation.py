@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,9 @@ class ImageJob:
 
 @dataclass
 class GenerationStats:
-    generated: int = 0
+    """What one call made (``generated``: the paths written now) and how many it kept."""
+
+    generated: list[Path] = field(default_factory=list)
     skipped: int = 0
 
 
@@ -141,6 +143,24 @@ def generate_images(
             tmp = job.path.with_name(job.path.name + ".tmp")
             image.save(tmp, format="PNG")
             tmp.replace(job.path)
-        stats.generated += len(batch)
-    log.info("%s: %d generated, %d already there", desc, stats.generated, stats.skipped)
+        stats.generated += [job.path for job in batch]
+    log.info("%s: %d generated, %d already there", desc, len(stats.generated), stats.skipped)
     return stats
+
+
+def prepare_images(
+    pipe, jobs: Sequence[ImageJob], cfg: GenerationConfig, benchmark: str
+) -> set[Path]:
+    """Make the missing images of ``jobs`` (only check them when ``pipe`` is None, i.e.
+    ``skip_generation``) and fail naming one that is still missing. Returns the paths made by
+    this call: a judgement stored for an earlier image at such a path is stale."""
+    made = []
+    if pipe is not None:
+        made = generate_images(pipe, jobs, cfg, f"{benchmark} images").generated
+    missing = [job.path for job in jobs if not job.path.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} {benchmark} image(s) missing, e.g. {missing[0]} "
+            "(with skip_generation=true the images must already be there)"
+        )
+    return set(made)

@@ -11,7 +11,8 @@ text, such as the pixel judge.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,20 +26,54 @@ YES_THRESHOLD = 0.5
 
 @dataclass(frozen=True)
 class JudgeOptions:
-    """How to ask: answer mode, the prompt template, generation budget and batch size."""
+    """How to ask: answer mode, the prompt template(s), generation budget and batch size.
+
+    ``template`` is None (the benchmark's default wording), one template, or a list of
+    templates; with a list each image gets the one picked by a hash of the image's key, so
+    wordings vary across images (as the official TIIF script varies them at random) while a
+    rerun asks every image exactly as before.
+    """
 
     answer_mode: str = "generate"
-    template: str | None = None
+    template: str | tuple[str, ...] | None = None
     max_new_tokens: int = 512
     batch_size: int = 8
 
     def __post_init__(self) -> None:
         if self.answer_mode not in ANSWER_MODES:
             raise ValueError(f"answer_mode must be one of {ANSWER_MODES}, got {self.answer_mode!r}")
+        if self.template is not None and not isinstance(self.template, str):
+            object.__setattr__(self, "template", tuple(str(t) for t in self.template))
+            if not self.template:
+                raise ValueError("judging.template is an empty list")
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> JudgeOptions:
         return cls(**{k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg})
+
+    def templates(self, default: str) -> tuple[str, ...]:
+        """Every template this run may use (``default`` when none is set)."""
+        if self.template is None:
+            return (default,)
+        return (self.template,) if isinstance(self.template, str) else self.template
+
+    def template_for(self, key: str, default: str) -> str:
+        """The template of the image with ``key``: a stable pick among :meth:`templates`."""
+        choices = self.templates(default)
+        return choices[zlib.crc32(key.encode("utf-8")) % len(choices)]
+
+    def check_placeholders(self, default: str, *placeholders: str) -> None:
+        """Fail before any judge call when a template lacks a placeholder the benchmark fills."""
+        for template in self.templates(default):
+            missing = [p for p in placeholders if p not in template]
+            if missing:
+                raise ValueError(f"judging.template lacks {missing}: {template[:80]!r}...")
+
+
+def resolve_judge(judge: Judge | Callable[[], Judge]) -> Judge:
+    """A judge, or a factory called now (so a judge is built only once images exist and the
+    generator's memory is free)."""
+    return judge if isinstance(judge, Judge) else judge()
 
 
 def generate_answers(

@@ -14,7 +14,8 @@ decision equals the human choice; a tie or an invalid decision is always wrong.
   ``"invalid"`` where there is no A/B decision, so the official scorer counts them wrong too.
   A pointwise reward scores each image once, so both trials share the same two scores.
 * Human ties (label 0.5, Pick-a-Pic) follow ``benchmark.tie_policy``: ``drop`` (left out of
-  the accuracy and counted, the usual choice) or ``half`` (every decision on a tie earns 0.5).
+  the accuracy and counted, the usual choice) or ``half`` (every decision on a tie earns 0.5;
+  an invalid one, with a NaN score, earns nothing).
 
 Outputs in the run folder: ``results.json``, ``results.md`` (a table per source),
 ``predictions.jsonl`` (one line per pair with both scores).
@@ -199,8 +200,8 @@ def pairwise_accuracy(results: Sequence[PairResult], tie_policy: str = "drop") -
             row["total"] += 1
             row["tie_judgements"] += int(judgement == "tie")
             row["invalid"] += int(judgement == "invalid")
-            if r.label == TIE:
-                row["correct"] += 0.5
+            if r.label == TIE:  # any decision earns half, but a missing score stays wrong
+                row["correct"] += 0.5 * (judgement != "invalid")
             else:
                 row["correct"] += float(judgement == {1.0: "A", 0.0: "B"}[r.label])
     return _finish(rows)
@@ -208,7 +209,7 @@ def pairwise_accuracy(results: Sequence[PairResult], tie_policy: str = "drop") -
 
 TIE_POLICY_TEXT = {
     "drop": "human ties (label 0.5) are left out of the accuracy (counted in ties_dropped)",
-    "half": "every decision on a human tie (label 0.5) earns 0.5",
+    "half": "every decision on a human tie (label 0.5) earns 0.5, except a missing (NaN) score",
 }
 DECISION_TEXT = (
     "decision = A if score(A) > score(B), B if lower; equal scores (tie) and missing (NaN) "

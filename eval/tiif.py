@@ -39,20 +39,14 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
-from eval.common import check_entry, fmt, markdown_table, run_dir, write_json
-from eval.generation import (
-    GenerationConfig,
-    ImageJob,
-    build_pipeline,
-    generate_images,
-    model_name_for,
-    resolve_device,
-)
-from eval.judging import JudgeOptions, generate_answers, yes_no_by_prob
+from eval.command import benchmark_run, output_dir, print_report
+from eval.common import check_entry, fmt, markdown_table, write_json
+from eval.generation import GenerationConfig, ImageJob, prepare_images
+from eval.judging import JudgeOptions, generate_answers, resolve_judge, yes_no_by_prob
 from rewards.judges.base import Judge
 
 log = logging.getLogger(__name__)
@@ -167,6 +161,11 @@ def load_tiif(
     return cases
 
 
+def image_key(case: TiifCase, desc: str) -> str:
+    """``<type>/<desc>/<idx>``: what an image's seed and judge-template pick derive from."""
+    return f"{case.type}/{desc}/{case.index}"
+
+
 def image_path(images_dir: Path, model_name: str, case: TiifCase, desc: str) -> Path:
     """``<images_dir>/<type>/<model_name>/<desc>/<idx>.png`` (the official layout)."""
     return images_dir / case.type / model_name / desc / f"{case.index}.png"
@@ -210,13 +209,18 @@ def judge_images(
     """Judge each (case, desc, image, result file) whose result file does not exist yet; returns
     how many were judged. An unparseable answer is written with every prediction "invalid"."""
     todo = [t for t in tasks if not t[3].is_file()]
-    template = opts.template or DEFAULT_PROMPT
+    opts.check_placeholders(DEFAULT_PROMPT, "{questions}")
     step = opts.batch_size if opts.answer_mode == "generate" else 1
     for start in tqdm(range(0, len(todo), step), desc="TIIF judging", unit="batch"):
         chunk = todo[start : start + step]
         images = [Image.open(t[2]).convert("RGB") for t in chunk]
         if opts.answer_mode == "generate":
-            texts = [format_question_prompt(template, t[0].questions) for t in chunk]
+            texts = [
+                format_question_prompt(
+                    opts.template_for(image_key(case, desc), DEFAULT_PROMPT), case.questions
+                )
+                for case, desc, _, _ in chunk
+            ]
             outputs = generate_answers(judge, list(zip(images, texts)), opts)
             records = []
             for (case, desc, _, _), out in zip(chunk, outputs):
@@ -341,21 +345,18 @@ def run_tiif(
     pairs = [(case, desc) for desc in descriptions for case in cases]
     jobs = [
         ImageJob(getattr(case, desc), image_path(images_dir, model_name, case, desc),
-                 key=f"{case.type}/{desc}/{case.index}")
+                 key=image_key(case, desc))
         for case, desc in pairs
     ]  # fmt: skip
-    if pipe is not None:
-        generate_images(pipe, jobs, gen, desc="TIIF images")
-    missing = [job.path for job in jobs if not job.path.is_file()]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} TIIF image(s) missing, e.g. {missing[0]}")
+    made = prepare_images(pipe, jobs, gen, "TIIF")
     tasks = [
         (case, desc, job.path, result_path(results_dir, model_name, case, desc))
         for (case, desc), job in zip(pairs, jobs)
     ]
-    judge_images(
-        judge() if callable(judge) and not isinstance(judge, Judge) else judge, tasks, opts
-    )
+    for _, _, image, result in tasks:
+        if image in made:  # judged on an earlier image of this name: judge the new one
+            result.unlink(missing_ok=True)
+    judge_images(resolve_judge(judge), tasks, opts)
     summary = summarize(cases, results_dir, model_name, descriptions)
     write_json(out_dir / "summary.json", summary)
     (out_dir / "summary.md").write_text(summary_markdown(summary))
@@ -368,30 +369,18 @@ def evaluate(cfg: DictConfig, out: Path) -> dict[str, Any]:
     cases = load_tiif(
         cfg.data.prompt_dir, cfg.data.eval_dir, cfg.data.types, cfg.data.limit_per_type
     )
-    name = model_name_for(cfg)
-    gen = GenerationConfig.from_cfg(OmegaConf.to_container(cfg.generation))
-    pipe = None
-    if not cfg.skip_generation:
-        pipe = build_pipeline(cfg.model, cfg.get("lora"), resolve_device(cfg.device))
+    run = benchmark_run(cfg)
     summary = run_tiif(
-        pipe,
-        lambda: hydra.utils.instantiate(cfg.judge),
-        cases,
-        out,
-        name,
-        gen,
-        JudgeOptions.from_cfg(cfg.judging),
-        cfg.descriptions,
+        run.pipe, run.judge, cases, out, run.model_name, run.gen, run.opts, cfg.descriptions
     )
-    print((out / "summary.md").read_text())
-    print(f"TIIF overall: {summary['overall']}; results in {out}")
+    print_report(out / "summary.md", f"TIIF overall: {summary['overall']}; results in {out}")
     return summary
 
 
 @hydra.main(config_path="../conf", config_name="tiif", version_base=None)
 def main(cfg: DictConfig) -> None:
     """Entry point: everything goes to ``output_dir`` or else the Hydra run folder."""
-    evaluate(cfg, Path(cfg.output_dir) if cfg.get("output_dir") else run_dir())
+    evaluate(cfg, output_dir(cfg))
 
 
 if __name__ == "__main__":

@@ -39,20 +39,14 @@ from typing import Any
 
 import hydra
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
-from eval.common import check_entry, markdown_table, run_dir, write_json
-from eval.generation import (
-    GenerationConfig,
-    ImageJob,
-    build_pipeline,
-    generate_images,
-    model_name_for,
-    resolve_device,
-)
-from eval.judging import JudgeOptions, generate_answers, yes_no_by_prob
+from eval.command import benchmark_run, output_dir, print_report
+from eval.common import check_entry, markdown_table, write_json
+from eval.generation import GenerationConfig, ImageJob, prepare_images
+from eval.judging import JudgeOptions, generate_answers, resolve_judge, yes_no_by_prob
 from rewards.judges.base import Judge
 
 log = logging.getLogger(__name__)
@@ -219,11 +213,14 @@ def _row(case: UgbCase, img_path: Path, output: str, scores, analysis, error=Non
     }
 
 
-def _judge_one_batch(judge: Judge, chunk, template: str, opts: JudgeOptions) -> list[dict]:
+def _judge_one_batch(judge: Judge, chunk, opts: JudgeOptions) -> list[dict]:
     images = [Image.open(path).convert("RGB") for _, path in chunk]
     rows = []
     if opts.answer_mode == "generate":
-        texts = [format_judge_prompt(template, case) for case, _ in chunk]
+        texts = [
+            format_judge_prompt(opts.template_for(path.stem, DEFAULT_PROMPT), case)
+            for case, path in chunk
+        ]
         for (case, path), out in zip(
             chunk, generate_answers(judge, list(zip(images, texts)), opts)
         ):
@@ -254,23 +251,29 @@ def _judge_one_batch(judge: Judge, chunk, template: str, opts: JudgeOptions) -> 
 
 
 def judge_images(
-    judge: Judge, tasks: Sequence[tuple[UgbCase, Path]], csv_path: Path, opts: JudgeOptions
+    judge: Judge,
+    tasks: Sequence[tuple[UgbCase, Path]],
+    csv_path: Path,
+    opts: JudgeOptions,
+    stale: Sequence[Path] = (),
 ) -> int:
-    """Judge the images not yet in ``csv_path``; the CSV is rewritten after every batch so an
+    """Judge the images not yet in ``csv_path`` (rows of ``stale`` images, made again since
+    they were judged, are dropped first); the CSV is rewritten after every batch so an
     interrupted run resumes where it stopped. Returns how many images were judged."""
     done = (
         pd.read_csv(csv_path, dtype=str)
         if csv_path.is_file()
         else pd.DataFrame(columns=CSV_COLUMNS)
     )
+    done = done[~done["img_path"].isin({str(p) for p in stale})]
     seen = set(done["img_path"])
     todo = [t for t in tasks if str(t[1]) not in seen]
-    template = opts.template or DEFAULT_PROMPT
+    opts.check_placeholders(DEFAULT_PROMPT, "{prompt}", "{checkpoints}")
     rows = done.to_dict("records")
     for start in tqdm(
         range(0, len(todo), opts.batch_size), desc="UniGenBench judging", unit="batch"
     ):
-        rows += _judge_one_batch(judge, todo[start : start + opts.batch_size], template, opts)
+        rows += _judge_one_batch(judge, todo[start : start + opts.batch_size], opts)
         csv_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = csv_path.with_name(csv_path.name + ".tmp")
         pd.DataFrame(rows, columns=CSV_COLUMNS).to_csv(tmp, index=False)
@@ -352,16 +355,10 @@ def run_unigenbench(
         for case in cases
         for j in range(images_per_prompt)
     ]
-    if pipe is not None:
-        generate_images(pipe, [job for _, job in jobs], gen, desc="UniGenBench images")
-    missing = [job.path for _, job in jobs if not job.path.is_file()]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} UniGenBench image(s) missing, e.g. {missing[0]}")
+    made = prepare_images(pipe, [job for _, job in jobs], gen, "UniGenBench")
     csv_path = out_dir / "results" / f"{model_name}_en.csv"
     tasks = [(case, job.path) for case, job in jobs]
-    if callable(judge) and not isinstance(judge, Judge):
-        judge = judge()
-    judge_images(judge, tasks, csv_path, opts)
+    judge_images(resolve_judge(judge), tasks, csv_path, opts, stale=sorted(made))
     summary = summarize(csv_path, [path for _, path in tasks])
     summary["model_name"] = model_name
     summary["skipped_malformed_rows"] = list(skipped_rows)
@@ -374,30 +371,22 @@ def evaluate(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """The whole command for a composed ``unigenbench`` config: CSV, generation, judge, scores."""
     check_entry(cfg, "unigenbench")
     cases, skipped = load_unigenbench(cfg.data.csv, cfg.data.malformed_rows, cfg.data.limit)
-    gen = GenerationConfig.from_cfg(OmegaConf.to_container(cfg.generation))
-    pipe = None
-    if not cfg.skip_generation:
-        pipe = build_pipeline(cfg.model, cfg.get("lora"), resolve_device(cfg.device))
+    run = benchmark_run(cfg)
     summary = run_unigenbench(
-        pipe,
-        lambda: hydra.utils.instantiate(cfg.judge),
-        cases,
-        out,
-        model_name_for(cfg),
-        gen,
-        JudgeOptions.from_cfg(cfg.judging),
-        cfg.images_per_prompt,
-        skipped,
+        run.pipe, run.judge, cases, out, run.model_name, run.gen, run.opts,
+        cfg.images_per_prompt, skipped,
+    )  # fmt: skip
+    print_report(
+        out / "scores.md",
+        f"UniGenBench overall {summary['overall']:.4f} ({OVERALL_DEFINITION}); results in {out}",
     )
-    print((out / "scores.md").read_text())
-    print(f"UniGenBench overall {summary['overall']:.4f} ({OVERALL_DEFINITION}); results in {out}")
     return summary
 
 
 @hydra.main(config_path="../conf", config_name="unigenbench", version_base=None)
 def main(cfg: DictConfig) -> None:
     """Entry point: everything goes to ``output_dir`` or else the Hydra run folder."""
-    evaluate(cfg, Path(cfg.output_dir) if cfg.get("output_dir") else run_dir())
+    evaluate(cfg, output_dir(cfg))
 
 
 if __name__ == "__main__":

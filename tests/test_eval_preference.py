@@ -13,10 +13,12 @@ import torch
 from omegaconf import OmegaConf
 
 from eval.preference import (
+    PairResult,
     decide,
     evaluate_pairs,
     load_pairs,
     mmrb2_accuracy,
+    pairwise_accuracy,
     write_report,
 )
 from rewards.base import Reward, RewardOutput
@@ -71,9 +73,28 @@ def test_mmrb2_fixture_hand_checked(tmp_path):
     assert written[pairs[5].id]["forward"][0]["metadata"]["score_b"] is None  # NaN -> null
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["accuracy"]["overall"]["accuracy"] == pytest.approx(0.5)
+    # The official rule (MMRB2's compute_accuracy.py) on the written file gives the same number.
+    assert official_mmrb2_accuracy(written, FIX / "mmrb2_t2i.json") == pytest.approx(0.5)
     assert "tie" in results["decision_rule"]
     assert "| **overall** | 0.5000 |" in (tmp_path / "results.md").read_text()
     assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 6
+
+
+def official_mmrb2_accuracy(predictions: dict, benchmark_file: Path) -> float:
+    """MMRB2's published scoring rule, rewritten here: per pair in the predictions file, the
+    first forward judgement must equal ``chosen`` and the first reverse one, with A and B
+    swapped back, too; pairs or empty judgements missing from the file are not counted."""
+    correct = counted = 0
+    for pair in json.loads(benchmark_file.read_text())["pairs"]:
+        pred = predictions.get(pair["id"])
+        if pred is None:
+            continue
+        for trial, swap in (("forward", {}), ("reverse", {"A": "B", "B": "A"})):
+            judgement = (pred.get(trial) or [{}])[0].get("judgement")
+            if judgement:
+                counted += 1
+                correct += swap.get(judgement, judgement) == pair["chosen"]
+    return correct / counted
 
 
 def test_mmrb2_metric_counts_reverse_flip_missing_and_unparseable():
@@ -112,6 +133,19 @@ def test_pickapic_tie_policy(policy, correct, total):
     assert overall["ties_dropped"] == (1 if policy == "drop" else 0)
 
 
+def test_half_tie_policy_gives_no_credit_for_a_missing_score():
+    results = [
+        PairResult("t1", "s", 0.5, 0.3, 0.3),  # human tie, reward tie: half
+        PairResult("t2", "s", 0.5, 0.9, 0.1),  # human tie, reward prefers A: half
+        PairResult("t3", "s", 0.5, float("nan"), 0.1),  # human tie, no score: wrong
+        PairResult("p1", "s", 1.0, 0.9, 0.1),  # A preferred and chosen: right
+    ]
+    half = pairwise_accuracy(results, "half")["overall"]
+    assert (half["correct"], half["total"], half["invalid"]) == (2.0, 4, 1)
+    drop = pairwise_accuracy(results, "drop")["overall"]
+    assert (drop["correct"], drop["total"], drop["ties_dropped"]) == (1.0, 1, 3)
+
+
 def test_jsonl_per_source():
     report = evaluate_pairs(RedReward(), _load("jsonl", "pairs.jsonl"), "jsonl")
     acc = report["accuracy"]
@@ -137,7 +171,10 @@ def test_entry_point_with_rubric_reward_and_pixel_judge(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["accuracy"]["overall"]["accuracy"] == pytest.approx(0.5)
-    assert (tmp_path / "mmrb2_predictions.json").is_file()
+    # The official rule (MMRB2's compute_accuracy.py) on the written file gives the same number.
+    assert official_mmrb2_accuracy(
+        json.loads((tmp_path / "mmrb2_predictions.json").read_text()), FIX / "mmrb2_t2i.json"
+    ) == pytest.approx(0.5)
 
 
 @pytest.mark.skipif(not (OFFICIAL / "mmrb2").is_dir(), reason="official MMRB2 files absent")

@@ -4,11 +4,13 @@ end-to-end run with the tiny SD3 that resumes without regenerating anything."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from PIL import Image
 
 from eval.generation import GenerationConfig, build_pipeline
 from eval.judging import JudgeOptions
@@ -75,6 +77,8 @@ def test_misaligned_files_fail_naming_them(tmp_path):
     )
     with pytest.raises(ValueError, match="text_prompts.jsonl has 2 lines"):
         load_tiif(tmp_path / "p", tmp_path / "e")
+    with pytest.raises(FileNotFoundError, match="TIIF folder not found: .*nowhere"):
+        load_tiif(tmp_path / "p", tmp_path / "nowhere")
 
 
 def test_summary_by_hand_short_and_long_separate(tmp_path):
@@ -124,11 +128,56 @@ def test_end_to_end_tiny_sd3_scripted_judge_and_resume(tmp_path):
     assert (tmp_path / "summary.md").read_text().count("|") > 20
 
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.png")}
+    results = {p: p.stat().st_mtime_ns for p in (tmp_path / "eval_results").rglob("*.json")}
     calls = judge.calls
     run_tiif(pipe, judge, cases, tmp_path, "tiny", TINY_GEN, opts)
     assert judge.calls == calls  # nothing judged again
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.png")} == stamps
-    assert len(stamps) == 8
+    assert len(stamps) == 8 and len(results) == 8
+
+    # An image lost after judging is made again, and its old judgement (of the lost image) is
+    # replaced; every other image and judgement stays as it was.
+    image.unlink()
+    run_tiif(pipe, judge, cases, tmp_path, "tiny", TINY_GEN, opts)
+    assert judge.calls == calls + 1
+    redone = tmp_path / "eval_results/tiny/color+2d/long/1.json"
+    after = {p: p.stat().st_mtime_ns for p in (tmp_path / "eval_results").rglob("*.json")}
+    assert {p for p in after if after[p] != results[p]} == {redone}
+
+
+class RecordingJudge(ScriptedJudge):
+    """The scripted answers, remembering every prompt it was sent."""
+
+    def __init__(self):
+        super().__init__()
+        self.prompts = []
+
+    def generate(self, images, text, max_new_tokens=512):
+        self.prompts.append(text)
+        return super().generate(images, text, max_new_tokens)
+
+
+def test_template_list_picks_a_stable_wording_per_image(tmp_path):
+    """judging.template as a list (the official script's three wordings, say): each image gets
+    one, chosen by its key, so a rerun asks every image exactly as before."""
+    cases = load_tiif(FIX / "prompts", FIX / "eval_prompts")
+    for case in cases:  # skip_generation: images made elsewhere
+        for desc in ("short_description", "long_description"):
+            path = tmp_path / "images" / case.type / "m" / desc / f"{case.index}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8)).save(path)
+    opts = JudgeOptions(template=["First wording.\n{questions}", "Second wording.\n{questions}"])
+    first = RecordingJudge()
+    run_tiif(None, first, cases, tmp_path, "m", TINY_GEN, opts)
+    openings = [p.split("\n")[0] for p in first.prompts]
+    assert len(openings) == 8 and set(openings) == {"First wording.", "Second wording."}
+    shutil.rmtree(tmp_path / "eval_results")
+    again = RecordingJudge()
+    run_tiif(None, again, cases, tmp_path, "m", TINY_GEN, opts)
+    assert again.prompts == first.prompts
+    with pytest.raises(ValueError, match="lacks"):
+        bad = JudgeOptions(template=["no placeholder"])
+        run_tiif(None, RecordingJudge(), cases, tmp_path, "m", TINY_GEN, bad)
 
 
 def test_command_tiny_model_pixel_judge_yes_prob(tmp_path):

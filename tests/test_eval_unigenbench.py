@@ -106,6 +106,13 @@ def test_end_to_end_hand_checked_and_resumable(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.png")} == stamps
     assert again["overall"] == s["overall"]
 
+    # A lost image is made again and its stale row replaced: one new judgement, one row each.
+    (tmp_path / "images" / "tiny" / "1_0.png").unlink()
+    run_unigenbench(pipe, judge, cases, tmp_path, "tiny", TINY_GEN, opts)
+    assert sum(judge.seen.values()) == before + 1
+    rows = pd.read_csv(tmp_path / "results" / "tiny_en.csv")
+    assert len(rows) == 8 and rows["img_path"].is_unique
+
 
 def test_command_tiny_model_tiny_vlm_judge(tmp_path, capsys):
     """The command line offline: tiny SD3, tiny random Qwen3-VL writing free text. Its noise
@@ -133,6 +140,8 @@ def test_malformed_row_policy(tmp_path):
     assert len(cases) == 1 and skipped == [1]
     with pytest.raises(UniGenBenchDataError, match="index 1"):
         load_unigenbench(bad, malformed_rows="error")
+    with pytest.raises(FileNotFoundError, match="UniGenBench CSV not found: .*nowhere.csv"):
+        load_unigenbench(tmp_path / "nowhere.csv")
 
 
 @pytest.mark.skipif(not OFFICIAL.is_dir(), reason="official UniGenBench files absent")

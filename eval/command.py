@@ -1,0 +1,59 @@
+"""What the generation-benchmark commands (``eval.tiif``, ``eval.unigenbench``) share: turning a
+composed config into the model, the judge, the sampling and judging settings, and the output
+folder, so each command only adds its own data and summary."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from eval.common import run_dir
+from eval.generation import GenerationConfig, build_pipeline, model_name_for, resolve_device
+from eval.judging import JudgeOptions
+from rewards.judges.base import Judge
+
+
+def settings_from_cfg(cfg: Any) -> tuple[GenerationConfig, JudgeOptions]:
+    """The ``generation`` and ``judging`` nodes of a benchmark or eval-hook config."""
+    gen = GenerationConfig.from_cfg(OmegaConf.to_container(cfg.generation, resolve=True))
+    return gen, JudgeOptions.from_cfg(cfg.judging)
+
+
+@dataclass(frozen=True)
+class BenchmarkRun:
+    """Everything a generation benchmark needs besides its cases: ``pipe`` is None with
+    ``skip_generation``; ``judge`` is a factory, called once the images exist."""
+
+    pipe: Any
+    judge: Callable[[], Judge]
+    model_name: str
+    gen: GenerationConfig
+    opts: JudgeOptions
+
+
+def benchmark_run(cfg: DictConfig) -> BenchmarkRun:
+    """Build the model (base + optional ``lora``) unless ``skip_generation``; defer the judge."""
+    import hydra
+
+    gen, opts = settings_from_cfg(cfg)
+    pipe = None
+    if not cfg.skip_generation:
+        pipe = build_pipeline(cfg.model, cfg.get("lora"), resolve_device(cfg.device))
+    judge = partial(hydra.utils.instantiate, cfg.judge)
+    return BenchmarkRun(pipe, judge, model_name_for(cfg), gen, opts)
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """``output_dir`` when set (e.g. to resume into a known folder), else the Hydra run folder."""
+    return Path(cfg.output_dir) if cfg.get("output_dir") else run_dir()
+
+
+def print_report(markdown: Path, last_line: str) -> None:
+    """Show the written markdown summary, then one line with the headline number."""
+    print(markdown.read_text())
+    print(last_line)
