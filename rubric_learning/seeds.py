@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
@@ -54,13 +55,31 @@ def proxy_margins(
 
 
 def cluster_prompts(prompts: Sequence[str], n_clusters: int, seed: int) -> np.ndarray:
-    """K-means cluster id per prompt on TF-IDF vectors (fewer clusters than distinct prompts)."""
-    distinct = len(set(prompts))
+    """K-means cluster id per prompt on TF-IDF vectors.
+
+    At most as many clusters as distinct vectors: prompts that differ only in words TF-IDF
+    ignores (single characters, digits) share a vector, and one cluster per duplicate would be
+    empty. Prompts without any usable word form one cluster.
+    """
+    try:
+        vectors = TfidfVectorizer(ngram_range=(1, 2), min_df=1).fit_transform(prompts)
+    except ValueError:  # empty vocabulary
+        return np.zeros(len(prompts), dtype=int)
+    distinct = _distinct_rows(vectors.tocsr())
     k = max(1, min(n_clusters, distinct))
     if k == 1:
         return np.zeros(len(prompts), dtype=int)
-    vectors = TfidfVectorizer(ngram_range=(1, 2), min_df=1).fit_transform(prompts)
     return KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(vectors)
+
+
+def _distinct_rows(matrix: Any) -> int:
+    """Number of distinct rows of a sparse CSR matrix (without densifying it)."""
+    matrix.sort_indices()
+    ptr, rows = matrix.indptr, set()
+    for i in range(matrix.shape[0]):
+        part = slice(ptr[i], ptr[i + 1])
+        rows.add((matrix.indices[part].tobytes(), matrix.data[part].round(12).tobytes()))
+    return len(rows)
 
 
 def composite_scores(margins: np.ndarray, clusters: np.ndarray, margin_weight: float) -> np.ndarray:

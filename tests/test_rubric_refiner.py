@@ -143,3 +143,16 @@ def test_proxy_margins_point_toward_the_preferred_image_and_seeds_span_clusters(
     chosen = select_seed_pairs(pairs, num=2, reward=reward, n_clusters=2, margin_weight=0.5)
     assert {p.prompt.split()[1] for p in chosen} == {"red", "blue"}  # one per prompt cluster
     assert all(p.label == 1.0 for p in chosen)  # the proxy agrees with people on both
+
+
+def test_prompts_tfidf_cannot_tell_apart_share_a_cluster_without_warnings():
+    import warnings
+
+    from rubric_learning.seeds import cluster_prompts
+
+    prompts = [f"tile {i}" for i in range(10)] + ["a red fox"] * 3 + ["a blue kite"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # k-means would warn about duplicate points
+        clusters = cluster_prompts(prompts, n_clusters=8, seed=0)
+        assert list(cluster_prompts(["1", "2"], n_clusters=8, seed=0)) == [0, 0]  # no words
+    assert len(set(clusters[:10])) == 1 and len(set(clusters)) == 3
