@@ -32,12 +32,17 @@ def to_pil(images: ImageBatch) -> list[Image.Image]:
         if arr.shape[-1] == 1:
             arr = np.repeat(arr, 3, axis=-1)
         return [Image.fromarray(a) for a in arr]
-    out = []
-    for i, im in enumerate(images):
-        if not isinstance(im, Image.Image):
-            raise TypeError(f"image {i} is a {type(im).__name__}, expected a PIL image")
-        out.append(im if im.mode == "RGB" else im.convert("RGB"))
-    return out
+    return [_rgb(_checked_pil(i, im)) for i, im in enumerate(images)]
+
+
+def _checked_pil(index: int, image: object) -> Image.Image:
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"image {index} is a {type(image).__name__}, expected a PIL image")
+    return image
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _tensor_problem(sample: torch.Tensor) -> str | None:
@@ -66,23 +71,12 @@ def read_images(images: ImageBatch) -> tuple[list[Image.Image | None], dict[int,
     those positions hold ``None``. Inputs of the wrong type or shape still raise at once.
     """
     if isinstance(images, torch.Tensor):
-        if images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"expected an image tensor [B, 3, H, W], got {tuple(images.shape)}")
-        problems = {i: p for i, s in enumerate(images) if (p := _tensor_problem(s)) is not None}
         pil = to_pil(images)
-        return [None if i in problems else im for i, im in enumerate(pil)], problems
-    out: list[Image.Image | None] = []
-    problems: dict[int, str] = {}
-    for i, im in enumerate(images):
-        if not isinstance(im, Image.Image):
-            raise TypeError(f"image {i} is a {type(im).__name__}, expected a PIL image")
-        problem = _pil_problem(im)
-        if problem is not None:
-            problems[i] = problem
-            out.append(None)
-        else:
-            out.append(im if im.mode == "RGB" else im.convert("RGB"))
-    return out, problems
+        problems = {i: p for i, x in enumerate(images) if (p := _tensor_problem(x)) is not None}
+    else:
+        pil = [_checked_pil(i, im) for i, im in enumerate(images)]
+        problems = {i: p for i, im in enumerate(pil) if (p := _pil_problem(im)) is not None}
+    return [None if i in problems else _rgb(im) for i, im in enumerate(pil)], problems
 
 
 def to_float_array(image: Image.Image) -> np.ndarray:
