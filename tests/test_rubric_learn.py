@@ -62,6 +62,15 @@ def test_synthetic_world_recovers_the_hidden_rules(synthetic_run):
     assert all(r.weight > 0 for r in rubric_set.rubrics)
 
 
+def test_synthetic_acceptance_holds_on_a_second_world(tmp_path):
+    """Seed 2: another world, proposer and split (docs/rubric_learning.md has seeds 0-7)."""
+    cfg = config("experiment=synthetic", "seed=2", "data.seed=2", "generator.seed=2")
+    final = learn(cfg, tmp_path)
+    assert final["test_accuracy"] >= 0.9 * final["oracle_accuracy"]
+    assert final["hidden_kept"] == final["hidden_rules"] == len(cfg.data.hidden_rules)
+    assert final["distractors_kept"] <= 0.2 * final["distractors_offered"]
+
+
 def test_a_second_run_on_the_same_cache_asks_the_judges_nothing(synthetic_run):
     cfg, out, first = synthetic_run
     second = learn(cfg, out / "run2")
