@@ -63,7 +63,10 @@ class JudgeOptions:
         return choices[zlib.crc32(key.encode("utf-8")) % len(choices)]
 
     def check_placeholders(self, default: str, *placeholders: str) -> None:
-        """Fail before any judge call when a template lacks a placeholder the benchmark fills."""
+        """Fail before any judge call when a template lacks a placeholder the benchmark fills
+        (free-text mode only: ``yes_prob`` asks its own questions and uses no template)."""
+        if self.answer_mode != "generate":
+            return
         for template in self.templates(default):
             missing = [p for p in placeholders if p not in template]
             if missing:

@@ -23,8 +23,9 @@ Flow, as the official scripts lay it out:
    mean of the 9 groups; short and long reported separately (``summary.json``, ``summary.md``).
 
 The official script draws one of three prompt wordings at random per image; this one uses one
-fixed template (``judge_prompt``, ``{questions}`` = the questions, one per line), so that a run
-is reproducible at temperature 0.
+fixed template (``DEFAULT_PROMPT``, ``{questions}`` = the questions, one per line), so that a run
+is reproducible at temperature 0, or, given a list (``judging.template``), the wording picked by
+a hash of each image's key, which varies wordings across images and still repeats exactly.
 """
 
 from __future__ import annotations
