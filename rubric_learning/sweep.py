@@ -4,7 +4,7 @@ Each seed draws a new world (images, labels, proposer noise) and runs the full p
 ``experiment=synthetic`` preset; the printed Markdown table shows, per seed, the held-out accuracy
 against the hidden rule set's own, and how many hidden rules and offered distractors were kept.
 Any further argument is a Hydra override applied to every run, e.g.
-``python -m rubric_learning.sweep --seeds 0 1 2 rounds=5``.
+``python -m rubric_learning.sweep --seeds 0,1,2 rounds=5``.
 """
 
 from __future__ import annotations
@@ -63,13 +63,14 @@ def table(results: dict[int, dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
+    parser.add_argument("--seeds", default="0,1,2,3,4,5,6,7", help="comma-separated, e.g. 1,3")
     parser.add_argument("--out", type=Path, default=None, help="run folders (default: a temp dir)")
     args, overrides = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
-        results = {seed: run_seed(seed, overrides, out) for seed in args.seeds}
+        seeds = [int(seed) for seed in args.seeds.split(",")]
+        results = {seed: run_seed(seed, overrides, out) for seed in seeds}
     text = table(results)
     print(text)
     return text
