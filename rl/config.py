@@ -63,6 +63,7 @@ class TrainSection:
     gradient_checkpointing: bool = False
     reward_in_background: bool = False  # score batch i in a thread while batch i+1 samples
     shuffle_samples: bool = True  # shuffle the epoch's samples before training
+    num_threads: int | None = None  # torch CPU threads during the run (null: torch's default)
     same_latent: bool = False  # one start noise per group (drawn from seed, epoch and prompt)
 
 
@@ -201,6 +202,10 @@ def value_problems(s: dict[str, Any]) -> list[str]:
         (t.clip_range > 0, f"train.clip_range={t.clip_range} must be > 0"),
         (t.adv_clip_max > 0, f"train.adv_clip_max={t.adv_clip_max} must be > 0"),
         (t.beta >= 0, f"train.beta={t.beta} must be >= 0"),
+        (
+            t.num_threads is None or t.num_threads >= 1,
+            f"train.num_threads={t.num_threads} must be >= 1 or null",
+        ),
         (
             t.mixed_precision in MIXED_PRECISION,
             f"train.mixed_precision={t.mixed_precision!r} is not one of {MIXED_PRECISION}",

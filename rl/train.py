@@ -132,6 +132,9 @@ class FlowGRPOTrainer:
         """The pipeline (a model folder is checked before any weights load), the reward, the
         prompt cache, and the trained parameters with their KL reference."""
         cfg, t, acc = self.cfg, self.cfg.train, self.accelerator
+        self.threads_before = torch.get_num_threads()
+        if t.num_threads is not None:
+            torch.set_num_threads(t.num_threads)
         set_seed(cfg.seed)  # identical LoRA init on every rank
         pipe = load_pipeline(cfg.model)  # checks a model folder before any weights load
         self.reward: Reward = build_reward(cfg.reward)
@@ -447,6 +450,7 @@ class FlowGRPOTrainer:
             self.scorer.shutdown()
         self.reward.release()
         self.accelerator.end_training()
+        torch.set_num_threads(self.threads_before)
 
     def run(self) -> None:
         self.setup()
