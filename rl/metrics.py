@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,7 @@ def _init_wandb(run_dir: Path, logger_cfg: dict[str, Any], config: dict[str, Any
     import wandb
 
     id_file = run_dir / "wandb_id.txt"
-    run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+    run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
     id_file.write_text(run_id + "\n")
     return wandb.init(
         project=logger_cfg.get("project"),

@@ -173,6 +173,16 @@ def test_bf16_gradient_checkpointing_and_background_scoring_stay_on_policy(tmp_p
     assert row["onpolicy_log_ratio_abs_max"] == 0.0 and row["grad_norm"] > 0
 
 
+def test_full_finetune_trains_every_weight_and_exports_the_transformer(tmp_path):
+    (row,) = run_training(
+        tmp_path,
+        [*TINY, "train.epochs=1", "log.sample_every_n_epochs=0", "lora.full_finetune=true"],
+    )
+    assert row["grad_norm"] > 0 and row["onpolicy_log_ratio_abs_max"] == 0.0
+    assert (tmp_path / "transformer" / "config.json").is_file()
+    assert (tmp_path / "checkpoints" / "epoch_000001" / "model.safetensors").is_file()
+
+
 def test_impossible_batch_group_combination_fails_with_the_numbers(tmp_path):
     cfg = compose_train([*TINY, "train.group_size=3"])
     with pytest.raises(SamplerConfigError, match="group_size 3 = 3 images per epoch"):
