@@ -10,8 +10,9 @@ comes from the run's own ``.hydra/config.yaml`` unless ``model`` is given. The p
 once; each checkpoint's LoRA is loaded, evaluated with
 :func:`eval.after_checkpoint.evaluate_pipeline` (the ``eval_hook`` subset) and unloaded.
 
-Outputs in ``<run_dir>/eval_checkpoints/``: one folder per checkpoint, ``metrics.jsonl`` (one
-row per checkpoint; checkpoints already there are skipped, so the command resumes) and
+Outputs in ``<run_dir>/<output_name>/`` (default ``eval_checkpoints``): one folder per
+checkpoint, ``metrics.jsonl`` (one row per checkpoint; checkpoints already there are skipped, so
+the command resumes; a rerun with another ``eval_hook`` or model is refused there) and
 ``checkpoints.png`` (each metric against the epoch). With ``wandb.enabled`` the rows are logged
 to a wandb run of their own.
 """
@@ -28,7 +29,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from eval.after_checkpoint import evaluate_pipeline
-from eval.common import check_entry
+from eval.common import check_entry, check_resume_settings
 from eval.generation import build_pipeline, resolve_device
 
 log = logging.getLogger(__name__)
@@ -111,14 +112,20 @@ def plot_checkpoints(rows: list[dict[str, Any]], path: Path) -> None:
 def evaluate_checkpoints(cfg: DictConfig) -> list[dict[str, Any]]:
     """Evaluate the base model and every checkpoint not yet in metrics.jsonl."""
     run_dir = Path(cfg.run_dir)
-    out = run_dir / "eval_checkpoints"
+    out = run_dir / cfg.output_name
+    model_cfg = cfg.model if cfg.get("model") else run_model_config(run_dir)
+    check_resume_settings(
+        out,
+        {"eval_hook": OmegaConf.to_container(cfg.eval_hook, resolve=True),
+         "model": OmegaConf.to_container(OmegaConf.create(model_cfg), resolve=True)},
+        f"pass output_name=<another folder> to keep both, or delete {out}",
+    )  # fmt: skip
     metrics_file = out / "metrics.jsonl"
     rows = read_rows(metrics_file)
     done = {r["epoch"] for r in rows}
     todo = ([(0, None)] if cfg.include_base else []) + find_checkpoints(run_dir)
     todo = [(epoch, lora) for epoch, lora in todo if epoch not in done]
     if todo:
-        model_cfg = cfg.model if cfg.get("model") else run_model_config(run_dir)
         pipe = build_pipeline(model_cfg, None, resolve_device(cfg.device))
     for epoch, lora in todo:
         if lora is not None:
@@ -143,18 +150,14 @@ def log_to_wandb(rows: list[dict[str, Any]], cfg: DictConfig) -> None:
         project=cfg.wandb.project,
         name=f"{Path(cfg.run_dir).name}-checkpoints",
         mode=cfg.wandb.mode,
-        dir=str(Path(cfg.run_dir) / "eval_checkpoints"),
+        dir=str(Path(cfg.run_dir) / cfg.output_name),
         config=OmegaConf.to_container(cfg.eval_hook, resolve=True),
     )
     run.define_metric("eval/*", step_metric="epoch")
     for row in rows:
         run.log({k: v for k, v in row.items() if k != "checkpoint"})
     run.log(
-        {
-            "checkpoints": wandb.Image(
-                str(Path(cfg.run_dir) / "eval_checkpoints" / "checkpoints.png")
-            )
-        }
+        {"checkpoints": wandb.Image(str(Path(cfg.run_dir) / cfg.output_name / "checkpoints.png"))}
     )
     run.finish()
 
@@ -168,7 +171,7 @@ def main(cfg: DictConfig) -> list[dict[str, Any]]:
         log_to_wandb(rows, cfg)
     for row in rows:
         print(json.dumps(row))
-    print(f"results in {Path(cfg.run_dir) / 'eval_checkpoints'}")
+    print(f"results in {Path(cfg.run_dir) / cfg.output_name}")
     return rows
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from eval.common import run_dir
+from eval.common import check_resume_settings, run_dir
 from eval.generation import GenerationConfig, build_pipeline, model_name_for, resolve_device
 from eval.judging import JudgeOptions
 from rewards.judges.base import Judge
@@ -36,10 +36,28 @@ class BenchmarkRun:
     opts: JudgeOptions
 
 
-def benchmark_run(cfg: DictConfig) -> BenchmarkRun:
-    """Build the model (base + optional ``lora``) unless ``skip_generation``; defer the judge."""
+# What decides the images and judgements a run folder keeps (a resume must not mix them).
+RESUME_KEYS = ("model", "lora", "model_name", "generation", "judge", "judging")
+
+
+def _plain(value: Any) -> Any:
+    """A config value as plain Python, interpolations resolved."""
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def benchmark_run(cfg: DictConfig, out: Path) -> BenchmarkRun:
+    """Check that ``out`` holds no results of other settings, then build the model (base +
+    optional ``lora``) unless ``skip_generation``; the judge is deferred."""
     import hydra
 
+    check_resume_settings(
+        out,
+        {k: _plain(cfg.get(k)) for k in RESUME_KEYS},
+        "pick a new output_dir (to judge the same images with another judge, copy images/ "
+        "there and pass skip_generation=true)",
+    )
     gen, opts = settings_from_cfg(cfg)
     pipe = None
     if not cfg.skip_generation:

@@ -58,3 +58,42 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+SETTINGS_FILE = "run_settings.json"
+# Left out of the resume comparison: secrets, and knobs that change where, how fast or how
+# robustly a run works, not its images or answers (a resume may well change them).
+UNCOMPARED_KEYS = frozenset(
+    {"api_key", "base_url", "device", "batch_size", "concurrency", "timeout_s",
+     "connect_timeout_s", "max_retries", "backoff_s", "max_backoff_s", "on_error",
+     "health_check", "health_timeout_s", "attn_implementation", "shared_prefix",
+     "every_n_epochs"}
+)  # fmt: skip
+
+
+def _compared(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _compared(v) for k, v in value.items() if k not in UNCOMPARED_KEYS}
+    if isinstance(value, list):
+        return [_compared(v) for v in value]
+    return value
+
+
+def check_resume_settings(folder: Path, settings: dict[str, Any], hint: str) -> None:
+    """Resume guard: the first run into ``folder`` records ``settings`` (what decides the images
+    and judgements kept there, without :data:`UNCOMPARED_KEYS`); a later run with other
+    settings fails instead of silently reusing results made under the old ones. ``hint`` says
+    what to do instead."""
+    settings = json.loads(json.dumps(_compared(settings), default=str))
+    path = folder / SETTINGS_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        changed = sorted(
+            k for k in settings.keys() | saved.keys() if settings.get(k) != saved.get(k)
+        )
+        if changed:
+            raise ValueError(
+                f"{folder} holds results made with other {changed} settings (see {path}); {hint}"
+            )
+        return
+    write_json(path, settings)

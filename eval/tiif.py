@@ -370,7 +370,7 @@ def evaluate(cfg: DictConfig, out: Path) -> dict[str, Any]:
     cases = load_tiif(
         cfg.data.prompt_dir, cfg.data.eval_dir, cfg.data.types, cfg.data.limit_per_type
     )
-    run = benchmark_run(cfg)
+    run = benchmark_run(cfg, out)
     summary = run_tiif(
         run.pipe, run.judge, cases, out, run.model_name, run.gen, run.opts, cfg.descriptions
     )

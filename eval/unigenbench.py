@@ -371,7 +371,7 @@ def evaluate(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """The whole command for a composed ``unigenbench`` config: CSV, generation, judge, scores."""
     check_entry(cfg, "unigenbench")
     cases, skipped = load_unigenbench(cfg.data.csv, cfg.data.malformed_rows, cfg.data.limit)
-    run = benchmark_run(cfg)
+    run = benchmark_run(cfg, out)
     summary = run_unigenbench(
         run.pipe, run.judge, cases, out, run.model_name, run.gen, run.opts,
         cfg.images_per_prompt, skipped,

@@ -103,6 +103,10 @@ def test_checkpoints_evaluates_base_and_lora_then_resumes(tmp_path):
     again = evaluate_checkpoints(compose_cfg("checkpoints", overrides))
     assert again == rows  # nothing re-evaluated: rows come from metrics.jsonl
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    # Another benchmark subset must not be mixed with these rows: refused, naming the change.
+    other = [*overrides, "eval_hook.tiif.limit_per_type=1"]
+    with pytest.raises(ValueError, match=r"other \['eval_hook'\] settings.*output_name="):
+        evaluate_checkpoints(compose_cfg("checkpoints", other))
 
 
 def test_hook_without_a_judge_fails_clearly(tmp_path):

@@ -196,6 +196,14 @@ def test_command_tiny_model_pixel_judge_yes_prob(tmp_path):
         "correct": 0, "total": 3, "unparsed_images": 1, "images": 1, "score": 0.0
     }  # fmt: skip
     assert (tmp_path / "images/text/tiny/short_description/0.png").is_file()
+    # Resuming into this folder with other sampling settings would mix images: refused. A
+    # knob that changes only speed (the batch size) resumes.
+    with initialize_config_dir(str(REPO / "conf"), version_base=None):
+        changed = compose("tiif", overrides=[*overrides, "generation.num_steps=2"])
+        faster = compose("tiif", overrides=[*overrides, "generation.batch_size=2"])
+    with pytest.raises(ValueError, match=r"other \['generation'\] settings"):
+        evaluate(changed, tmp_path)
+    assert evaluate(faster, tmp_path)["types"] == summary["types"]
 
 
 @pytest.mark.skipif(not OFFICIAL.is_dir(), reason="official TIIF-Bench files absent")
