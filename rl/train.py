@@ -129,8 +129,8 @@ class FlowGRPOTrainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
     def _setup_models(self) -> None:
-        """The pipeline (a model folder is checked before any weights load), the reward, the
-        prompt cache, and the trained parameters with their KL reference."""
+        """The pipeline (a model folder is checked before any weights load), the reward, and the
+        trained parameters with their KL reference."""
         cfg, t, acc = self.cfg, self.cfg.train, self.accelerator
         self.threads_before = torch.get_num_threads()
         if t.num_threads is not None:
@@ -142,7 +142,6 @@ class FlowGRPOTrainer:
         for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
             getattr(pipe, name).to(acc.device)
         self.pipe = pipe
-        self.cache = PromptCache(pipe, cfg.rollout.max_sequence_length, acc.device)
 
         transformer = pipe.transformer.to(acc.device)
         self.params = make_trainable(transformer, cfg.lora)
@@ -222,6 +221,11 @@ class FlowGRPOTrainer:
         pending: list[Future | RewardOutput] = []
         epoch = self.sampler.next_epoch
         batches = self.sampler.next_epoch_batches()
+        # a fresh cache per epoch: each prompt is encoded once per epoch and memory stays bounded
+        # by the epoch's prompts, not by a data set of tens of thousands of them
+        self.cache = PromptCache(
+            self.pipe, self.cfg.rollout.max_sequence_length, self.accelerator.device
+        )
         for indices in tqdm(batches, desc="sampling", leave=False, disable=not self.is_main):
             prompts = [self.prompts[i] for i in indices]
             start = self.group_start_noise(epoch, indices) if self.cfg.train.same_latent else None
@@ -404,7 +408,9 @@ class FlowGRPOTrainer:
                 "global_rng": global_rng_state(),
             },
         }
-        self.checkpoints.save(epochs_done, state, lambda folder: self.export(folder, epochs_done))
+        # full fine-tuning: accelerate's state already holds the whole transformer
+        export = None if self.cfg.lora.full_finetune else lambda to: self.export(to, epochs_done)
+        self.checkpoints.save(epochs_done, state, export)
 
     def load_checkpoint(self, path: Path) -> None:
         state = self.checkpoints.load(path)
