@@ -250,6 +250,11 @@ def _judge_one_batch(judge: Judge, chunk, opts: JudgeOptions) -> list[dict]:
     return rows
 
 
+def _file_names(frame: pd.DataFrame) -> pd.Series:
+    """The image file name (``{index}_{j}.png``) of every row of a results CSV."""
+    return frame["img_path"].map(lambda p: Path(p).name)
+
+
 def judge_images(
     judge: Judge,
     tasks: Sequence[tuple[UgbCase, Path]],
@@ -259,15 +264,16 @@ def judge_images(
 ) -> int:
     """Judge the images not yet in ``csv_path`` (rows of ``stale`` images, made again since
     they were judged, are dropped first); the CSV is rewritten after every batch so an
-    interrupted run resumes where it stopped. Returns how many images were judged."""
+    interrupted run resumes where it stopped. Rows are matched by image file name (unique in a
+    model's CSV), so a moved run folder still resumes. Returns how many images were judged."""
     done = (
         pd.read_csv(csv_path, dtype=str)
         if csv_path.is_file()
         else pd.DataFrame(columns=CSV_COLUMNS)
     )
-    done = done[~done["img_path"].isin({str(p) for p in stale})]
-    seen = set(done["img_path"])
-    todo = [t for t in tasks if str(t[1]) not in seen]
+    done = done[~_file_names(done).isin({p.name for p in stale})]
+    seen = set(_file_names(done))
+    todo = [t for t in tasks if t[1].name not in seen]
     opts.check_placeholders(DEFAULT_PROMPT, "{prompt}", "{checkpoints}")
     rows = done.to_dict("records")
     for start in tqdm(
@@ -288,11 +294,12 @@ OVERALL_DEFINITION = (
 
 
 def summarize(csv_path: Path, img_paths: Sequence[Path] | None = None) -> dict[str, Any]:
-    """Primary- and sub-dimension accuracies from the official CSV (only ``img_paths`` if
-    given), the overall figure and the count of unparseable answers."""
+    """Primary- and sub-dimension accuracies from the official CSV (only the rows of the
+    images named as in ``img_paths``, if given), the overall figure and the count of
+    unparseable answers."""
     frame = pd.read_csv(csv_path, dtype=str)
     if img_paths is not None:
-        frame = frame[frame["img_path"].isin({str(p) for p in img_paths})]
+        frame = frame[_file_names(frame).isin({p.name for p in img_paths})]
     primary: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     sub: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     unparsed = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -112,6 +113,12 @@ def test_end_to_end_hand_checked_and_resumable(tmp_path):
     assert sum(judge.seen.values()) == before + 1
     rows = pd.read_csv(tmp_path / "results" / "tiny_en.csv")
     assert len(rows) == 8 and rows["img_path"].is_unique
+
+    # A run folder moved elsewhere still resumes (rows are matched by image file name).
+    moved = tmp_path.parent / f"{tmp_path.name}_moved"
+    shutil.copytree(tmp_path, moved)
+    run_unigenbench(pipe, judge, cases, moved, "tiny", TINY_GEN, opts)
+    assert sum(judge.seen.values()) == before + 1
 
 
 def test_command_tiny_model_tiny_vlm_judge(tmp_path, capsys):
