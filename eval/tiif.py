@@ -98,7 +98,7 @@ class TiifCase:
     long_description: str
     questions: tuple[str, ...]
     answers: tuple[str, ...]
-    jsonl_file: str
+    jsonl_file: str  # the eval file's name, as the official judge script records it
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -151,7 +151,7 @@ def load_tiif(
             if any(a.strip().lower() not in ("yes", "no") for a in answers):
                 raise TiifDataError(f"{where}: answers must be yes or no")
             cases.append(
-                TiifCase(kind, idx, short, long, tuple(questions), tuple(answers), file.name)
+                TiifCase(kind, idx, short, long, tuple(questions), tuple(answers), eval_file.name)
             )
             if limit_per_type is not None and idx + 1 >= limit_per_type:
                 break

@@ -125,6 +125,7 @@ def test_end_to_end_tiny_sd3_scripted_judge_and_resume(tmp_path):
     assert set(result) >= {"attribute", "desc", "jsonl_file", "line_idx", "questions",
                            "gt_answers", "model_pred", "model_output"}  # fmt: skip
     assert result["model_pred"] == ["invalid"] * 3
+    assert result["jsonl_file"] == "text_eval_prompts.jsonl"  # the official script's value
     assert (tmp_path / "summary.md").read_text().count("|") > 20
 
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.png")}
