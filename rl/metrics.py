@@ -42,12 +42,12 @@ class RunLogger:
             self.wandb = _init_wandb(run_dir, logger_cfg, config)
 
     def restore(self, epoch: int, last_row: dict[str, Any]) -> None:
-        """Prepare metrics.jsonl for a run resumed at ``epoch``: drop the lines of epochs it will
-        redo, and put back the checkpoint's own epoch line (``last_row``) if it is missing."""
+        """Prepare metrics.jsonl for a run resumed after ``epoch`` epochs: drop the lines of the
+        epochs it will redo, and put back the checkpoint's own line (``last_row``) if missing."""
         if not self.enabled:
             return
         rows = read_rows(self.path) if self.path.exists() else []
-        kept = [row for row in rows if row["epoch"] < epoch]
+        kept = [row for row in rows if row["epoch"] <= epoch]
         if not kept or kept[-1]["epoch"] != last_row["epoch"]:
             kept.append(last_row)
         self.path.write_text("".join(json.dumps(row) + "\n" for row in kept))

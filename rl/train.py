@@ -25,7 +25,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from rewards import Reward, RewardOutput, build_reward
+from rewards.async_reward import AsyncReward
 from rl.advantages import PromptStatTracker
 from rl.checkpoint import CheckpointManager, gather_objects, register_lora_hooks
 from rl.config import (
@@ -171,7 +172,7 @@ class FlowGRPOTrainer:
         self.noise_gen = torch.Generator().manual_seed(rank_seed(cfg.seed, rank, NOISE_STREAM))
         self.shuffle_gen = torch.Generator().manual_seed(rank_seed(cfg.seed, rank, SHUFFLE_STREAM))
         self.start_epoch, self.optimizer_step = 0, 0
-        self.scorer = ThreadPoolExecutor(max_workers=1) if t.reward_in_background else None
+        self.scorer = AsyncReward(self.reward) if t.reward_in_background else None
 
     def _log_plan(self) -> None:
         t, acc = self.cfg.train, self.accelerator
@@ -200,12 +201,12 @@ class FlowGRPOTrainer:
                 advantages, row = self.epoch_advantages(group_ids, scores)
             with timer("train_s"):
                 row |= self.train_epoch(rollout, advantages)
-            row = {"epoch": epoch, **row}
-            if self.sample_images_due(epoch):
-                self.logger.save_samples(epoch, *self.sample_preview(rollout, scores))
+            done = epoch + 1  # epochs are numbered by how many are done, as checkpoints are
+            row = {"epoch": done, **row}
+            if self.sample_images_due(done):
+                self.logger.save_samples(done, *self.sample_preview(rollout, scores))
             row |= timer.seconds
             row["images_per_s"] = self.layout.images_per_epoch / timer.seconds["sample_s"]
-            done = epoch + 1
             with timer("checkpoint_s"):
                 if done % self.cfg.checkpoint.every_n_epochs == 0 or done == self.cfg.train.epochs:
                     self.save(done, row)
@@ -241,7 +242,7 @@ class FlowGRPOTrainer:
                 )
             metadata = [self.metadata[i] for i in indices]
             if self.scorer is not None:
-                pending.append(self.scorer.submit(self.reward, rollout.images, prompts, metadata))
+                pending.append(self.scorer.submit(rollout.images, prompts, metadata))
             else:
                 pending.append(self.reward(rollout.images, prompts, metadata))
             rollouts.append(rollout)
@@ -360,10 +361,11 @@ class FlowGRPOTrainer:
             kl=kl,
         )
 
-    def sample_images_due(self, epoch: int) -> bool:
+    def sample_images_due(self, epochs_done: int) -> bool:
+        """Sample grids after the first epoch, every ``log.sample_every_n_epochs`` and the last."""
         every = self.cfg.log.sample_every_n_epochs
-        last = epoch + 1 == self.cfg.train.epochs
-        return every > 0 and (epoch % every == 0 or last)
+        last = epochs_done == self.cfg.train.epochs
+        return every > 0 and (epochs_done == 1 or epochs_done % every == 0 or last)
 
     def sample_preview(
         self, rollout: Rollout, scores: RewardOutput
@@ -453,7 +455,7 @@ class FlowGRPOTrainer:
             self.logger.finish()
             log.info("done; metrics, samples, checkpoints and the LoRA are in %s", self.run_dir)
         if self.scorer is not None:
-            self.scorer.shutdown()
+            self.scorer.close()
         self.reward.release()
         self.accelerator.end_training()
         torch.set_num_threads(self.threads_before)

@@ -63,7 +63,7 @@ def short_run(tmp_path_factory):
 
 def test_run_folder_holds_metrics_checkpoints_lora_samples_and_curve(short_run):
     run_dir, rows = short_run
-    assert [r["epoch"] for r in rows] == [0, 1]
+    assert [r["epoch"] for r in rows] == [1, 2]
     for key in ("reward_mean", "reward_std", "reward/colour", "kl", "clipfrac", "approx_kl",
                 "policy_loss", "grad_norm", "sample_s", "train_s", "images_per_s"):  # fmt: skip
         assert all(key in r for r in rows), key
@@ -272,7 +272,7 @@ def test_two_processes_share_one_run_folder_and_gather_whole_groups(tmp_path):
     runs = [p for p in (tmp_path / "outputs" / "train").glob("*/*") if p.is_dir()]
     assert len(runs) == 1, runs
     rows = [json.loads(line) for line in (runs[0] / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [0, 1]
+    assert [r["epoch"] for r in rows] == [1, 2]
     for row in rows:
         # each process holds 4 of the 8 images, yet both groups are seen whole (4 members each)
         assert row["num_groups"] == 2 and row["group_size_min"] == row["group_size_max"] == 4
