@@ -64,7 +64,7 @@ def short_run(tmp_path_factory):
 def test_run_folder_holds_metrics_checkpoints_lora_samples_and_curve(short_run):
     run_dir, rows = short_run
     assert [r["epoch"] for r in rows] == [1, 2]
-    for key in ("reward_mean", "reward_std", "reward/colour", "kl", "clipfrac", "approx_kl",
+    for key in ("reward_mean", "reward_std", "reward/rubric/red", "kl", "clipfrac", "approx_kl",
                 "policy_loss", "grad_norm", "sample_s", "train_s", "images_per_s"):  # fmt: skip
         assert all(key in r for r in rows), key
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
@@ -117,19 +117,20 @@ def test_exported_lora_loads_in_diffusers_and_changes_the_images(short_run):
         torch.testing.assert_close(pipe.transformer(**inputs)[0], trained(**inputs)[0])
 
 
-def test_demo_learns_the_pixel_target(tmp_path):
-    """The demo shortened to 6 epochs of 32 images: the reward of the last two epochs beats the
-    first two by 0.004, twice the per-image reward std at the start and ~10 stds of an epoch's
-    mean."""
+def test_demo_learns_its_rubric_reward(tmp_path):
+    """The demo (rubric reward, pixel judge) shortened to 6 epochs of 32 images: the reward of the
+    last two epochs beats the first two by 0.015, about three standard errors of an epoch's mean
+    (per-image std ~0.03 over 32 images; seeds 0-2 rise by 0.017-0.030)."""
     rows = run_training(
         tmp_path,
         ["experiment=demo", "train.epochs=6", "train.groups_per_epoch=4",
          "checkpoint.every_n_epochs=6", "log.sample_every_n_epochs=0"],
     )  # fmt: skip
     rewards = [r["reward_mean"] for r in rows]
-    assert rows[0]["reward_std"] < 0.003
+    assert all(r["reward_nan"] == 0 for r in rows)
+    assert 0.02 < rows[0]["reward_std"] < 0.05
     first, last = sum(rewards[:2]) / 2, sum(rewards[-2:]) / 2
-    assert last - first > 0.004, rewards
+    assert last - first > 0.015, rewards
 
 
 class NanEveryThirdReward(Reward):
