@@ -7,8 +7,10 @@ Kept from the reference implementation, because the algorithm needs them:
 * trained steps = the first ``int(train_fraction * num_steps)`` steps (the last, nearly noise-free
   step is left out), or, for the fast variant, only the SDE steps of ``sde_window`` (ODE elsewhere).
 
-Changed, for speed or exactness: each unique prompt (and "") is encoded once and cached, so the text
-encoders can leave the accelerator; the training forward (:func:`step_log_prob`) goes through the
+Changed, for speed or exactness: each unique prompt (and "") is encoded once and cached, alone in
+its forward (so its embedding never depends on which prompts share a batch, a mode or a rank);
+with a data set small enough to cache whole, the text encoders then leave the accelerator. The
+training forward (:func:`step_log_prob`) goes through the
 same :func:`predict_velocity` and :func:`rl.sde.sde_step` as the rollout, so an unchanged policy
 reproduces the rollout's log-probs (the on-policy ratio is 1). Latents are kept in float32 and cast
 to the text-embedding dtype only at the transformer's input, as diffusers' pipeline does.
@@ -16,14 +18,20 @@ to the text-embedding dtype only at the transformer's input, as diffusers' pipel
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 import torch
 from diffusers import StableDiffusion3Pipeline
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+from tqdm.auto import tqdm
 
 from rl.sde import sde_step
+
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+PROMPT_CACHE_MODES = ("auto", "all", "epoch")
 
 
 @dataclass
@@ -39,6 +47,14 @@ class RolloutConfig:
         train_fraction: without a window, the first int(train_fraction * num_steps) steps train.
         height, width: image size in pixels.
         max_sequence_length: T5 tokens per prompt.
+        prompt_cache: "all" encodes every unique prompt of the data set once at start-up and
+            moves the text encoders off the accelerator; "epoch" encodes each epoch's prompts
+            in a cache dropped after the epoch (bounded memory, encoders stay); "auto" is
+            "all" for at most ``prompt_cache_max_prompts`` unique prompts, else "epoch".
+        prompt_cache_max_prompts: the "auto" limit (SD3.5-M in bf16: (77 + T5 tokens) x 4096
+            x 2 bytes per prompt, 1.7 MB at 128 tokens, so 2048 prompts take ~3.4 GB).
+        prompt_cache_on_device: with "all", keep the embeddings on the accelerator instead of
+            in (pinned) CPU memory, from which each batch's prompts are copied.
     """
 
     num_steps: int = 10
@@ -50,8 +66,19 @@ class RolloutConfig:
     height: int = 512
     width: int = 512
     max_sequence_length: int = 128
+    prompt_cache: Literal["auto", "all", "epoch"] = "auto"
+    prompt_cache_max_prompts: int = 2048
+    prompt_cache_on_device: bool = False
 
     def __post_init__(self) -> None:
+        if self.prompt_cache not in PROMPT_CACHE_MODES:
+            raise ValueError(
+                f"rollout.prompt_cache={self.prompt_cache!r} is not one of {PROMPT_CACHE_MODES}"
+            )
+        if self.prompt_cache_max_prompts < 0:
+            raise ValueError(
+                f"rollout.prompt_cache_max_prompts={self.prompt_cache_max_prompts} must be >= 0"
+            )
         if self.sde_kind not in ("sde", "cps"):
             raise ValueError(f"rollout.sde_kind={self.sde_kind!r} is not 'sde' or 'cps'")
         if self.sde_window is not None:
@@ -84,13 +111,25 @@ class RolloutConfig:
     def uses_cfg(self) -> bool:
         return self.guidance_scale > 1
 
+    def cache_mode(self, num_unique_prompts: int) -> Literal["all", "epoch"]:
+        """The prompt-cache mode for a data set of ``num_unique_prompts`` ("auto" resolved)."""
+        if self.prompt_cache != "auto":
+            return self.prompt_cache
+        return "all" if num_unique_prompts <= self.prompt_cache_max_prompts else "epoch"
+
 
 class PromptCache:
     """Text embeddings of each unique prompt, computed once with the pipeline's three encoders.
 
-    ``encode`` runs the encoders only on prompts it has not seen; the empty negative prompt is
-    encoded once by ``negative``. Embeddings are stored on ``device``; once every prompt of a data
-    set is cached, :meth:`offload_text_encoders` moves the encoders to the CPU to free memory.
+    ``encode`` runs the encoders only on prompts it has not seen and returns embeddings on
+    ``device`` (where sampling runs); they are stored on ``store_device`` (default: ``device``),
+    in pinned memory when that is the CPU and ``device`` is CUDA, so that each batch copies its
+    prompts asynchronously. The empty negative prompt is encoded once by ``negative``.
+    Prompts go through the encoders ``chunk_size`` at a time; the default 1 makes a prompt's
+    embedding a function of the prompt alone (a matmul's rounding depends on its row count),
+    so it is bit-identical however prompts are grouped into batches, cache modes or ranks.
+    Once every prompt of a data set is cached (:meth:`encode_all`),
+    :meth:`offload_text_encoders` moves the encoders to the CPU to free accelerator memory.
     """
 
     def __init__(
@@ -98,18 +137,23 @@ class PromptCache:
         pipe: StableDiffusion3Pipeline,
         max_sequence_length: int = 128,
         device: torch.device | str = "cpu",
-        chunk_size: int = 32,
+        chunk_size: int = 1,
+        store_device: torch.device | str | None = None,
     ) -> None:
         self.pipe, self.max_sequence_length = pipe, max_sequence_length
         self.device, self.chunk_size = torch.device(device), chunk_size
+        self.store_device = self.device if store_device is None else torch.device(store_device)
+        self.pin = self.store_device.type == "cpu" and self.device.type == "cuda"
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.num_encoded = 0
+        self.offloaded = False
 
     @torch.no_grad()
-    def _encode_new(self, prompts: list[str]) -> None:
+    def _encode_new(self, prompts: list[str], progress: bool = False) -> None:
         new = list(dict.fromkeys(p for p in prompts if p not in self._cache))
         encoder_device = self.pipe.text_encoder.device
-        for i in range(0, len(new), self.chunk_size):
+        chunks = range(0, len(new), self.chunk_size)
+        for i in tqdm(chunks, desc="encoding prompts", leave=False, disable=not progress):
             chunk = new[i : i + self.chunk_size]
             embeds, _, pooled, _ = self.pipe.encode_prompt(
                 prompt=chunk,
@@ -122,25 +166,69 @@ class PromptCache:
             self.add(chunk, embeds, pooled)
             self.num_encoded += len(chunk)
 
+    def _store(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.to(self.store_device)
+        return tensor.pin_memory() if self.pin else tensor
+
     def add(self, prompts: list[str], embeds: torch.Tensor, pooled: torch.Tensor) -> None:
         """Store embeddings computed elsewhere (e.g. shape-true random ones in ``bench/``)."""
-        for prompt, e, p in zip(prompts, embeds.to(self.device), pooled.to(self.device)):
-            self._cache[prompt] = (e, p)
+        for prompt, e, p in zip(prompts, embeds, pooled):
+            self._cache[prompt] = (self._store(e), self._store(p))
+
+    def encode_all(self, prompts: list[str], progress: bool = False) -> None:
+        """Encode every not yet cached prompt of ``prompts`` (a whole data set; tqdm if asked)."""
+        self._encode_new(prompts, progress)
 
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings [B, L, D] and pooled embeddings [B, P] for ``prompts`` (cached)."""
+        """Embeddings [B, L, D] and pooled embeddings [B, P] for ``prompts`` on ``device``."""
         self._encode_new(prompts)
-        embeds, pooled = zip(*(self._cache[p] for p in prompts))
+        moved = {
+            p: tuple(t.to(self.device, non_blocking=self.pin) for t in self._cache[p])
+            for p in dict.fromkeys(prompts)
+        }  # each distinct prompt crosses to the device once
+        embeds, pooled = zip(*(moved[p] for p in prompts))
         return torch.stack(embeds), torch.stack(pooled)
 
     def negative(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings [1, L, D] and pooled [1, P] of the empty negative prompt (cached)."""
         return self.encode([""])
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the cached embeddings."""
+        return sum(t.nbytes for pair in self._cache.values() for t in pair)
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def encoder_devices(self) -> set[torch.device]:
+        """The devices that the three text encoders' weights are on now."""
+        encoders = [getattr(self.pipe, name) for name in TEXT_ENCODERS]
+        return {param.device for encoder in encoders for param in encoder.parameters()}
+
+    def _move_text_encoders(self, device: torch.device | str) -> None:
+        for name in TEXT_ENCODERS:
+            getattr(self.pipe, name).to(device)
+
     def offload_text_encoders(self) -> None:
         """Move the three text encoders to the CPU (new prompts are then encoded there)."""
-        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
-            getattr(self.pipe, name).to("cpu")
+        self._move_text_encoders("cpu")
+        self.offloaded = True
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # hand the freed blocks back, not just to torch's pool
+
+    @contextlib.contextmanager
+    def text_encoders_on_device(self) -> Iterator[None]:
+        """Bring offloaded text encoders back to ``device`` for a while (e.g. an evaluation
+        that runs the whole pipeline), and offload them again afterwards."""
+        if not self.offloaded:
+            yield
+            return
+        self._move_text_encoders(self.device)
+        try:
+            yield
+        finally:
+            self.offload_text_encoders()
 
 
 def predict_velocity(

@@ -150,6 +150,26 @@ class FlowGRPOTrainer:
         if t.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         self.transformer = transformer
+        self._setup_prompt_cache()
+
+    def _setup_prompt_cache(self) -> None:
+        """Mode "all": every unique prompt (and the CFG negative "") encoded once, then the text
+        encoders leave the accelerator. Mode "epoch": a fresh cache per epoch (see sample_epoch)."""
+        r = self.cfg.rollout
+        unique = list(dict.fromkeys(self.prompts))
+        self.cache_mode = r.cache_mode(len(unique))
+        self.cache = self.new_prompt_cache()
+        if self.cache_mode == "all":
+            negative = [""] if r.uses_cfg else []
+            self.cache.encode_all(unique + negative, progress=self.is_main)
+            self.cache.offload_text_encoders()
+
+    def new_prompt_cache(self) -> PromptCache:
+        r, device = self.cfg.rollout, self.accelerator.device
+        on_device = self.cache_mode == "epoch" or r.prompt_cache_on_device
+        return PromptCache(
+            self.pipe, r.max_sequence_length, device, store_device=device if on_device else "cpu"
+        )
 
     def _setup_optimization(self) -> None:
         """AdamW, accelerate's wrapping, EMA, the advantage tracker and the generators."""
@@ -189,6 +209,23 @@ class FlowGRPOTrainer:
                 len(self.train_steps),
                 sum(p.numel() for p in self.params),
             )
+            r = self.cfg.rollout
+            if self.cache_mode == "all":
+                log.info(
+                    "prompt cache: all | %d prompts (with the negative) encoded once, %.1f MB "
+                    "on %s | text encoders moved to the CPU",
+                    len(self.cache),
+                    self.cache.nbytes / 2**20,
+                    self.cache.store_device,
+                )
+            else:
+                log.info(
+                    "prompt cache: epoch | each epoch's prompts are encoded in a cache dropped "
+                    "after the epoch (rollout.prompt_cache=%s, %d unique prompts, limit %d)",
+                    r.prompt_cache,
+                    len(set(self.prompts)),
+                    r.prompt_cache_max_prompts,
+                )
 
     # ------------------------------------------------------------------ train
     def train(self) -> None:
@@ -222,11 +259,9 @@ class FlowGRPOTrainer:
         pending: list[Future | RewardOutput] = []
         epoch = self.sampler.next_epoch
         batches = self.sampler.next_epoch_batches()
-        # a fresh cache per epoch: each prompt is encoded once per epoch and memory stays bounded
-        # by the epoch's prompts, not by a data set of tens of thousands of them
-        self.cache = PromptCache(
-            self.pipe, self.cfg.rollout.max_sequence_length, self.accelerator.device
-        )
+        if self.cache_mode == "epoch":
+            # memory bounded by the epoch's prompts, not by a data set of tens of thousands
+            self.cache = self.new_prompt_cache()
         for indices in tqdm(batches, desc="sampling", leave=False, disable=not self.is_main):
             prompts = [self.prompts[i] for i in indices]
             start = self.group_start_noise(epoch, indices) if self.cfg.train.same_latent else None
@@ -247,6 +282,8 @@ class FlowGRPOTrainer:
                 pending.append(self.reward(rollout.images, prompts, metadata))
             rollouts.append(rollout)
         outputs = [p.result() if isinstance(p, Future) else p for p in pending]
+        if self.cache_mode == "epoch" and epoch == self.start_epoch and self.is_main:
+            log.info("prompt cache: epoch | %.1f MB this epoch", self.cache.nbytes / 2**20)
         group_ids = torch.tensor([i for indices in batches for i in indices])
         return Rollout.cat(rollouts), group_ids, concat_reward_outputs(outputs)
 
@@ -383,7 +420,7 @@ class FlowGRPOTrainer:
             from eval.after_checkpoint import evaluate_pipeline
 
             out_dir = self.run_dir / "eval" / f"epoch_{epochs_done:06d}"
-            with self.trained_weights():
+            with self.trained_weights(), self.cache.text_encoders_on_device():
                 results = evaluate_pipeline(
                     self.pipe, OmegaConf.create(self.cfg.eval_hook), out_dir, epochs_done
                 )

@@ -182,3 +182,23 @@ def test_lora_policy_reproduces_its_log_probs_and_differs_from_reference():
     pipe.transformer.disable_adapters()  # the KL reference policy
     ref_log_prob, ref_mean, _ = step_log_prob(pipe.transformer, rollout, 1, cache, cfg)
     assert (ref_mean - mean).abs().max() > 1e-3 and not torch.equal(ref_log_prob, log_prob)
+
+
+def test_prompt_cache_mode_rule_and_whole_data_set_cache(pipe):
+    assert RolloutConfig(prompt_cache_max_prompts=3).cache_mode(3) == "all"
+    assert RolloutConfig(prompt_cache_max_prompts=3).cache_mode(4) == "epoch"
+    assert RolloutConfig(prompt_cache="epoch").cache_mode(1) == "epoch"
+    with pytest.raises(ValueError, match="prompt_cache='none'"):
+        RolloutConfig(prompt_cache="none")
+    cache = PromptCache(pipe, max_sequence_length=32, store_device="cpu")
+    cache.encode_all([*PROMPTS, PROMPTS[0], ""])
+    assert len(cache) == cache.num_encoded == 3
+    assert cache.nbytes == 3 * ((77 + 32) * 96 + 80) * 4  # [L, D] + [P] float32 per prompt
+    # a prompt's embedding does not depend on the prompts encoded beside it
+    alone = PromptCache(pipe, max_sequence_length=32).encode(PROMPTS[1:])
+    assert all(map(torch.equal, alone, cache.encode(PROMPTS[1:])))
+    cache.offload_text_encoders()
+    with cache.text_encoders_on_device():  # e.g. for an evaluation with the whole pipeline
+        assert cache.offloaded and cache.encoder_devices() == {cache.device}
+    assert cache.offloaded and cache.encoder_devices() == {torch.device("cpu")}
+    assert cache.num_encoded == 3  # the encoders ran only for new prompts
