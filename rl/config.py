@@ -88,7 +88,7 @@ class CheckpointSection:
 class LogSection:
     """What is written besides metrics.jsonl."""
 
-    sample_every_n_epochs: int = 10  # sample grid PNG (0 = never); also epoch 0 and the last
+    sample_every_n_epochs: int = 10  # sample grid PNG (0 = never); also after epoch 1 and the last
     num_sample_images: int = 16  # images per grid (from rank 0's first batches)
 
 
@@ -162,9 +162,7 @@ def parse_config(cfg: DictConfig) -> TrainConfig:
         from rl.rollout import RolloutConfig
 
         node = OmegaConf.to_container(cfg.get("rollout") or {}, resolve=True)
-        if isinstance(node.get("sde_window"), list):
-            node["sde_window"] = tuple(node["sde_window"])
-        rollout = RolloutConfig(**node)
+        rollout = RolloutConfig(**node)  # makes sde_window a tuple
     except (TypeError, ValueError) as err:
         problems.append(f"rollout: {err}")
     problems += value_problems(sections)
