@@ -118,6 +118,12 @@ class RolloutConfig:
         return "all" if num_unique_prompts <= self.prompt_cache_max_prompts else "epoch"
 
 
+def move_text_encoders(pipe: StableDiffusion3Pipeline, device: torch.device | str) -> None:
+    """Put the pipeline's three text encoders on ``device``."""
+    for name in TEXT_ENCODERS:
+        getattr(pipe, name).to(device)
+
+
 class PromptCache:
     """Text embeddings of each unique prompt, computed once with the pipeline's three encoders.
 
@@ -206,13 +212,9 @@ class PromptCache:
         encoders = [getattr(self.pipe, name) for name in TEXT_ENCODERS]
         return {param.device for encoder in encoders for param in encoder.parameters()}
 
-    def _move_text_encoders(self, device: torch.device | str) -> None:
-        for name in TEXT_ENCODERS:
-            getattr(self.pipe, name).to(device)
-
     def offload_text_encoders(self) -> None:
         """Move the three text encoders to the CPU (new prompts are then encoded there)."""
-        self._move_text_encoders("cpu")
+        move_text_encoders(self.pipe, "cpu")
         self.offloaded = True
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # hand the freed blocks back, not just to torch's pool
@@ -224,7 +226,7 @@ class PromptCache:
         if not self.offloaded:
             yield
             return
-        self._move_text_encoders(self.device)
+        move_text_encoders(self.pipe, self.device)
         try:
             yield
         finally:

@@ -55,7 +55,7 @@ from rl.lora import ReferencePolicy, base_model_name, export_lora, make_trainabl
 from rl.loss import StepLoss, grpo_step_loss, kl_to_reference
 from rl.metrics import RunLogger
 from rl.models import ModelFolderError, load_pipeline
-from rl.rollout import PromptCache, Rollout, sample, step_log_prob
+from rl.rollout import PromptCache, Rollout, move_text_encoders, sample, step_log_prob
 from rl.sampler import GroupLayout, GroupSampler, SamplerConfigError, load_prompts
 
 log = logging.getLogger(__name__)
@@ -140,8 +140,7 @@ class FlowGRPOTrainer:
         pipe = load_pipeline(cfg.model)  # checks a model folder before any weights load
         self.reward: Reward = build_reward(cfg.reward)
         pipe.vae.to(acc.device)
-        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
-            getattr(pipe, name).to(acc.device)
+        move_text_encoders(pipe, acc.device)
         self.pipe = pipe
 
         transformer = pipe.transformer.to(acc.device)
@@ -344,10 +343,10 @@ class FlowGRPOTrainer:
             weight = torch.ones(chunk.numel(), device=acc.device)
             if chunk.numel() == 0:  # keep every rank's forward/backward count equal
                 chunk, weight = torch.zeros(1, dtype=torch.long), torch.zeros(1, device=acc.device)
-            batch = rollout.select(chunk)
+            batch, batch_advantages = rollout.select(chunk), advantages[chunk].to(acc.device)
             for step in self.train_steps:
                 with acc.accumulate(self.transformer):
-                    out = self.step_loss(batch, step, advantages[chunk].to(acc.device), weight)
+                    out = self.step_loss(batch, step, batch_advantages, weight)
                     acc.backward(out.loss)
                     if acc.sync_gradients:
                         grad_norm = acc.clip_grad_norm_(self.params, t.max_grad_norm)
