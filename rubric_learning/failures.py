@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rubric_learning.pairs import PreferencePair, open_image
+from PIL import Image
+
+from rubric_learning.pairs import PreferencePair
+from rubric_learning.synthesis import pair_images, winner_and_loser
 
 DIAGNOSIS_PROMPT = """You are auditing an evaluation rubric for text-to-image generation.
 Both images were generated from this prompt: "{prompt}"
@@ -38,29 +41,27 @@ Answer with a JSON list of strings only.
 """
 
 
-def _roles(label: float) -> tuple[int, int]:
-    return (1, 2) if label > 0.5 else (2, 1)
-
-
 def _listing(rubrics: Sequence[str]) -> str:
     return "\n".join(f"- {r}" for r in rubrics) if rubrics else "- (none yet)"
 
 
-def diagnosis_requests(pairs: Sequence[PreferencePair], rubrics: Sequence[str]) -> list:
+def diagnosis_requests(
+    pairs: Sequence[PreferencePair], rubrics: Sequence[str]
+) -> list[tuple[list[Image.Image], str]]:
     """Stage-1 (images, text) requests, one per hard pair (image 1 = A, image 2 = B)."""
     out = []
     for pair in pairs:
-        winner, loser = _roles(pair.label)
+        winner, loser = winner_and_loser(pair.label)
         text = DIAGNOSIS_PROMPT.format(
             prompt=pair.prompt, winner=winner, loser=loser, rubrics=_listing(rubrics)
         )
-        out.append(([open_image(pair.image_a), open_image(pair.image_b)], text))
+        out.append((pair_images(pair), text))
     return out
 
 
 def extraction_requests(
     pairs: Sequence[PreferencePair], tried: Sequence[str], diagnoses: Sequence[str]
-) -> list:
+) -> list[tuple[list[Image.Image], str]]:
     """Stage-2 requests: the same images, the diagnosis, and the statements not to repeat.
 
     ``tried`` is the whole working set, not only the kept rubrics: a statement that was already
@@ -69,7 +70,7 @@ def extraction_requests(
     """
     out = []
     for pair, diagnosis in zip(pairs, diagnoses, strict=True):
-        winner, loser = _roles(pair.label)
+        winner, loser = winner_and_loser(pair.label)
         text = EXTRACTION_PROMPT.format(
             prompt=pair.prompt,
             winner=winner,
@@ -77,5 +78,5 @@ def extraction_requests(
             diagnosis=diagnosis.strip(),
             rubrics=_listing(tried),
         )
-        out.append(([open_image(pair.image_a), open_image(pair.image_b)], text))
+        out.append((pair_images(pair), text))
     return out

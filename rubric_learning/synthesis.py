@@ -19,7 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 
+from PIL import Image
+
 from rewards.rubric_set import Rubric
+from rubric_learning.pairs import PreferencePair, open_image
 
 SYNTHESIS_PROMPT = """You are helping to write an evaluation rubric for text-to-image generation.
 Both images were generated from this prompt: "{prompt}"
@@ -44,9 +47,19 @@ class RubricParseError(ValueError):
     """A generator answer that contains no JSON list of rubric statements."""
 
 
+def winner_and_loser(label: float) -> tuple[int, int]:
+    """The preferred and the other image's number in a request (image 1 = A, image 2 = B)."""
+    return (1, 2) if label > 0.5 else (2, 1)
+
+
+def pair_images(pair: PreferencePair) -> list[Image.Image]:
+    """The pair's two images, opened in A, B order (image 1, image 2 of every request)."""
+    return [open_image(pair.image_a), open_image(pair.image_b)]
+
+
 def synthesis_prompt(prompt: str, label: float) -> str:
     """The synthesis request for one pair (image 1 = A, image 2 = B)."""
-    winner, loser = (1, 2) if label > 0.5 else (2, 1)
+    winner, loser = winner_and_loser(label)
     return SYNTHESIS_PROMPT.format(prompt=prompt, winner=winner, loser=loser)
 
 
@@ -161,11 +174,6 @@ class RubricPool:
         return [r for r in added if r is not None]
 
 
-def synthesis_requests(pairs: Sequence) -> list[tuple[list, str]]:
+def synthesis_requests(pairs: Sequence[PreferencePair]) -> list[tuple[list[Image.Image], str]]:
     """(images, text) generation requests, one per pair, images opened in A, B order."""
-    from rubric_learning.pairs import open_image
-
-    return [
-        ([open_image(p.image_a), open_image(p.image_b)], synthesis_prompt(p.prompt, p.label))
-        for p in pairs
-    ]
+    return [(pair_images(p), synthesis_prompt(p.prompt, p.label)) for p in pairs]
