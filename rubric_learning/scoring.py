@@ -103,9 +103,7 @@ class RubricScorer:
         self.retry_failed = retry_failed
         self.hashes = ImageHashes()
 
-    def _key(self, image_hash: str, prompt: str, rubric: str) -> str:
-        context = self.template["context"].format(prompt=prompt)
-        question = self.template["question"].format(rubric=rubric)
+    def _key(self, image_hash: str, context: str, question: str) -> str:
         return make_key("score", self.judge_id, context, question, image_hash)
 
     def score_pairs(
@@ -113,36 +111,36 @@ class RubricScorer:
     ) -> np.ndarray:
         """``[n_pairs, n_rubrics, 2]`` P(yes) for image A (index 0) and B (1); NaN = unanswered."""
         out = np.full((len(pairs), len(rubrics), 2), np.nan)
-        # Missing items grouped by image: {(image hash, prompt): (ref, [(rubric idx, key)])}.
-        missing: dict[tuple[str, str], tuple[ImageRef, list[tuple[int, str]]]] = {}
+        questions = [self.template["question"].format(rubric=rubric) for rubric in rubrics]
+        # Missing items grouped by image: {(image hash, context): (ref, [(question, key)])}.
+        missing: dict[tuple[str, str], tuple[ImageRef, list[tuple[str, str]]]] = {}
         where: dict[str, list[tuple[int, int, int]]] = {}
         for i, pair in enumerate(pairs):
+            context = self.template["context"].format(prompt=pair.prompt)
             for side, ref in enumerate((pair.image_a, pair.image_b)):
                 image_hash = self.hashes(ref)
-                for k, rubric in enumerate(rubrics):
-                    key = self._key(image_hash, pair.prompt, rubric)
+                for k, question in enumerate(questions):
+                    key = self._key(image_hash, context, question)
                     hit = self.cache.get_score(key)
                     if hit is not None and not (self.retry_failed and math.isnan(hit[0])):
                         out[i, k, side] = hit[0]
                         self.stats.score_cache_hits += 1
                         continue
                     if key not in where:
-                        group = missing.setdefault((image_hash, pair.prompt), (ref, []))
-                        group[1].append((k, key))
+                        group = missing.setdefault((image_hash, context), (ref, []))
+                        group[1].append((question, key))
                     where.setdefault(key, []).append((i, k, side))
         if missing:
-            self._ask(missing, rubrics, where, out, desc)
+            self._ask(missing, where, out, desc)
         return out
 
-    def _ask(self, missing, rubrics, where, out, desc) -> None:
+    def _ask(self, missing, where, out, desc) -> None:
         total = sum(len(v[1]) for v in missing.values())
         pending: list[tuple[JudgeItem, str]] = []
         with tqdm(total=total, desc=desc, unit="item", leave=False) as bar:
-            for (_, prompt), (ref, wanted) in missing.items():
+            for (_, context), (ref, wanted) in missing.items():
                 image = open_image(ref)
-                context = self.template["context"].format(prompt=prompt)
-                for k, key in wanted:
-                    question = self.template["question"].format(rubric=rubrics[k])
+                for question, key in wanted:
                     pending.append((JudgeItem(image, context, question), key))
                     if len(pending) >= self.batch_size:
                         self._flush(pending, where, out, bar)
