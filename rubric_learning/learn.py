@@ -95,6 +95,11 @@ def labels_of(pairs: list[PreferencePair]) -> np.ndarray:
     return np.array([p.label for p in pairs], dtype=float)
 
 
+def accuracy(scores: np.ndarray, pairs: list[PreferencePair], weights: np.ndarray) -> float:
+    """Pairwise accuracy of the weighted rubrics on ``pairs`` from their ``[n, k, 2]`` scores."""
+    return pairwise_accuracy(score_differences(scores)[0], labels_of(pairs), weights)
+
+
 # ---------------------------------------------------------------------------------- learner
 
 
@@ -215,12 +220,8 @@ class RubricLearner:
         new = sum(r.provenance.get("round") == round_index for r in self.pool.rubrics)
         record = {
             "round": round_index,
-            "train_accuracy": pairwise_accuracy(
-                score_differences(train)[0], labels_of(self.splits.train), fit.weights
-            ),
-            "val_accuracy": pairwise_accuracy(
-                score_differences(val)[0], labels_of(self.splits.val), fit.weights
-            ),
+            "train_accuracy": accuracy(train, self.splits.train, fit.weights),
+            "val_accuracy": accuracy(val, self.splits.val, fit.weights),
             "C": fit.C,
             "working_set_size": len(texts),
             "new_rubrics": new,
@@ -256,9 +257,7 @@ class RubricLearner:
         final: dict[str, Any] = {"best_round": best["round"], "val_accuracy": best["val_accuracy"]}
         if test_pairs:
             scores = self.scorer.score_pairs(test_pairs, texts, "test")
-            final["test_accuracy"] = pairwise_accuracy(
-                score_differences(scores)[0], labels_of(test_pairs), weights
-            )
+            final["test_accuracy"] = accuracy(scores, test_pairs, weights)
         hidden = self.cfg.data.get("hidden_rules")
         if hidden and test_pairs:
             final.update(self.compare_with_hidden(hidden, texts))
@@ -292,9 +291,7 @@ class RubricLearner:
         kept_keys = {normalise(t) for t in kept_texts}
         offered = {normalise(t) for t in self.pool.texts()}
         return {
-            "oracle_accuracy": pairwise_accuracy(
-                score_differences(scores)[0], labels_of(self.splits.test), weights
-            ),
+            "oracle_accuracy": accuracy(scores, self.splits.test, weights),
             "hidden_rules": len(hidden_keys),
             "hidden_offered": len(hidden_keys & offered),
             "hidden_kept": len(hidden_keys & kept_keys),

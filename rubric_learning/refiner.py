@@ -39,9 +39,6 @@ class RefinerResult:
     C: float
     nan_features: int
 
-    def kept_weights(self) -> np.ndarray:
-        return self.weights[self.kept]
-
 
 def score_differences(scores: np.ndarray) -> tuple[np.ndarray, int]:
     """``[n, k, 2]`` scores -> ``[n, k]`` differences (A - B) with NaN set to 0, and NaN count."""
