@@ -50,7 +50,7 @@ def hook_judge(judge_cfg: Any) -> Judge:
 
 def evaluate_pipeline(pipe, hook_cfg: DictConfig, out_dir: Path, epoch: int) -> dict[str, float]:
     """Run the configured benchmark subset with ``pipe`` as it is; flat ``eval/...`` metrics."""
-    from eval.tiif import load_tiif, run_tiif
+    from eval.tiif import DESCRIPTIONS, load_tiif, run_tiif
     from eval.unigenbench import load_unigenbench, run_unigenbench
 
     out_dir = Path(out_dir)
@@ -63,7 +63,7 @@ def evaluate_pipeline(pipe, hook_cfg: DictConfig, out_dir: Path, epoch: int) -> 
         cases = load_tiif(
             tiif.prompt_dir, tiif.eval_dir, tiif.get("types"), tiif.get("limit_per_type")
         )
-        descriptions = list(tiif.get("descriptions") or ("short_description", "long_description"))
+        descriptions = list(tiif.get("descriptions") or DESCRIPTIONS)
         summary = run_tiif(pipe, judge, cases, out_dir / "tiif", name, gen, opts, descriptions)
         for key, value in summary["overall"].items():
             metrics[f"eval/tiif_{key}_overall"] = value

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +30,12 @@ from omegaconf import DictConfig, OmegaConf
 from eval.after_checkpoint import evaluate_pipeline
 from eval.common import check_entry, check_resume_settings
 from eval.generation import build_pipeline, resolve_device
+from rl.checkpoint import CHECKPOINT_DIR, MARKER, checkpoint_name
+from rl.metrics import read_rows
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = re.compile(r"^epoch_(\d+)$")
-COMPLETE_MARKER = "COMPLETE"
-LORA_SUBDIR = "lora"
+LORA_SUBDIR = "lora"  # where rl.train exports the LoRA inside a checkpoint
 
 
 def find_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -46,10 +45,10 @@ def find_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
         raise FileNotFoundError(f"no checkpoints folder in {run_dir}")
     found = []
     for path in root.iterdir():
-        match = CHECKPOINT.match(path.name)
+        match = CHECKPOINT_DIR.match(path.name)
         if not match or not path.is_dir():
             continue
-        if not (path / COMPLETE_MARKER).is_file():
+        if not (path / MARKER).is_file():
             log.warning("skipping half-written checkpoint %s", path)
         elif not (path / LORA_SUBDIR).is_dir():
             log.warning("skipping %s: no exported LoRA (%s/)", path, LORA_SUBDIR)
@@ -64,12 +63,6 @@ def run_model_config(run_dir: Path) -> Any:
     if not saved.is_file():
         raise FileNotFoundError(f"{saved} not found: pass model=... explicitly")
     return OmegaConf.load(saved).model
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def plot_checkpoints(rows: list[dict[str, Any]], path: Path) -> None:
@@ -121,7 +114,7 @@ def evaluate_checkpoints(cfg: DictConfig) -> list[dict[str, Any]]:
         f"pass output_name=<another folder> to keep both, or delete {out}",
     )  # fmt: skip
     metrics_file = out / "metrics.jsonl"
-    rows = read_rows(metrics_file)
+    rows = read_rows(metrics_file) if metrics_file.is_file() else []
     done = {r["epoch"] for r in rows}
     todo = ([(0, None)] if cfg.include_base else []) + find_checkpoints(run_dir)
     todo = [(epoch, lora) for epoch, lora in todo if epoch not in done]
@@ -130,7 +123,7 @@ def evaluate_checkpoints(cfg: DictConfig) -> list[dict[str, Any]]:
     for epoch, lora in todo:
         if lora is not None:
             pipe.load_lora_weights(str(lora))
-        metrics = evaluate_pipeline(pipe, cfg.eval_hook, out / f"epoch_{epoch:06d}", epoch)
+        metrics = evaluate_pipeline(pipe, cfg.eval_hook, out / checkpoint_name(epoch), epoch)
         if lora is not None:
             pipe.unload_lora_weights()
         row = {"epoch": epoch, "checkpoint": str(lora) if lora else "base", **metrics}
