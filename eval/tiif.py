@@ -2,7 +2,8 @@
 
     python -m eval.tiif data.prompt_dir=/data/TIIF-Bench/data/testmini_prompts \
         data.eval_dir=/data/TIIF-Bench/data/testmini_eval_prompts \
-        model=sd35_medium model.path=/models/sd3.5-medium lora=/runs/x/checkpoints/epoch_60 \
+        model=sd35_medium model.path=/models/sd3.5-medium \
+        lora=/runs/x/checkpoints/epoch_000060/lora \
         judge=openai judge.base_url=http://127.0.0.1:8000/v1 judge.model=Qwen2.5-VL-72B-Instruct
 
 Flow, as the official scripts lay it out:

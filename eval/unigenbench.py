@@ -1,7 +1,8 @@
 """UniGenBench++ for the base model or a LoRA checkpoint.
 
     python -m eval.unigenbench data.csv=/data/UniGenBench/data/test_prompts_en.csv \
-        model=sd35_medium model.path=/models/sd3.5-medium lora=/runs/x/checkpoints/epoch_60 \
+        model=sd35_medium model.path=/models/sd3.5-medium \
+        lora=/runs/x/checkpoints/epoch_000060/lora \
         judge=openai judge.base_url=http://127.0.0.1:8000/v1 judge.model=UniGenBench-EvalModel
 
 Flow, as the official scripts lay it out:
