@@ -69,9 +69,3 @@ def benchmark_run(cfg: DictConfig, out: Path) -> BenchmarkRun:
 def output_dir(cfg: DictConfig) -> Path:
     """``output_dir`` when set (e.g. to resume into a known folder), else the Hydra run folder."""
     return Path(cfg.output_dir) if cfg.get("output_dir") else run_dir()
-
-
-def print_report(markdown: Path, last_line: str) -> None:
-    """Show the written markdown summary, then one line with the headline number."""
-    print(markdown.read_text())
-    print(last_line)

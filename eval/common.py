@@ -30,17 +30,18 @@ def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (a temporary file renamed into place), NaN written as null."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_nan_to_none(data), indent=2, ensure_ascii=False) + "\n")
+    tmp.write_text(json.dumps(nan_to_none(data), indent=2, ensure_ascii=False) + "\n")
     tmp.replace(path)
 
 
-def _nan_to_none(value: Any) -> Any:
+def nan_to_none(value: Any) -> Any:
+    """``value`` with every NaN float (also inside dicts and lists) replaced by None."""
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
+        return {k: nan_to_none(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_nan_to_none(v) for v in value]
+        return [nan_to_none(v) for v in value]
     return value
 
 
@@ -58,6 +59,12 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def print_report(markdown: Path, last_line: str) -> None:
+    """Show the written markdown summary, then one line with the headline number."""
+    print(markdown.read_text())
+    print(last_line)
 
 
 SETTINGS_FILE = "run_settings.json"

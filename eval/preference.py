@@ -37,7 +37,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from eval.common import check_entry, fmt, markdown_table, run_dir, write_json
+from eval.common import (
+    check_entry,
+    fmt,
+    markdown_table,
+    nan_to_none,
+    print_report,
+    run_dir,
+    write_json,
+)
 from rewards.base import Reward
 from rubric_learning.pairs import (
     TIE,
@@ -132,25 +140,17 @@ def score_pairs(
 
 def mmrb2_predictions(results: Sequence[PairResult], evaluator: str) -> dict[str, Any]:
     """The official MMRB2 predictions file: one forward and one reverse trial per pair."""
+
+    def trial(judgement: str, meta: dict[str, float]) -> list[dict[str, Any]]:
+        return [{"judgement": judgement, "evaluator": evaluator, "metadata": meta}]
+
     out = {}
     for r in results:
         meta = {"score_a": r.score_a, "score_b": r.score_b}
+        # Reverse trial: the images are shown swapped, so "A" now means the original B.
         out[r.id] = {
-            "forward": [
-                {
-                    "judgement": decide(r.score_a, r.score_b),
-                    "evaluator": evaluator,
-                    "metadata": meta,
-                }
-            ],
-            # Reverse trial: the images are shown swapped, so "A" now means the original B.
-            "reverse": [
-                {
-                    "judgement": decide(r.score_b, r.score_a),
-                    "evaluator": evaluator,
-                    "metadata": meta,
-                }
-            ],
+            "forward": trial(decide(r.score_a, r.score_b), meta),
+            "reverse": trial(decide(r.score_b, r.score_a), meta),
         }
     return out
 
@@ -255,38 +255,19 @@ def write_report(report: dict[str, Any], out_dir: Path) -> None:
     preds = report.pop("mmrb2_predictions", None)
     with open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
         for r in results:
-            row = asdict(r) | {"judgement": r.judgement}
-            f.write(json.dumps({k: (None if v != v else v) for k, v in row.items()}) + "\n")
+            f.write(json.dumps(nan_to_none(asdict(r) | {"judgement": r.judgement})) + "\n")
     if preds is not None:
         write_json(out_dir / "mmrb2_predictions.json", preds)
     write_json(out_dir / "results.json", report)
     acc = report["accuracy"]
     header = ["source", "accuracy", "correct", "total", "tie decisions", "invalid", "ties dropped"]
-    rows = [
-        [
-            k,
-            v["accuracy"],
-            fmt(v["correct"], 1),
-            v["total"],
-            v["tie_judgements"],
-            v["invalid"],
-            v["ties_dropped"],
-        ]
-        for k, v in acc.items()
-        if k != "overall"
-    ]
-    o = acc["overall"]
-    rows.append(
-        [
-            "**overall**",
-            o["accuracy"],
-            fmt(o["correct"], 1),
-            o["total"],
-            o["tie_judgements"],
-            o["invalid"],
-            o["ties_dropped"],
-        ]
-    )
+
+    def table_row(name: str, v: dict[str, Any]) -> list[Any]:
+        counts = (v["total"], v["tie_judgements"], v["invalid"], v["ties_dropped"])
+        return [name, v["accuracy"], fmt(v["correct"], 1), *counts]
+
+    rows = [table_row(k, v) for k, v in acc.items() if k != "overall"]
+    rows.append(table_row("**overall**", acc["overall"]))
     text = f"# {report['benchmark']} preference accuracy\n\n"
     text += f"- metric: {report['metric']}\n- {report['decision_rule']}\n"
     if "tie_policy" in report:
@@ -343,8 +324,9 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     out = run_dir()
     write_report(report, out)
     overall = report["accuracy"]["overall"]
-    print((out / "results.md").read_text())
-    print(f"overall accuracy {overall['accuracy']:.4f}; results in {out}")
+    print_report(
+        out / "results.md", f"overall accuracy {overall['accuracy']:.4f}; results in {out}"
+    )
     return report
 
 

@@ -45,8 +45,8 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
-from eval.command import benchmark_run, output_dir, print_report
-from eval.common import check_entry, fmt, markdown_table, write_json
+from eval.command import benchmark_run, output_dir
+from eval.common import check_entry, fmt, markdown_table, print_report, write_json
 from eval.generation import GenerationConfig, ImageJob, prepare_images
 from eval.judging import JudgeOptions, generate_answers, resolve_judge, yes_no_by_prob
 from rewards.judges.base import Judge
