@@ -10,6 +10,7 @@ NaN with a counted reason instead of scoring a silently black or half-decoded pi
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,6 +18,9 @@ import torch
 from PIL import Image
 
 ImageBatch = torch.Tensor | Sequence[Image.Image]
+
+# ITU-R BT.601 luma weights of R, G, B: ``pixels @ LUMA_WEIGHTS`` is an image's luma.
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
 
 
 def to_pil(images: ImageBatch) -> list[Image.Image]:
@@ -82,3 +86,10 @@ def read_images(images: ImageBatch) -> tuple[list[Image.Image | None], dict[int,
 def to_float_array(image: Image.Image) -> np.ndarray:
     """An RGB image as a float64 array ``[H, W, 3]`` in ``[0, 1]``."""
     return np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
+
+
+def image_hash(image: Image.Image) -> str:
+    """A hash of an image's content (pixels, mode and size): equal images, equal hashes."""
+    digest = hashlib.blake2b(image.tobytes(), digest_size=16)
+    digest.update(f"{image.mode}{image.size}".encode())
+    return digest.hexdigest()

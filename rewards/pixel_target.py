@@ -26,9 +26,8 @@ import torch
 from PIL import Image
 
 from rewards.base import Reward, RewardOutput
-from rewards.images import to_float_array
+from rewards.images import LUMA_WEIGHTS, to_float_array
 
-LUMA = np.array([0.299, 0.587, 0.114])
 MAX_STD = 0.5
 
 
@@ -74,7 +73,7 @@ class PixelTargetReward(Reward):
     def components(self, image: Image.Image) -> dict[str, float]:
         """The three component scores of one image."""
         pixels = to_float_array(image)
-        luma = pixels @ LUMA
+        luma = pixels @ LUMA_WEIGHTS
         return {
             "colour": 1.0 - float(np.abs(pixels.mean(axis=(0, 1)) - self.target_rgb).mean()),
             "brightness": 1.0 - abs(float(luma.mean()) - self.target_brightness),

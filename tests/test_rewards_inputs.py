@@ -132,3 +132,16 @@ def test_rubric_and_mix_compose_from_overrides_and_score():
     prompts = ["a", "b"]
     expected = rubric(images, prompts).scores + 0.5 * target(images, prompts).scores
     torch.testing.assert_close(mix(images, prompts).scores, expected)
+
+
+def test_image_hash_follows_content_mode_and_size_not_the_object():
+    from rewards.images import image_hash
+
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    assert image_hash(image) == image_hash(Image.fromarray(pixels.copy()))
+    changed = pixels.copy()
+    changed[0, 0, 0] ^= 1
+    assert image_hash(Image.fromarray(changed)) != image_hash(image)
+    # Same bytes, other shape: 8x8 RGB and 16x4 RGB hold the same 192 bytes.
+    assert image_hash(Image.fromarray(pixels.reshape(4, 16, 3))) != image_hash(image)

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rewards.images import to_float_array
+from rewards.images import LUMA_WEIGHTS, to_float_array
 from rewards.judges.base import Judge, JudgeItem, JudgeResult
 
 UNKNOWN_STATEMENT = "unknown statement"
@@ -62,7 +62,6 @@ COMPARED_REGIONS = (
     ("center", "border"),
     ("border", "center"),
 )
-LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
 
 
 @dataclass(frozen=True)
@@ -140,16 +139,20 @@ _REGION = "(?P<region>top half|bottom half|left half|right half|center|centre|bo
 
 
 def _region(match: re.Match, key: str = "region") -> str:
-    return "center" if match[key] == "centre" else match[key]
+    """The region named by group ``key``; ``"image"`` when the pattern names none."""
+    name = match.groupdict().get(key)
+    if not name:
+        return "image"
+    return "center" if name == "centre" else name
 
 
 def _colour_rule(m: re.Match) -> Rule:
-    region = _region(m) if m.groupdict().get("region") else "image"
+    region = _region(m)
     return lambda x: COLOUR_SCALE.prob(x.colour_dominance(m["colour"], region))
 
 
 def _brightness_rule(m: re.Match) -> Rule:
-    region = _region(m) if m.groupdict().get("region") else "image"
+    region = _region(m)
     dark = m["level"] == "dark"
     return lambda x: BRIGHTNESS_SCALE.prob(x.brightness(region), mirrored=dark)
 

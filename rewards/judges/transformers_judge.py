@@ -15,7 +15,6 @@ normalised as p(yes) / (p(yes) + p(no)) by default, or the raw p(yes) mass.
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ from transformers import (
 )
 from transformers.utils import is_torchvision_available
 
+from rewards.images import image_hash
 from rewards.judges.base import Judge, JudgeError, JudgeItem, JudgeResult
 from rewards.judges.prefix_scoring import (
     SHARED_PREFIX_MODES,
@@ -156,20 +156,16 @@ def yes_no_token_ids(tokenizer) -> tuple[list[int], list[int]]:
     return yes, no
 
 
-def image_key(image: Image.Image) -> str:
-    """A content hash, so that equal images share one prefix even as different objects."""
-    digest = hashlib.blake2b(image.tobytes(), digest_size=16)
-    digest.update(f"{image.mode}{image.size}".encode())
-    return digest.hexdigest()
-
-
 def group_items(items: Sequence[JudgeItem]) -> list[PrefixGroup]:
-    """Items grouped by (image, context), in order of first appearance."""
+    """Items grouped by (image content, context), in order of first appearance.
+
+    Equal images share one prefix even as different objects.
+    """
     groups: dict[tuple[str, str], PrefixGroup] = {}
     for i, item in enumerate(items):
         if not isinstance(item.image, Image.Image):
             raise TypeError(f"item {i}: image is a {type(item.image).__name__}, not a PIL image")
-        key = (image_key(item.image), item.context)
+        key = (image_hash(item.image), item.context)
         group = groups.setdefault(key, PrefixGroup(item.image.convert("RGB"), item.context))
         group.questions.append(item.question)
         group.item_indices.append(i)
@@ -271,7 +267,6 @@ class TransformersJudge(Judge):
                 for q, i in zip(g.questions, g.item_indices)
             ]
         probs = torch.full((len(items),), float("nan"))
-        reasons: list[str | None] = [None] * len(items)
         starts = range(0, len(groups), self.batch_size)
         for start in tqdm(
             starts, desc="judge", leave=False, disable=not self.progress or len(starts) < 4
@@ -280,9 +275,7 @@ class TransformersJudge(Judge):
             logits = last_logits(self.model, self.prompt, chunk, self.shared_prefix, self.device)
             index = torch.tensor([i for g in chunk for i in g.item_indices])
             probs[index] = self.probs_from_logits(logits).cpu()
-        for i, p in enumerate(probs.tolist()):
-            if p != p:
-                reasons[i] = "non-finite judge logits"
+        reasons = ["non-finite judge logits" if p != p else None for p in probs.tolist()]
         return JudgeResult(probs, reasons)
 
     def probs_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
