@@ -131,7 +131,6 @@ def main(argv: list[str] | None = None) -> dict:
     if "none" not in modes:
         raise SystemExit("--modes must include 'none', the baseline every speedup is against")
 
-    torch.manual_seed(0)
     dtype = parse_dtype(args.dtype)
     model, processor = build_tiny_vlm(args.arch, size=args.size, dtype=dtype, device=args.device)
     items = make_items(processor, args)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from rewards.images import ImageBatch
+from rewards.images import ImageBatch, read_images
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,6 @@ class Reward(abc.ABC):
         prompts: Sequence[str],
         metadata: Sequence[dict[str, Any]] | None = None,
     ) -> RewardOutput:
-        from rewards.images import read_images
-
         pil, corrupt = read_images(images)
         if len(pil) != len(prompts):
             raise ValueError(f"{self.name}: got {len(pil)} images but {len(prompts)} prompts")

@@ -114,7 +114,7 @@ class _Worker:
             self._answer_yes([t for t in batch if t.kind == "yes"])
             for task in batch:
                 if task.kind == "generate":
-                    self._run_one(task, lambda p: self.judge.generate(*p))
+                    self._generate(task)
 
     def _answer_yes(self, tasks: list[_Task]) -> None:
         if not tasks:
@@ -129,10 +129,9 @@ class _Worker:
         for task, prob in zip(tasks, result.probs.tolist()):
             task.future.set_result(prob)
 
-    @staticmethod
-    def _run_one(task: _Task, call) -> None:
+    def _generate(self, task: _Task) -> None:
         try:
-            task.future.set_result(call(task.payload))
+            task.future.set_result(self.judge.generate(*task.payload))
         except Exception as err:  # noqa: BLE001 - handed to the waiting request
             task.future.set_exception(err)
 
