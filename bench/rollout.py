@@ -168,9 +168,13 @@ def forward_flops(pipe, cache, prompts, rollout_cfg, device) -> int:
     """FLOPs of one CFG-batched transformer forward for the whole rollout batch."""
     embeds, pooled = cache.encode(prompts)
     neg = cache.negative()
-    latent = pipe.vae_scale_factor
+    channels, scale = pipe.transformer.config.in_channels, pipe.vae_scale_factor
     x = torch.randn(
-        len(prompts), 16, rollout_cfg.height // latent, rollout_cfg.width // latent, device=device
+        len(prompts),
+        channels,
+        rollout_cfg.height // scale,
+        rollout_cfg.width // scale,
+        device=device,
     )
     t = torch.full((len(prompts),), 500.0, device=device)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:

@@ -155,7 +155,8 @@ class PromptCache:
         self.offloaded = False
 
     @torch.no_grad()
-    def _encode_new(self, prompts: list[str], progress: bool = False) -> None:
+    def encode_all(self, prompts: list[str], progress: bool = False) -> None:
+        """Encode the prompts not cached yet (e.g. a whole data set; tqdm if ``progress``)."""
         new = list(dict.fromkeys(p for p in prompts if p not in self._cache))
         encoder_device = self.pipe.text_encoder.device
         chunks = range(0, len(new), self.chunk_size)
@@ -181,13 +182,9 @@ class PromptCache:
         for prompt, e, p in zip(prompts, embeds, pooled):
             self._cache[prompt] = (self._store(e), self._store(p))
 
-    def encode_all(self, prompts: list[str], progress: bool = False) -> None:
-        """Encode every not yet cached prompt of ``prompts`` (a whole data set; tqdm if asked)."""
-        self._encode_new(prompts, progress)
-
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings [B, L, D] and pooled embeddings [B, P] for ``prompts`` on ``device``."""
-        self._encode_new(prompts)
+        self.encode_all(prompts)
         moved = {
             p: tuple(t.to(self.device, non_blocking=self.pin) for t in self._cache[p])
             for p in dict.fromkeys(prompts)
