@@ -8,8 +8,9 @@ from PIL import Image
 
 from rewards.judges.base import JudgeError, JudgeItem
 from rewards.judges.pixel import PixelJudge
-from rubric_learning.cache import JudgeCache
-from rubric_learning.pairs import CorruptImageError, PreferencePair, open_image
+from rewards.rubric_set import DEFAULT_TEMPLATE
+from rubric_learning.cache import JudgeCache, make_key
+from rubric_learning.pairs import CorruptImageError, PreferencePair, content_hash, open_image
 from rubric_learning.scoring import CachedGenerator, RubricScorer
 
 RUBRICS = [
@@ -79,6 +80,27 @@ def test_scores_match_the_judge_and_a_second_run_asks_nothing(tmp_path, pairs):
         [PreferencePair("q", "another prompt", pairs[0].image_a, pairs[0].image_b, 1.0)], RUBRICS
     )
     assert again.items == 12 + 6  # the prompt is part of the key
+
+
+def test_the_judge_gets_the_filled_template_and_the_cache_key_is_stable(tmp_path, pairs):
+    """Items carry the template filled with the prompt and rubric; the key is built from exactly
+    those strings and the image's content hash, so caches written earlier stay valid."""
+
+    class Recording(PixelJudge):
+        def yes_prob(self, items):
+            self.seen = list(items)
+            return super().yes_prob(items)
+
+    judge = Recording()
+    cache = JudgeCache(tmp_path / "c.sqlite")
+    RubricScorer(judge, cache, "pixel-test").score_pairs(pairs[:1], RUBRICS[:2])
+    context = DEFAULT_TEMPLATE["context"].format(prompt=pairs[0].prompt)
+    questions = [DEFAULT_TEMPLATE["question"].format(rubric=r) for r in RUBRICS[:2]]
+    assert [(i.context, i.question) for i in judge.seen] == [(context, q) for q in questions] * 2
+    for ref in (pairs[0].image_a, pairs[0].image_b):
+        for question in questions:
+            key = make_key("score", "pixel-test", context, question, content_hash(ref))
+            assert cache.get_score(key) is not None
 
 
 def test_an_interrupted_run_keeps_its_batches_and_resumes(tmp_path, pairs):
