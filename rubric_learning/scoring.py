@@ -29,6 +29,11 @@ from rubric_learning.cache import JudgeCache, make_key
 from rubric_learning.pairs import ImageRef, PreferencePair, content_hash, open_image
 
 
+def _hit_rate(scored: int, hits: int) -> float:
+    """Share of score look-ups answered by the cache (0 when nothing was looked up)."""
+    return hits / (scored + hits) if scored + hits else 0.0
+
+
 @dataclass
 class JudgeStats:
     """What the judges were asked: batched calls, items sent, items found in the cache."""
@@ -41,7 +46,6 @@ class JudgeStats:
     failures: Counter = field(default_factory=Counter)
 
     def snapshot(self) -> dict:
-        looked_up = self.items_scored + self.score_cache_hits
         return {
             "judge_calls": self.score_calls + self.generate_calls,
             "score_calls": self.score_calls,
@@ -49,7 +53,7 @@ class JudgeStats:
             "score_cache_hits": self.score_cache_hits,
             "generate_calls": self.generate_calls,
             "generate_cache_hits": self.generate_cache_hits,
-            "cache_hit_rate": self.score_cache_hits / looked_up if looked_up else 0.0,
+            "cache_hit_rate": _hit_rate(self.items_scored, self.score_cache_hits),
             "failures": dict(self.failures),
         }
 
@@ -57,8 +61,7 @@ class JudgeStats:
         """The counts accumulated since ``before`` (a :meth:`snapshot`)."""
         now = self.snapshot()
         delta = {k: now[k] - before[k] for k in now if isinstance(now[k], int)}
-        looked_up = delta["items_scored"] + delta["score_cache_hits"]
-        delta["cache_hit_rate"] = delta["score_cache_hits"] / looked_up if looked_up else 0.0
+        delta["cache_hit_rate"] = _hit_rate(delta["items_scored"], delta["score_cache_hits"])
         delta["failures"] = dict(Counter(now["failures"]) - Counter(before["failures"]))
         return delta
 
