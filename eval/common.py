@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,20 @@ def run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (a temporary file renamed into place), NaN written as null."""
+@contextmanager
+def atomic_write(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` (its folder made) to write to; renamed onto ``path``
+    when the block ends without error, so a crash never leaves a half-written file there."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(nan_to_none(data), indent=2, ensure_ascii=False) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    yield tmp
     tmp.replace(path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (:func:`atomic_write`), NaN written as null."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(nan_to_none(data), indent=2, ensure_ascii=False) + "\n")
 
 
 def nan_to_none(value: Any) -> Any:

@@ -21,6 +21,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from eval.common import atomic_write
+
 log = logging.getLogger(__name__)
 
 
@@ -139,10 +141,8 @@ def generate_images(
             output_type="pil",
         ).images
         for job, image in zip(batch, images, strict=True):
-            job.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = job.path.with_name(job.path.name + ".tmp")
-            image.save(tmp, format="PNG")
-            tmp.replace(job.path)
+            with atomic_write(job.path) as tmp:
+                image.save(tmp, format="PNG")
         stats.generated += [job.path for job in batch]
     log.info("%s: %d generated, %d already there", desc, len(stats.generated), stats.skipped)
     return stats

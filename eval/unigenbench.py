@@ -45,7 +45,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from eval.command import benchmark_run, output_dir
-from eval.common import check_entry, markdown_table, print_report, write_json
+from eval.common import atomic_write, check_entry, markdown_table, print_report, write_json
 from eval.generation import GenerationConfig, ImageJob, prepare_images
 from eval.judging import JudgeOptions, generate_answers, resolve_judge, yes_no_by_prob
 from rewards.judges.base import Judge
@@ -281,10 +281,8 @@ def judge_images(
         range(0, len(todo), opts.batch_size), desc="UniGenBench judging", unit="batch"
     ):
         rows += _judge_one_batch(judge, todo[start : start + opts.batch_size], opts)
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = csv_path.with_name(csv_path.name + ".tmp")
-        pd.DataFrame(rows, columns=CSV_COLUMNS).to_csv(tmp, index=False)
-        tmp.replace(csv_path)
+        with atomic_write(csv_path) as tmp:
+            pd.DataFrame(rows, columns=CSV_COLUMNS).to_csv(tmp, index=False)
     return len(todo)
 
 
