@@ -132,18 +132,25 @@ def load_prompts(
         path = Path(prompt_file).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"data.prompt_file not found: {path}")
-        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        numbered = [
+            (number, line)
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+            if line.strip()
+        ]
         if path.suffix == ".jsonl":
             rows = []
-            for number, line in enumerate(lines, 1):
-                row = json.loads(line)
-                if "prompt" not in row:
+            for number, line in numbered:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{number} is not valid JSON ({err.msg})") from err
+                if not isinstance(row, dict) or "prompt" not in row:
                     raise ValueError(f"{path}:{number} has no 'prompt' field")
                 rows.append(row)
             texts = [row.pop("prompt") for row in rows]
             metadata = rows
         else:
-            texts = [ln.strip() for ln in lines]
+            texts = [line.strip() for _, line in numbered]
             metadata = [{} for _ in texts]
     if not texts:
         raise ValueError(f"no prompts found in {prompt_file or 'data.prompts'}")

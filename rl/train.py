@@ -41,7 +41,12 @@ from tqdm.auto import tqdm
 from rewards import Reward, RewardOutput, build_reward
 from rewards.async_reward import AsyncReward
 from rl.advantages import PromptStatTracker
-from rl.checkpoint import CheckpointManager, gather_objects, register_lora_hooks
+from rl.checkpoint import (
+    CheckpointManager,
+    checkpoint_name,
+    gather_objects,
+    register_lora_hooks,
+)
 from rl.config import (
     ConfigError,
     TrainConfig,
@@ -418,7 +423,7 @@ class FlowGRPOTrainer:
         if self.is_main:
             from eval.after_checkpoint import evaluate_pipeline
 
-            out_dir = self.run_dir / "eval" / f"epoch_{epochs_done:06d}"
+            out_dir = self.run_dir / "eval" / checkpoint_name(epochs_done)
             with self.trained_weights(), self.cache.text_encoders_on_device():
                 results = evaluate_pipeline(
                     self.pipe, OmegaConf.create(self.cfg.eval_hook), out_dir, epochs_done

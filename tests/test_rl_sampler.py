@@ -76,3 +76,13 @@ def test_load_prompts_from_list_txt_and_jsonl(tmp_path):
         load_prompts(None, str(tmp_path / "missing.txt"))
     with pytest.raises(ValueError, match="exactly one"):
         load_prompts(["a"], str(txt))
+
+
+def test_malformed_jsonl_prompt_file_names_the_file_and_line(tmp_path):
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text('{"prompt": "x"}\n\n{"prompt": "y",\n')
+    with pytest.raises(ValueError, match=r"p\.jsonl:3 is not valid JSON"):
+        load_prompts(None, str(jsonl))
+    jsonl.write_text('{"prompt": "x"}\n["not", "an", "object"]\n')
+    with pytest.raises(ValueError, match=r"p\.jsonl:2 has no 'prompt' field"):
+        load_prompts(None, str(jsonl))
