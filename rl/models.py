@@ -15,16 +15,8 @@ from typing import Any
 import torch
 from diffusers import StableDiffusion3Pipeline
 
+from rewards.judges.transformers_judge import parse_dtype
 from rl.tiny import build_tiny_sd3
-
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
 
 # Subfolder -> files it must hold (any one of each tuple; "*" patterns are globbed).
 SD3_LAYOUT: dict[str, tuple[tuple[str, ...], ...]] = {
@@ -49,9 +41,9 @@ def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
     if isinstance(name, torch.dtype):
         return name
     try:
-        return DTYPES[str(name).lower()]
-    except KeyError:
-        raise ValueError(f"model.dtype={name!r} is not one of {sorted(DTYPES)}") from None
+        return parse_dtype(str(name).lower())
+    except ValueError as err:
+        raise ValueError(f"model.dtype={name!r}: {err}") from None
 
 
 def missing_sd3_components(folder: Path) -> list[str]:
