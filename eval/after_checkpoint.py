@@ -6,9 +6,11 @@ it once per saved checkpoint. The hook config (``conf/eval_hook/*.yaml``) names 
 
 * ``tiif``: TIIF-Bench cases (``prompt_dir``, ``eval_dir``, ``types``, ``limit_per_type``,
   ``descriptions``) -> ``eval/tiif_<short|long>_overall`` and ``eval/tiif_<short|long>_<level>``
-  (basic, advanced, real_world; a level none of whose types was run is left out);
-* ``unigenbench``: UniGenBench++ prompts (``csv``, ``limit``, ``images_per_prompt``) ->
-  ``eval/unigenbench_overall`` and ``eval/unigenbench_testpoint_accuracy``;
+  (basic, advanced, real_world; a level without a scored type is left out), and
+  ``eval/tiif_<short|long>_coverage`` (the fraction of images with a parsed answer);
+* ``unigenbench``: UniGenBench++ prompts (``csv``, ``limit``, ``images_per_prompt``,
+  ``category``) -> ``eval/unigenbench_overall``, ``eval/unigenbench_testpoint_accuracy`` (left
+  out when no image was scored) and ``eval/unigenbench_coverage``;
 
 plus ``judge`` (a judge node, built once per process and reused), ``judging`` and
 ``generation`` (the sampling settings; image seeds are fixed, so epochs compare like for like).
@@ -51,7 +53,7 @@ def hook_judge(judge_cfg: Any) -> Judge:
 def evaluate_pipeline(pipe, hook_cfg: DictConfig, out_dir: Path, epoch: int) -> dict[str, float]:
     """Run the configured benchmark subset with ``pipe`` as it is; flat ``eval/...`` metrics."""
     from eval.tiif import DESCRIPTIONS, load_tiif, run_tiif
-    from eval.unigenbench import load_unigenbench, run_unigenbench
+    from eval.unigenbench import category_of, load_unigenbench, run_unigenbench
 
     out_dir = Path(out_dir)
     gen, opts = settings_from_cfg(hook_cfg)
@@ -67,6 +69,7 @@ def evaluate_pipeline(pipe, hook_cfg: DictConfig, out_dir: Path, epoch: int) -> 
         summary = run_tiif(pipe, judge, cases, out_dir / "tiif", name, gen, opts, descriptions)
         for key, value in summary["overall"].items():
             metrics[f"eval/tiif_{key}_overall"] = value
+            metrics[f"eval/tiif_{key}_coverage"] = summary["coverage"][key]["fraction_scored"]
             for level, scores in summary["levels"].items():
                 metrics[f"eval/tiif_{key}_{level}"] = scores[key]
     ugb = hook_cfg.get("unigenbench")
@@ -76,10 +79,11 @@ def evaluate_pipeline(pipe, hook_cfg: DictConfig, out_dir: Path, epoch: int) -> 
         )
         summary = run_unigenbench(
             pipe, judge, cases, out_dir / "unigenbench", name, gen, opts,
-            ugb.get("images_per_prompt", 4), skipped,
+            ugb.get("images_per_prompt", 4), skipped, category_of(ugb.csv, ugb.get("category")),
         )  # fmt: skip
         metrics["eval/unigenbench_overall"] = summary["overall"]
         metrics["eval/unigenbench_testpoint_accuracy"] = summary["testpoint_accuracy"]
+        metrics["eval/unigenbench_coverage"] = summary["coverage"]["fraction_scored"]
     judge.release()
     metrics = {k: v for k, v in metrics.items() if v == v}  # a level without types is NaN: omit
     log.info("evaluation after epoch %d: %s", epoch, metrics)

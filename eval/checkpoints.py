@@ -112,6 +112,7 @@ def evaluate_checkpoints(cfg: DictConfig) -> list[dict[str, Any]]:
         {"eval_hook": OmegaConf.to_container(cfg.eval_hook, resolve=True),
          "model": OmegaConf.to_container(OmegaConf.create(model_cfg), resolve=True)},
         f"pass output_name=<another folder> to keep both, or delete {out}",
+        ("metrics.jsonl", "epoch_*"),
     )  # fmt: skip
     metrics_file = out / "metrics.jsonl"
     rows = read_rows(metrics_file) if metrics_file.is_file() else []

@@ -4,7 +4,7 @@ folder, so each command only adds its own data and summary."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -47,9 +47,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def benchmark_run(cfg: DictConfig, out: Path) -> BenchmarkRun:
-    """Check that ``out`` holds no results of other settings, then build the model (base +
-    optional ``lora``) unless ``skip_generation``; the judge is deferred."""
+def benchmark_run(cfg: DictConfig, out: Path, results: Sequence[str]) -> BenchmarkRun:
+    """Check that ``out`` holds no results (files under the ``results`` glob patterns) of
+    other settings, then build the model (base + optional ``lora``) unless
+    ``skip_generation``; the judge is deferred."""
     import hydra
 
     check_resume_settings(
@@ -57,6 +58,7 @@ def benchmark_run(cfg: DictConfig, out: Path) -> BenchmarkRun:
         {k: _plain(cfg.get(k)) for k in RESUME_KEYS},
         "pick a new output_dir (to judge the same images with another judge, copy images/ "
         "there and pass skip_generation=true)",
+        results,
     )
     gen, opts = settings_from_cfg(cfg)
     pipe = None

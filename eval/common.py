@@ -10,6 +10,24 @@ from pathlib import Path
 from typing import Any
 
 
+class BenchmarkInputError(ValueError):
+    """Benchmark input a command cannot use (a wrong type name, a malformed file); the command
+    line ends with this one message instead of a traceback (:func:`exit_on_input_error`)."""
+
+
+class MissingInputError(BenchmarkInputError, FileNotFoundError):
+    """A benchmark file or folder that is not there."""
+
+
+@contextmanager
+def exit_on_input_error(command: str) -> Iterator[None]:
+    """End the command with one line (exit status 1) on a :class:`BenchmarkInputError`."""
+    try:
+        yield
+    except BenchmarkInputError as err:
+        raise SystemExit(f"{command}: {err}") from None
+
+
 def check_entry(cfg: Any, expected: str) -> None:
     """Fail with one message when an experiment preset meant for another entry was selected."""
     entry = cfg.get("entry")
@@ -81,7 +99,7 @@ SETTINGS_FILE = "run_settings.json"
 # robustly a run works, not its images or answers (a resume may well change them).
 UNCOMPARED_KEYS = frozenset(
     {"api_key", "base_url", "device", "batch_size", "concurrency", "timeout_s",
-     "connect_timeout_s", "max_retries", "backoff_s", "max_backoff_s", "on_error",
+     "connect_timeout_s", "max_retries", "retries", "backoff_s", "max_backoff_s", "on_error",
      "health_check", "health_timeout_s", "attn_implementation", "shared_prefix",
      "every_n_epochs"}
 )  # fmt: skip
@@ -95,14 +113,27 @@ def _compared(value: Any) -> Any:
     return value
 
 
-def check_resume_settings(folder: Path, settings: dict[str, Any], hint: str) -> None:
-    """Resume guard: the first run into ``folder`` records ``settings`` (what decides the images
-    and judgements kept there, without :data:`UNCOMPARED_KEYS`); a later run with other
-    settings fails instead of silently reusing results made under the old ones. ``hint`` says
-    what to do instead."""
+def holds_results(folder: Path, patterns: Sequence[str]) -> bool:
+    """True when a file lies at, or under a folder at, any of the glob ``patterns``."""
+    for pattern in patterns:
+        for path in folder.glob(pattern):
+            if path.is_file() or (path.is_dir() and any(p.is_file() for p in path.rglob("*"))):
+                return True
+    return False
+
+
+def check_resume_settings(
+    folder: Path, settings: dict[str, Any], hint: str, results: Sequence[str]
+) -> None:
+    """Resume guard: a run into ``folder`` records ``settings`` (what decides the images and
+    judgements kept there, without :data:`UNCOMPARED_KEYS`); once the folder holds results
+    (a file matching one of the ``results`` glob patterns), a later run with other settings
+    fails instead of silently reusing results made under the old ones. A stamp without
+    results (a run that stopped before making any) locks nothing and is replaced. ``hint``
+    says what to do instead."""
     settings = json.loads(json.dumps(_compared(settings), default=str))
     path = folder / SETTINGS_FILE
-    if path.is_file():
+    if path.is_file() and holds_results(folder, results):
         saved = json.loads(path.read_text())
         changed = sorted(
             k for k in settings.keys() | saved.keys() if settings.get(k) != saved.get(k)

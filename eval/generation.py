@@ -6,6 +6,8 @@ exist; an interrupted run therefore resumes with the starting noise it would hav
 can differ by float rounding, since batched kernels depend on the batch size). Files
 that already exist and decode are kept and skipped; a file that does not decode is made again.
 Images are written to a temporary name and renamed, so a crash never leaves half a PNG.
+An image already there as ``.png``, ``.jpg``, ``.jpeg`` or ``.webp`` (the extensions the official
+benchmark scripts accept) counts as made.
 """
 
 from __future__ import annotations
@@ -65,6 +67,19 @@ class GenerationStats:
     skipped: int = 0
 
 
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def find_image(path: Path) -> Path | None:
+    """``path`` or, failing that, the same name with another image extension (any case)."""
+    for ext in IMAGE_EXTENSIONS:
+        for suffix in (ext, ext.upper()):
+            candidate = path.with_suffix(suffix)
+            if candidate.is_file():
+                return candidate
+    return None
+
+
 def image_seed(base_seed: int, key: str) -> int:
     """The seed of one image: a stable hash of its key plus the run's base seed."""
     return (zlib.crc32(key.encode("utf-8")) + base_seed) % (2**63)
@@ -121,7 +136,7 @@ def generate_images(
     pipe, jobs: Sequence[ImageJob], cfg: GenerationConfig, desc: str = "generating"
 ) -> GenerationStats:
     """Make every job's image that is not already on disk, ``cfg.batch_size`` at a time."""
-    todo = [job for job in jobs if not is_readable_image(job.path)]
+    todo = [job for job in jobs if not is_readable_image(find_image(job.path) or job.path)]
     stats = GenerationStats(skipped=len(jobs) - len(todo))
     device = _pipeline_device(pipe)
     gen_device = "cpu" if device.type == "mps" else device
@@ -150,17 +165,24 @@ def generate_images(
 
 def prepare_images(
     pipe, jobs: Sequence[ImageJob], cfg: GenerationConfig, benchmark: str
-) -> set[Path]:
-    """Make the missing images of ``jobs`` (only check them when ``pipe`` is None, i.e.
-    ``skip_generation``) and fail naming one that is still missing. Returns the paths made by
-    this call: a judgement stored for an earlier image at such a path is stale."""
+) -> tuple[set[Path], list[Path | None]]:
+    """Make the missing images of ``jobs`` (only look for them when ``pipe`` is None, i.e.
+    ``skip_generation``). Returns the paths made by this call (a judgement stored for an
+    earlier image at such a path is stale) and, per job, the image found (None: missing, e.g.
+    a prompt the model refused; left out and counted as missing). No image at all fails."""
     made = []
     if pipe is not None:
         made = generate_images(pipe, jobs, cfg, f"{benchmark} images").generated
-    missing = [job.path for job in jobs if not job.path.is_file()]
-    if missing:
+    found = [find_image(job.path) for job in jobs]
+    missing = [job.path for job, path in zip(jobs, found) if path is None]
+    if jobs and len(missing) == len(jobs):
         raise FileNotFoundError(
-            f"{len(missing)} {benchmark} image(s) missing, e.g. {missing[0]} "
-            "(with skip_generation=true the images must already be there)"
+            f"no {benchmark} image found, e.g. {missing[0]} (with skip_generation=true the "
+            "images must already be there)"
         )
-    return set(made)
+    if missing:
+        log.warning(
+            "%d of %d %s images missing (left out, counted in the summary), e.g. %s",
+            len(missing), len(jobs), benchmark, missing[0],
+        )  # fmt: skip
+    return set(made), found

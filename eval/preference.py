@@ -5,13 +5,18 @@
 The reward scores each image of a pair against the pair's prompt; the pairwise decision is
 ``A`` if ``score(A) > score(B)``, ``B`` if lower, ``tie`` if equal and ``invalid`` if either
 score is NaN (the reward's counted failure reasons are reported). A pair is correct when the
-decision equals the human choice; a tie or an invalid decision is always wrong.
+decision equals the human choice; a tie is always wrong, and so is an invalid decision except
+on MMRB2, whose official flow leaves it out (its strict figure counts it wrong).
 
 * MMRB2 follows its official protocol: each pair is one forward trial (A shown first) and one
-  reverse trial (A/B swapped, judgement flipped back); accuracy = correct trials / (2 x pairs),
-  per ``prompt_source`` and overall. The trials go to ``mmrb2_predictions.json`` in the official
-  ``{pair_id: {"forward": [{"judgement": ...}], "reverse": [...]}}`` format, with ``"tie"`` or
-  ``"invalid"`` where there is no A/B decision, so the official scorer counts them wrong too.
+  reverse trial (A/B swapped, judgement flipped back); accuracy = correct trials / judged
+  trials, per ``prompt_source`` and overall. As in the official flow (``evaluate.py`` stores no
+  judgement when the judge call fails, ``compute_accuracy.py`` counts only stored ones), a trial
+  without a score (NaN: a failed judge call or an unreadable image) is left out and counted;
+  ``strict_accuracy`` beside it counts such trials wrong (correct / (2 x pairs)). A tie is a
+  judged trial and wrong. The trials go to ``mmrb2_predictions.json`` in the official
+  ``{pair_id: {"forward": [{"judgement": ...}], "reverse": [...]}}`` format (``"tie"`` as
+  such, an empty list for a failed trial), so the official scorer gives the same accuracy.
   A pointwise reward scores each image once, so both trials share the same two scores.
 * Human ties (label 0.5, Pick-a-Pic) follow ``benchmark.tie_policy``: ``drop`` (left out of
   the accuracy and counted, the usual choice) or ``half`` (every decision on a tie earns 0.5;
@@ -142,6 +147,8 @@ def mmrb2_predictions(results: Sequence[PairResult], evaluator: str) -> dict[str
     """The official MMRB2 predictions file: one forward and one reverse trial per pair."""
 
     def trial(judgement: str, meta: dict[str, float]) -> list[dict[str, Any]]:
+        if judgement == "invalid":  # no score: stored as the official generator stores a failure
+            return []
         return [{"judgement": judgement, "evaluator": evaluator, "metadata": meta}]
 
     out = {}
@@ -166,22 +173,28 @@ def _finish(rows: dict[str, dict]) -> dict[str, dict]:
 
 
 def mmrb2_accuracy(predictions: dict[str, Any], pairs: Sequence[PreferencePair]) -> dict[str, dict]:
-    """MMRB2 accuracy per source and overall from a predictions file: every pair counts two
-    trials; a missing pair, a tie or an unparseable judgement is a wrong trial."""
+    """MMRB2 accuracy per source and overall from a predictions file, by the official rule: a
+    trial counts when its first judgement is not empty (a reverse one flipped back) and is right
+    when it equals the human choice, so a tie or any other text is wrong; a trial without a
+    judgement (empty list, or the pair missing) is left out and counted in ``invalid``.
+    ``strict_accuracy`` counts those trials wrong too."""
     rows: dict[str, dict] = defaultdict(_empty_row)
     for pair in pairs:
-        pred = predictions.get(pair.id, {})
-        trials = [
-            (pred.get("forward") or [{}])[0].get("judgement"),
-            _flip((pred.get("reverse") or [{}])[0].get("judgement")),
-        ]
-        for judgement in trials:
+        pred = predictions.get(pair.id) or {}
+        for name, flip in (("forward", False), ("reverse", True)):
+            judgement = (pred.get(name) or [{}])[0].get("judgement")
+            judgement = _flip(judgement) if flip else judgement
             for key in (pair.source, "overall"):
                 row = rows[key]
+                if not judgement:
+                    row["invalid"] += 1
+                    continue
                 row["total"] += 1
                 row["correct"] += float(judgement == ("A" if pair.label == 1.0 else "B"))
                 row["tie_judgements"] += int(judgement == "tie")
-                row["invalid"] += int(judgement not in ("A", "B", "tie"))
+    for row in rows.values():
+        trials = row["total"] + row["invalid"]
+        row["strict_accuracy"] = row["correct"] / trials if trials else float("nan")
     return _finish(rows)
 
 
@@ -212,8 +225,8 @@ TIE_POLICY_TEXT = {
     "half": "every decision on a human tie (label 0.5) earns 0.5, except a missing (NaN) score",
 }
 DECISION_TEXT = (
-    "decision = A if score(A) > score(B), B if lower; equal scores (tie) and missing (NaN) "
-    "scores are wrong"
+    "decision = A if score(A) > score(B), B if lower; equal scores (tie) are wrong, and so are "
+    "missing (NaN) scores (MMRB2: left out, wrong in strict_accuracy)"
 )
 
 
@@ -238,7 +251,11 @@ def evaluate_pairs(
     }
     if benchmark == "mmrb2":
         preds = mmrb2_predictions(results, evaluator)
-        report["metric"] = "MMRB2: correct trials / (2 x pairs), forward + reverse per pair"
+        report["metric"] = (
+            "MMRB2: correct trials / judged trials, forward + reverse per pair; a trial without "
+            "a score (failed judge call) is left out as in the official flow (invalid); "
+            "strict_accuracy = correct trials / (2 x pairs)"
+        )
         report["accuracy"] = mmrb2_accuracy(preds, pairs)
         report["mmrb2_predictions"] = preds
     else:
@@ -262,9 +279,14 @@ def write_report(report: dict[str, Any], out_dir: Path) -> None:
     acc = report["accuracy"]
     header = ["source", "accuracy", "correct", "total", "tie decisions", "invalid", "ties dropped"]
 
+    strict = "strict_accuracy" in acc["overall"]
+    if strict:
+        header[2:2] = ["strict accuracy"]
+
     def table_row(name: str, v: dict[str, Any]) -> list[Any]:
         counts = (v["total"], v["tie_judgements"], v["invalid"], v["ties_dropped"])
-        return [name, v["accuracy"], fmt(v["correct"], 1), *counts]
+        shown = (v["accuracy"], v["strict_accuracy"]) if strict else (v["accuracy"],)
+        return [name, *shown, fmt(v["correct"], 1), *counts]
 
     rows = [table_row(k, v) for k, v in acc.items() if k != "overall"]
     rows.append(table_row("**overall**", acc["overall"]))
@@ -324,8 +346,9 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     out = run_dir()
     write_report(report, out)
     overall = report["accuracy"]["overall"]
+    strict = f" (strict {overall['strict_accuracy']:.4f})" if "strict_accuracy" in overall else ""
     print_report(
-        out / "results.md", f"overall accuracy {overall['accuracy']:.4f}; results in {out}"
+        out / "results.md", f"overall accuracy {overall['accuracy']:.4f}{strict}; results in {out}"
     )
     return report
 

@@ -5,28 +5,33 @@
         model=sd35_medium model.path=/models/sd3.5-medium \
         lora=/runs/x/checkpoints/epoch_000060/lora \
         judge=openai judge.base_url=http://127.0.0.1:8000/v1 judge.model=Qwen2.5-VL-72B-Instruct
+    # summarise an existing results folder (ours or the official eval_with_vlm.py's), no model
+    python -m eval.tiif summarize_only=true results_dir=/runs/tiif/eval_results model_name=m
 
-Flow, as the official scripts lay it out:
+Flow, as the official scripts (A113N-W3I/TIIF-Bench ``eval/``) lay it out:
 
 1. Read ``<type>_prompts.jsonl`` (``type``, ``short_description``, ``long_description``) and the
    line-aligned ``<type>_eval_prompts.jsonl`` (``yn_question_list``, ``yn_answer_list``).
 2. Generate one image per case and description at
    ``images/<type>/<model_name>/<short_description|long_description>/<idx>.png`` (seeded,
-   batched, resumable: existing images are kept).
-3. Ask the judge all yes/no questions of an image in one prompt; the answer parses as in the
-   official ``eval_with_vlm.py``: the lines that start with "yes"/"no" in order, and their count
-   must equal the number of questions, otherwise every question of the image is wrong. Results
-   go to ``eval_results/<model_name>/<type>/<short|long>/<idx>.json`` with the official keys
-   (``attribute``, ``desc``, ``jsonl_file``, ``line_idx``, ``questions``, ``gt_answers``,
-   ``model_pred``, ``model_output``); an existing result is kept (resume).
-4. Score per (type, short|long) = correct answers / questions; a group's score = the mean of its
-   types' scores, the 9 groups as in the official ``summary_dimension_results.py``, Overall = the
-   mean of the 9 groups; short and long reported separately (``summary.json``, ``summary.md``).
-
-The official script draws one of three prompt wordings at random per image; this one uses one
-fixed template (``DEFAULT_PROMPT``, ``{questions}`` = the questions, one per line), so that a run
-is reproducible at temperature 0, or, given a list (``judging.template``), the wording picked by
-a hash of each image's key, which varies wordings across images and still repeats exactly.
+   batched, resumable: existing images, also ``.jpg``/``.jpeg``/``.webp``, are kept).
+3. Ask the judge all yes/no questions of an image in one prompt (``judging.prompt=official``:
+   the official system message and its three wordings, one per image picked by the image's
+   key). The answer parses as in the official ``eval_with_vlm.py``: the lines that start with
+   "yes"/"no", in order, and their count must equal the number of questions. The official
+   script re-asks an answer that does not parse until it parses; here it is re-asked up to
+   ``judging.retries`` times at ``judging.retry_temperature``, then left out and counted.
+   Results go to ``eval_results/<model_name>/<type>/<short|long>/<idx>.json`` with the official
+   keys (``attribute``, ``desc``, ``jsonl_file``, ``line_idx``, ``questions``, ``gt_answers``,
+   ``model_pred``, ``model_output``); answers that never parsed go to ``eval_unparsed/`` (same
+   layout, outside the folder the official summary reads). Existing records are kept (resume).
+4. Score as the official ``summary_results.py`` and ``summary_dimension_results.py`` do: per
+   (type, short|long) the correct answers over the questions of the result files that exist; a
+   type's score is rounded to 4 decimals (the official summary passes it through a 4-decimal
+   spreadsheet cell) before its group averages it; the 9 groups carry their official names;
+   Overall = the mean of the 9 groups; short and long separately (``summary.json``,
+   ``summary.md``). ``scoring=strict`` instead counts every question of an image without a
+   parsed result (missing image, unparseable answer, failed judge call) as wrong.
 """
 
 from __future__ import annotations
@@ -46,16 +51,34 @@ from PIL import Image
 from tqdm import tqdm
 
 from eval.command import benchmark_run, output_dir
-from eval.common import check_entry, fmt, markdown_table, print_report, write_json
+from eval.common import (
+    BenchmarkInputError,
+    MissingInputError,
+    check_entry,
+    exit_on_input_error,
+    fmt,
+    markdown_table,
+    print_report,
+    write_json,
+)
 from eval.generation import GenerationConfig, ImageJob, prepare_images
-from eval.judging import JudgeOptions, generate_answers, resolve_judge, yes_no_by_prob
+from eval.judging import (
+    Asking,
+    FailureStreak,
+    JudgeOptions,
+    ask_until_parsed,
+    resolve_judge,
+    yes_no_by_prob,
+)
 from rewards.judges.base import Judge
 
 log = logging.getLogger(__name__)
 
 DESCRIPTIONS = ("short_description", "long_description")
+RESULTS_DIR = "eval_results"
+UNPARSED_DIR = "eval_unparsed"  # beside eval_results/, so the official summary never reads it
 
-# The 9 groups of TIIF-Bench (official summary_dimension_results.py), by following level.
+# The 9 groups of the official summary_dimension_results.py: name -> (level, types).
 GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "Attribute": ("basic", ("shape+color", "color+texture", "texture+color", "shape+texture")),
     "Relation": ("basic", ("2d_spatial_relation", "3d_spatial_relation", "action+2d",
@@ -72,20 +95,30 @@ GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
                                         "differentiation+3d", "negation+2d", "negation+3d")),
     "Text Generation": ("advanced", ("text",)),
     "Style Control": ("advanced", ("style",)),
-    "Real World": ("real_world", ("real_world",)),
+    "Complex": ("real_world", ("real_world",)),
 }  # fmt: skip
-
-DEFAULT_PROMPT = (
-    "Examine the image closely and answer each yes/no question below about what it shows.\n\n"
-    "Questions:\n{questions}\n\n"
-    "Answer with one line per question, in the order given. Begin each line with yes or no, "
-    "then a brief reason. Do not write anything else."
+# How the official table titles the levels and groups ("==== Basic_Attribute - Attribute ====").
+LEVEL_TITLES = {
+    "basic": ("Basic_Following_Overall", "Basic"),
+    "advanced": ("Advanced_Following_Overall", "Advanced"),
+    "real_world": ("Real_World_Following_Overall", "Real"),
+}
+SCORINGS = {
+    "official": "an image without a parsed result (missing image, unparseable answer, failed "
+    "judge call) is left out of its type's score, as the official summary leaves it out",
+    "strict": "every question of an image without a parsed result (missing image, unparseable "
+    "answer, failed judge call) counts as wrong",
+}
+METRIC = (
+    "type score = correct yes/no answers / questions, rounded to 4 decimals before groups "
+    "average it; group = mean of its types; overall = mean of the 9 groups (groups without "
+    "results skipped); short and long separately"
 )
 
 _YES_NO = re.compile(r"^(yes|no)\b", flags=re.IGNORECASE)
 
 
-class TiifDataError(ValueError):
+class TiifDataError(BenchmarkInputError):
     """TIIF prompt/eval files that do not follow the official format."""
 
 
@@ -119,22 +152,28 @@ def load_tiif(
     types: Sequence[str] | None = None,
     limit_per_type: int | None = None,
 ) -> list[TiifCase]:
-    """Read every ``<type>_prompts.jsonl`` of ``prompt_dir`` with its eval file of ``eval_dir``."""
+    """Read every ``<type>_prompts.jsonl`` of ``prompt_dir`` with its eval file of ``eval_dir``
+    (only ``types`` if given: an unknown name fails listing the valid ones)."""
     prompt_dir, eval_dir = Path(prompt_dir), Path(eval_dir)
     for folder in (prompt_dir, eval_dir):
         if not folder.is_dir():
-            raise FileNotFoundError(f"TIIF folder not found: {folder}")
-    files = sorted(prompt_dir.glob("*_prompts.jsonl"))
+            raise MissingInputError(f"TIIF folder not found: {folder}")
+    files = {f.name.removesuffix("_prompts.jsonl"): f for f in prompt_dir.glob("*_prompts.jsonl")}
     if not files:
-        raise FileNotFoundError(f"no *_prompts.jsonl files in {prompt_dir}")
+        raise MissingInputError(f"no *_prompts.jsonl files in {prompt_dir}")
+    unknown = sorted(set(types or ()) - set(files))
+    if unknown:
+        raise MissingInputError(
+            f"unknown TIIF type(s) {unknown}: no <type>_prompts.jsonl for them in {prompt_dir}; "
+            f"valid types: {', '.join(sorted(files))}"
+        )
     cases = []
-    for file in files:
-        name = file.name.removesuffix("_prompts.jsonl")
+    for name, file in sorted(files.items()):
         if types is not None and name not in types:
             continue
         eval_file = eval_dir / f"{name}_eval_prompts.jsonl"
         if not eval_file.is_file():
-            raise FileNotFoundError(f"{file.name} has no eval file {eval_file}")
+            raise MissingInputError(f"{file.name} has no eval file {eval_file}")
         prompts, evals = _read_jsonl(file), _read_jsonl(eval_file)
         if len(prompts) != len(evals):
             raise TiifDataError(f"{file} has {len(prompts)} lines but {eval_file} has {len(evals)}")
@@ -156,10 +195,6 @@ def load_tiif(
             )
             if limit_per_type is not None and idx + 1 >= limit_per_type:
                 break
-    if types is not None:
-        missing = set(types) - {c.type for c in cases}
-        if missing:
-            raise FileNotFoundError(f"no TIIF prompt file for type(s) {sorted(missing)}")
     return cases
 
 
@@ -186,70 +221,121 @@ def parse_yes_no(text: str, num_questions: int) -> list[str] | None:
     return preds if len(preds) == num_questions else None
 
 
-def format_question_prompt(template: str, questions: Sequence[str]) -> str:
-    return template.replace("{questions}", "\n".join(q.strip() for q in questions))
+def question_placeholder(asking: Asking) -> str:
+    """``##YNQuestions##`` in the official wordings, ``{questions}`` in ours and in custom ones."""
+    return "{questions}" if asking.custom_template else asking.preset.extra["placeholder"]
 
 
-def _result_record(case: TiifCase, desc: str, preds: list[str], output: str) -> dict[str, Any]:
-    return {
-        "attribute": case.type,
-        "desc": desc,
-        "jsonl_file": case.jsonl_file,
-        "line_idx": case.index,
-        "questions": list(case.questions),
-        "gt_answers": list(case.answers),
-        "model_pred": preds,
-        "model_output": output,
-    }
+def format_question_prompt(template: str, placeholder: str, questions: Sequence[str]) -> str:
+    """The official ``format_questions_prompt``: the questions, stripped, one per line."""
+    return template.replace(placeholder, "\n".join(q.strip() for q in questions))
 
 
-def judge_images(
-    judge: Judge,
-    tasks: Sequence[tuple[TiifCase, str, Path, Path]],
-    opts: JudgeOptions,
-) -> int:
-    """Judge each (case, desc, image, result file) whose result file does not exist yet; returns
-    how many were judged. An unparseable answer is written with every prediction "invalid"."""
-    todo = [t for t in tasks if not t[3].is_file()]
-    opts.check_placeholders(DEFAULT_PROMPT, "{questions}")
-    step = opts.batch_size if opts.answer_mode == "generate" else 1
+@dataclass(frozen=True)
+class TiifTask:
+    """One image to judge and where its record goes (``unparsed``: an answer that never parsed)."""
+
+    case: TiifCase
+    desc: str
+    image: Path
+    result: Path
+    unparsed: Path
+
+    def record(self, **fields: Any) -> dict[str, Any]:
+        """The official result keys, then ``fields``."""
+        return {
+            "attribute": self.case.type,
+            "desc": self.desc,
+            "jsonl_file": self.case.jsonl_file,
+            "line_idx": self.case.index,
+            "questions": list(self.case.questions),
+            "gt_answers": list(self.case.answers),
+            **fields,
+        }
+
+
+def judge_images(judge: Judge, tasks: Sequence[TiifTask], asking: Asking) -> dict[str, int]:
+    """Judge each task that has no record yet; returns how many were asked, scored, left
+    unparsed and left without an answer (failed judge calls: asked again by a rerun)."""
+    todo = [t for t in tasks if not t.result.is_file() and not t.unparsed.is_file()]
+    counts = {"asked": len(todo), "scored": 0, "unparsed": 0, "failed": 0}
+    placeholder = question_placeholder(asking)
+    step = asking.batch_size if asking.answer_mode == "generate" else 1
+    streak = FailureStreak()
     for start in tqdm(range(0, len(todo), step), desc="TIIF judging", unit="batch"):
         chunk = todo[start : start + step]
-        images = [Image.open(t[2]).convert("RGB") for t in chunk]
-        if opts.answer_mode == "generate":
+        images = [Image.open(t.image).convert("RGB") for t in chunk]
+        if asking.answer_mode == "generate":
             texts = [
                 format_question_prompt(
-                    opts.template_for(image_key(case, desc), DEFAULT_PROMPT), case.questions
+                    asking.template_for(image_key(t.case, t.desc)), placeholder, t.case.questions
                 )
-                for case, desc, _, _ in chunk
+                for t in chunk
             ]
-            outputs = generate_answers(judge, list(zip(images, texts)), opts)
-            records = []
-            for (case, desc, _, _), out in zip(chunk, outputs):
-                preds = parse_yes_no(out, len(case.questions))
-                record = _result_record(case, desc, preds or ["invalid"] * len(case.questions), out)
-                if preds is None:
-                    record["parse_error"] = "answer count does not match the question count"
-                records.append(record)
+            sizes = [len(t.case.questions) for t in chunk]
+            answers = ask_until_parsed(
+                judge,
+                list(zip(images, texts)),
+                lambda i, out, sizes=sizes: parse_yes_no(out, sizes[i]),
+                asking,
+                streak,
+            )
+            for task, answer in zip(chunk, answers):
+                if answer.ok:
+                    write_json(
+                        task.result, task.record(model_pred=answer.parsed, model_output=answer.text)
+                    )
+                    counts["scored"] += 1
+                elif answer.text is not None:
+                    reason = "the yes/no line count never matched the question count"
+                    write_json(
+                        task.unparsed,
+                        task.record(
+                            model_output=answer.text, attempts=answer.attempts, reason=reason
+                        ),
+                    )
+                    counts["unparsed"] += 1
+                else:
+                    log.warning("TIIF %s: judge call failed: %s", task.image, answer.error)
+                    counts["failed"] += 1
         else:
-            (case, desc, _, _), image = chunk[0], images[0]
-            preds, probs, reasons = yes_no_by_prob(judge, image, "", case.questions)
-            record = _result_record(case, desc, preds, json.dumps({"p_yes": probs}))
-            record["reasons"] = reasons
-            records = [record]
-        for (_, _, _, out_path), record in zip(chunk, records):
-            write_json(out_path, record)
-    return len(todo)
+            task = chunk[0]
+            preds, probs, reasons = yes_no_by_prob(judge, images[0], "", task.case.questions)
+            if "invalid" in preds:
+                write_json(task.unparsed, task.record(p_yes=probs, reasons=reasons))
+                counts["unparsed"] += 1
+            else:
+                output = json.dumps({"p_yes": probs})
+                write_json(task.result, task.record(model_pred=preds, model_output=output))
+                counts["scored"] += 1
+    if counts["unparsed"] or counts["failed"]:
+        log.warning("TIIF judging: %s", counts)
+    return counts
 
 
-def _score_file(path: Path, case: TiifCase) -> tuple[int, int, int]:
-    """(correct, questions, unparsed) of one result file; a missing file counts all wrong."""
-    if not path.is_file():
-        return 0, len(case.questions), 1
-    record = json.loads(path.read_text(encoding="utf-8"))
-    preds = record.get("model_pred") or []
-    correct = sum(str(p).strip().lower() == g.strip().lower() for p, g in zip(preds, case.answers))
-    return correct, len(case.answers), int("parse_error" in record or "invalid" in preds)
+def count_result(path: Path) -> tuple[int, int] | None:
+    """(correct, questions) of one result file, by the official ``summary_results.py`` rule:
+    the pairs of ``gt_answers`` and ``model_pred`` (zipped), compared stripped and
+    lower-cased; a pair that is not two strings ends the file's count (the official script's
+    error there stops reading it after counting that question). None: unreadable file."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        log.warning("unreadable TIIF result %s: %s", path, err)
+        return None
+    correct = total = 0
+    for gt, pred in zip(record.get("gt_answers", []), record.get("model_pred", [])):
+        total += 1
+        if not (isinstance(gt, str) and isinstance(pred, str)):
+            log.warning("TIIF result %s: non-text answer %r / %r", path, gt, pred)
+            break
+        correct += gt.strip().lower() == pred.strip().lower()
+    return correct, total
+
+
+def official_round(score: float) -> float:
+    """The 4-decimal cell the official summary writes (``f"{x:.4f}"``) and reads back."""
+    return score if math.isnan(score) else float(f"{score:.4f}")
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -257,35 +343,78 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+def _new_row() -> dict[str, Any]:
+    return {"correct": 0, "total": 0, "images": 0, "scored": 0, "unparsed": 0, "no_result": 0}
+
+
+def _files_on_disk(results_dir: Path, model_name: str, keys: Sequence[str]):
+    """(type, key, result file) of every ``*.json`` in the official layout (no prompt files)."""
+    model_dir = results_dir / model_name
+    if not model_dir.is_dir():
+        return
+    for type_dir in sorted(p for p in model_dir.iterdir() if p.is_dir()):
+        for key in keys:
+            for path in sorted((type_dir / key).glob("*.json")):
+                yield type_dir.name, key, path
+
+
 def summarize(
-    cases: Sequence[TiifCase], results_dir: Path, model_name: str, descriptions=DESCRIPTIONS
+    results_dir: Path,
+    model_name: str,
+    cases: Sequence[TiifCase] | None = None,
+    descriptions: Sequence[str] = DESCRIPTIONS,
+    scoring: str = "official",
 ) -> dict[str, Any]:
-    """Per-type, per-group, per-level and overall scores, short and long separately."""
+    """Per-type, per-group, per-level and overall scores, short and long separately, from the
+    result files of ``results_dir/<model_name>/``. With ``cases`` only their images count
+    and coverage is known (images without a result are ``no_result``); without, every result
+    file there counts, as the official summary reads them."""
+    if scoring not in SCORINGS:
+        raise BenchmarkInputError(f"scoring must be one of {sorted(SCORINGS)}, got {scoring!r}")
+    if scoring == "strict" and cases is None:
+        raise BenchmarkInputError(
+            "scoring=strict needs data.prompt_dir and data.eval_dir (to know every image)"
+        )
+    keys = [d.split("_")[0] for d in descriptions]
+    unparsed_dir = results_dir.parent / UNPARSED_DIR
     per_type: dict[str, dict[str, dict]] = {}
-    for case in cases:
-        for desc in descriptions:
-            key = desc.split("_")[0]
-            row = per_type.setdefault(case.type, {}).setdefault(
-                key, {"correct": 0, "total": 0, "unparsed_images": 0, "images": 0}
-            )
-            correct, total, unparsed = _score_file(
-                result_path(results_dir, model_name, case, desc), case
-            )
-            row["correct"] += correct
-            row["total"] += total
-            row["unparsed_images"] += unparsed
+
+    def add(row: dict[str, Any], path: Path, questions: int | None) -> None:
+        counted = count_result(path) if path.is_file() else None
+        unparsed = (unparsed_dir / path.relative_to(results_dir)).is_file()
+        row["images"] += 1
+        if counted is not None:
+            row["scored"] += 1
+            row["correct"] += counted[0]
+            row["total"] += counted[1]
+            return
+        row["unparsed" if unparsed else "no_result"] += 1
+        if scoring == "strict":
+            row["total"] += questions
+
+    if cases is None:
+        for kind, key, path in _files_on_disk(results_dir, model_name, keys):
+            add(per_type.setdefault(kind, {}).setdefault(key, _new_row()), path, None)
+        for kind, key, _ in _files_on_disk(unparsed_dir, model_name, keys):
+            row = per_type.setdefault(kind, {}).setdefault(key, _new_row())
             row["images"] += 1
+            row["unparsed"] += 1
+    else:
+        for case in cases:
+            for desc, key in zip(descriptions, keys):
+                row = per_type.setdefault(case.type, {}).setdefault(key, _new_row())
+                add(row, result_path(results_dir, model_name, case, desc), len(case.questions))
     for rows in per_type.values():
         for row in rows.values():
-            row["score"] = row["correct"] / row["total"]
-    keys = [d.split("_")[0] for d in descriptions]
+            row["score"] = row["correct"] / row["total"] if row["total"] else float("nan")
     known = {t for _, members in GROUPS.values() for t in members}
     unknown = sorted(set(per_type) - known)
     if unknown:
         log.warning("TIIF types outside the 9 groups (left out of groups/overall): %s", unknown)
 
     def type_mean(members: Sequence[str], key: str) -> float:
-        return _mean([per_type[t][key]["score"] for t in members if t in per_type])
+        rows = [per_type[t][key] for t in members if key in per_type.get(t, {})]
+        return _mean([official_round(row["score"]) for row in rows])
 
     groups = {
         name: {key: type_mean(members, key) for key in keys}
@@ -296,14 +425,20 @@ def summarize(
             key: type_mean([t for lv, ms in GROUPS.values() if lv == level for t in ms], key)
             for key in keys
         }
-        for level in ("basic", "advanced", "real_world")
+        for level in LEVEL_TITLES
     }
-    overall = {key: _mean([g[key] for g in groups.values()]) for key in keys}
+    coverage = {}
+    for key in keys:
+        rows = [r[key] for r in per_type.values() if key in r]
+        total = {k: sum(r[k] for r in rows) for k in ("images", "scored", "unparsed", "no_result")}
+        total["fraction_scored"] = total["scored"] / total["images"] if total["images"] else 0.0
+        coverage[key] = total
     return {
         "model_name": model_name,
-        "metric": "type score = correct yes/no answers / questions; group = mean of its types; "
-        "overall = mean of the 9 groups (groups without images skipped); unparseable = wrong",
-        "overall": overall,
+        "metric": METRIC,
+        "scoring": f"{scoring}: {SCORINGS[scoring]}",
+        "coverage": coverage,
+        "overall": {key: _mean([g[key] for g in groups.values()]) for key in keys},
         "levels": levels,
         "groups": groups,
         "types": per_type,
@@ -312,18 +447,46 @@ def summarize(
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
-    """The summary as markdown tables (groups + overall, then every type)."""
+    """The summary as markdown tables (groups + overall under the official titles, then every
+    type), with the scoring policy, the judge settings and the coverage."""
     keys = list(summary["overall"])
     text = f"# TIIF-Bench: {summary['model_name']}\n\n{summary['metric']}\n\n"
-    rows = [[name, *(g[k] for k in keys)] for name, g in summary["groups"].items()]
-    rows += [[f"{lv} (all types)", *(v[k] for k in keys)] for lv, v in summary["levels"].items()]
-    rows.append(["**Overall (9 groups)**", *(summary["overall"][k] for k in keys)])
-    text += markdown_table(["group", *keys], rows) + "\n"
+    text += f"- scoring: {summary['scoring']}\n"
+    if "judging" in summary:
+        text += f"- judging: {json.dumps(summary['judging'], ensure_ascii=False)}\n"
+    for key, c in summary["coverage"].items():
+        text += (
+            f"- {key}: {c['scored']}/{c['images']} images scored, {c['unparsed']} unparseable, "
+            f"{c['no_result']} without a result\n"
+        )
+    rows = []
+    for level, (title, prefix) in LEVEL_TITLES.items():
+        rows.append([f"{title} - Overall", *(summary["levels"][level][k] for k in keys)])
+        rows += [
+            [f"{prefix}_{name} - {name}", *(summary["groups"][name][k] for k in keys)]
+            for name, (lv, _) in GROUPS.items()
+            if lv == level
+        ]
+    rows.append(["**Overall average score of 9 sub-attributes**",
+                 *(summary["overall"][k] for k in keys)])  # fmt: skip
+    text += "\n" + markdown_table(["group", *keys], rows) + "\n"
     type_rows = [
-        [t, *(f"{fmt(v[k]['score'])} ({v[k]['correct']}/{v[k]['total']})" for k in keys)]
+        [t, *(_type_cell(v[k]) if k in v else "-" for k in keys)]
         for t, v in sorted(summary["types"].items())
     ]
     return text + markdown_table(["type", *keys], type_rows)
+
+
+def _type_cell(row: dict[str, Any]) -> str:
+    return (
+        f"{fmt(row['score'])} ({row['correct']}/{row['total']}; "
+        f"{row['scored']}/{row['images']} images)"
+    )
+
+
+def write_summary(summary: dict[str, Any], out_dir: Path) -> None:
+    write_json(out_dir / "summary.json", summary)
+    (out_dir / "summary.md").write_text(summary_markdown(summary))
 
 
 def run_tiif(
@@ -335,54 +498,105 @@ def run_tiif(
     gen: GenerationConfig,
     opts: JudgeOptions,
     descriptions: Sequence[str] = DESCRIPTIONS,
+    scoring: str = "official",
 ) -> dict[str, Any]:
     """Generate (when ``pipe`` is given), judge and summarise; writes everything under
-    ``out_dir`` (images/, eval_results/, summary.json, summary.md) and returns the summary.
-    ``judge`` may be a factory, called only after generation (the generator's memory is
-    then already free for it)."""
+    ``out_dir`` (images/, eval_results/, eval_unparsed/, summary.json, summary.md) and returns
+    the summary. ``judge`` may be a factory, called only after generation (the generator's
+    memory is then already free for it)."""
     bad = set(descriptions) - set(DESCRIPTIONS)
     if bad:
         raise ValueError(f"descriptions must be among {DESCRIPTIONS}, got {sorted(bad)}")
-    images_dir, results_dir = out_dir / "images", out_dir / "eval_results"
+    if scoring not in SCORINGS:
+        raise BenchmarkInputError(f"scoring must be one of {sorted(SCORINGS)}, got {scoring!r}")
+    asking = opts.asking("tiif")
+    asking.check_placeholders([question_placeholder(asking)])
+    images_dir, results_dir = out_dir / "images", out_dir / RESULTS_DIR
     pairs = [(case, desc) for desc in descriptions for case in cases]
     jobs = [
         ImageJob(getattr(case, desc), image_path(images_dir, model_name, case, desc),
                  key=image_key(case, desc))
         for case, desc in pairs
     ]  # fmt: skip
-    made = prepare_images(pipe, jobs, gen, "TIIF")
-    tasks = [
-        (case, desc, job.path, result_path(results_dir, model_name, case, desc))
-        for (case, desc), job in zip(pairs, jobs)
-    ]
-    for _, _, image, result in tasks:
+    made, found = prepare_images(pipe, jobs, gen, "TIIF")
+    tasks = []
+    for (case, desc), image in zip(pairs, found):
+        result = result_path(results_dir, model_name, case, desc)
+        unparsed = out_dir / UNPARSED_DIR / result.relative_to(results_dir)
         if image in made:  # judged on an earlier image of this name: judge the new one
             result.unlink(missing_ok=True)
-    judge_images(resolve_judge(judge), tasks, opts)
-    summary = summarize(cases, results_dir, model_name, descriptions)
-    write_json(out_dir / "summary.json", summary)
-    (out_dir / "summary.md").write_text(summary_markdown(summary))
+            unparsed.unlink(missing_ok=True)
+        if image is not None:
+            tasks.append(TiifTask(case, desc, image, result, unparsed))
+    judge_images(resolve_judge(judge), tasks, asking)
+    summary = summarize(results_dir, model_name, cases, descriptions, scoring)
+    summary["judging"] = asking.describe()
+    write_summary(summary, out_dir)
     return summary
 
 
+def _model_folders(results_dir: Path) -> list[str]:
+    """The model folders of ``results_dir`` and of its ``eval_unparsed`` sibling."""
+    roots = [d for d in (results_dir, results_dir.parent / UNPARSED_DIR) if d.is_dir()]
+    return sorted({p.name for root in roots for p in root.iterdir() if p.is_dir()})
+
+
+def summarize_existing(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """``summarize_only=true``: the summary files of an existing results folder (ours, or the
+    official ``eval_with_vlm.py``'s ``--output_dir``), with no model and no judge."""
+    if cfg.get("results_dir"):
+        results_dir = Path(cfg.results_dir)
+    elif cfg.get("output_dir"):
+        results_dir = out / RESULTS_DIR
+    else:
+        raise BenchmarkInputError("summarize_only=true needs results_dir=<eval_results folder>")
+    models = _model_folders(results_dir)
+    if not models:
+        raise MissingInputError(f"no TIIF results (model folders) in {results_dir}")
+    model_name = cfg.get("model_name")
+    if model_name is None and len(models) > 1:
+        raise BenchmarkInputError(f"{results_dir} holds {models}; pick one with model_name=")
+    model_name = model_name or models[0]
+    if model_name not in models:
+        raise MissingInputError(f"no results of model {model_name!r} in {results_dir}: {models}")
+    cases = None
+    if cfg.data.get("prompt_dir") or cfg.data.get("eval_dir"):
+        cases = _load_cases(cfg)
+    summary = summarize(results_dir, model_name, cases, cfg.descriptions, cfg.scoring)
+    write_summary(summary, out)
+    return summary
+
+
+def _load_cases(cfg: DictConfig) -> list[TiifCase]:
+    data = cfg.data
+    if not data.get("prompt_dir") or not data.get("eval_dir"):
+        raise BenchmarkInputError("set data.prompt_dir and data.eval_dir (the TIIF jsonl folders)")
+    return load_tiif(data.prompt_dir, data.eval_dir, data.get("types"), data.get("limit_per_type"))
+
+
 def evaluate(cfg: DictConfig, out: Path) -> dict[str, Any]:
-    """The whole command for a composed ``tiif`` config: cases, generation, judge, summary."""
+    """The whole command for a composed ``tiif`` config: cases, generation, judge, summary
+    (or, with ``summarize_only``, the summary of an existing results folder)."""
     check_entry(cfg, "tiif")
-    cases = load_tiif(
-        cfg.data.prompt_dir, cfg.data.eval_dir, cfg.data.types, cfg.data.limit_per_type
-    )
-    run = benchmark_run(cfg, out)
-    summary = run_tiif(
-        run.pipe, run.judge, cases, out, run.model_name, run.gen, run.opts, cfg.descriptions
-    )
+    if cfg.get("summarize_only"):
+        summary = summarize_existing(cfg, out)
+    else:
+        cases = _load_cases(cfg)
+        run = benchmark_run(cfg, out, results=("images", RESULTS_DIR, UNPARSED_DIR))
+        summary = run_tiif(
+            run.pipe, run.judge, cases, out, run.model_name, run.gen, run.opts,
+            cfg.descriptions, cfg.scoring,
+        )  # fmt: skip
     print_report(out / "summary.md", f"TIIF overall: {summary['overall']}; results in {out}")
     return summary
 
 
 @hydra.main(config_path="../conf", config_name="tiif", version_base=None)
 def main(cfg: DictConfig) -> None:
-    """Entry point: everything goes to ``output_dir`` or else the Hydra run folder."""
-    evaluate(cfg, output_dir(cfg))
+    """Entry point: everything goes to ``output_dir`` or else the Hydra run folder; bad
+    benchmark input ends the command with one line."""
+    with exit_on_input_error("eval.tiif"):
+        evaluate(cfg, output_dir(cfg))
 
 
 if __name__ == "__main__":

@@ -4,25 +4,35 @@
         model=sd35_medium model.path=/models/sd3.5-medium \
         lora=/runs/x/checkpoints/epoch_000060/lora \
         judge=openai judge.base_url=http://127.0.0.1:8000/v1 judge.model=UniGenBench-EvalModel
+    # summarise an existing results CSV (ours or the official script's), no model, no judge
+    python -m eval.unigenbench summarize_only=true results_csv=/runs/ugb/results/m_en.csv
 
-Flow, as the official scripts lay it out:
+Flow, as the official scripts (CodeGoat24/UniGenBench ``eval/``) lay it out:
 
 1. Read the CSV (``index``, ``prompt_en``, ``sub_dims_en``: JSON with ``Testpoints`` and
    ``Testpoint Description``). The official long-prompt CSV has a row whose JSON is malformed;
    ``data.malformed_rows=skip`` (default) leaves such rows out and lists them in the output,
-   ``error`` stops with the row number.
+   ``error`` stops with the row number. The category (``en``, ``en_long``) comes from the CSV
+   name (``test_prompts_<category>.csv``) or ``data.category``.
 2. Generate ``images_per_prompt`` (4) images per prompt, named ``{index}_{j}.png`` in
-   ``images/<model_name>/`` (seeded, batched, resumable).
-3. Ask the judge about every image with all its testpoints (definition + what the prompt asks);
-   the answer must contain ``<score>[0/1, ...]</score>`` with one entry per testpoint, otherwise
-   (unparseable) every testpoint of that image scores 0. Rows go to the official CSV
-   ``results/<model_name>_en.csv`` (``index, prompt, testpoint, output, result_json, img_path``);
-   images already in it are not judged again (resume).
-4. Accuracy per primary dimension (the part of the testpoint name before " - ") and per sub
-   dimension (the full testpoint name), as the official script counts them: a testpoint of an
-   image is correct when its score is 1. ``scores.json`` holds both, plus the overall figure,
-   defined here as the unweighted mean of the primary-dimension accuracies (the official script
-   prints none), and the plain testpoint accuracy over all images.
+   ``images/<category>/<model_name>/`` (the official ``eval_data/<category>/<model>`` layout;
+   seeded, batched, resumable; ``.jpg``/``.jpeg``/``.webp`` images found there count too).
+3. Ask the judge about every image with all its testpoints (``judging.prompt=official``: the
+   official template with its testpoint definitions). The answer parses as in the official
+   ``eval_common.parse_evaluation_response``: ``<analysis>`` and ``<score>`` both present,
+   each a Python list with one entry per testpoint. An answer that does not parse, or a
+   failed judge call, is asked again (``judging.retries``, official: 10), then the image is
+   left out, as the official script leaves it out. Rows go to the official CSV
+   ``results/<model_name>_<category>.csv`` (``index, prompt, testpoint, output, result_json,
+   img_path``; a left-out image's ``result_json`` is ``null``, as the official script writes
+   it); images already in it are not judged again (resume).
+4. Accuracy per primary dimension (testpoint name before the first "-") and per sub dimension
+   (the full name) by the official ``calculate_scores`` rule (a testpoint is correct when its
+   score is 1; a row whose ``result_json`` does not read is skipped), written as the official
+   per-model JSON ``results/<model_name>_<category>.json`` and as ``scores.json`` /
+   ``scores.md`` with coverage, the scoring policy and the overall figure, defined here as
+   the unweighted mean of the primary-dimension accuracies (the official script prints none).
+   ``scoring=strict`` counts every testpoint of an image without a parsed result as wrong.
 """
 
 from __future__ import annotations
@@ -33,8 +43,9 @@ import logging
 import math
 import re
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -45,67 +56,64 @@ from PIL import Image
 from tqdm import tqdm
 
 from eval.command import benchmark_run, output_dir
-from eval.common import atomic_write, check_entry, markdown_table, print_report, write_json
+from eval.common import (
+    BenchmarkInputError,
+    MissingInputError,
+    atomic_write,
+    check_entry,
+    exit_on_input_error,
+    markdown_table,
+    nan_to_none,
+    print_report,
+    write_json,
+)
 from eval.generation import GenerationConfig, ImageJob, prepare_images
-from eval.judging import JudgeOptions, generate_answers, resolve_judge, yes_no_by_prob
+from eval.judging import (
+    Asking,
+    FailureStreak,
+    JudgeOptions,
+    ask_until_parsed,
+    load_prompt,
+    resolve_judge,
+    yes_no_by_prob,
+)
 from rewards.judges.base import Judge
 
 log = logging.getLogger(__name__)
 
-# What each testpoint checks (short definitions, so the judge knows what a checkpoint means).
-TESTPOINTS: dict[str, str] = {
-    "Relationship - Comparison": "two entities compared on some attribute",
-    "Relationship - Composition": "one entity made up of one or more other entities",
-    "Relationship - Inclusion": "an entity contained in a container, which may be a flat "
-    "surface such as a picture on a wall",
-    "Relationship - Similarity": "different entities that resemble each other",
-    "Compound - Imagination": "things that cannot happen in real life",
-    "Compound - Feature Matching": "different entities each carrying their own kind of attribute",
-    "Attribute - Size": "size, height, length, thickness or width of a subject",
-    "Attribute - Expression": "a facial expression that shows a clear emotion",
-    "Attribute - Quantity": "the exact number of items, especially three or more",
-    "Attribute - Material": "the material or texture of an entity",
-    "Attribute - Color": "the colours of entities",
-    "Attribute - Shape": "the shapes of entities",
-    "Entity Layout - Two-Dimensional Space": "where entities are placed in the image plane",
-    "Entity Layout - Three-Dimensional Space": "where entities are placed in depth",
-    "Action - Full-body (Character/Anthropomorphic)": "a whole-body action of a person or "
-    "anthropomorphic character",
-    "Action - Hand (Character/Anthropomorphic)": "hand actions, with hands and fingers complete "
-    "and undistorted",
-    "Action - Animal": "an action performed by an animal",
-    "Action - Contact Interaction": "entities physically touching or acting on each other",
-    "Action - Non-contact Interaction": "entities interacting without touch, such as eye contact",
-    "Action - State": "an ongoing state of an entity, usually described by a verb",
-    "Grammar - Negation": "something the prompt says is absent or not so",
-    "Grammar - Pronoun Reference": "pronouns resolved to the right entity",
-    "Grammar - Consistency": "an attribute shared by several entities",
-    "World Knowledge": "knowledge of well-known people, places, objects, domains or slang",
-    "Style": "an art, painting, photography or design style, or an artist's manner",
-    "Text Generation": "the exact text asked for, nothing missing and nothing extra",
-    "Logical Reasoning": "what the prompt implies and needs reasoning to depict",
-}
-
-DEFAULT_PROMPT = (
-    "You check whether a generated image meets a list of checkpoints taken from its prompt. "
-    "Describe only what is visible.\n\n"
-    "Prompt: {prompt}\n\n"
-    "Checkpoints (name: what it means -- what the prompt asks for):\n{checkpoints}\n\n"
-    "Judge each checkpoint on its own: 1 if the image meets it, 0 if not. Reply in this format, "
-    "with one list entry per checkpoint, in order:\n"
-    '<analysis>["analysis of checkpoint 1", ...]</analysis>\n<score>[1, 0, ...]</score>'
-)
-
+CATEGORIES = ("en", "en_long", "zh", "zh_long")  # the official --category values
 YES_PROB_QUESTION = "Does the image show {description} ({testpoint}: {definition})?"
-
-_SCORE = re.compile(r"<score>(.*?)</score>", re.DOTALL)
-_ANALYSIS = re.compile(r"<analysis>(.*?)</analysis>", re.DOTALL)
 MALFORMED_POLICIES = ("skip", "error")
 CSV_COLUMNS = ["index", "prompt", "testpoint", "output", "result_json", "img_path"]
+# Every placeholder a wording may use: the official template's four and our {checkpoints}.
+_FIELD = re.compile(r"\{(prompt|testpoint|explanation|test_explanation|checkpoints)\}")
+_SCORE = re.compile(r"<score>(.*?)</score>", re.DOTALL)
+_ANALYSIS = re.compile(r"<analysis>(.*?)</analysis>", re.DOTALL)
+SCORINGS = {
+    "official": "an image without a parsed result (missing image, unparseable answer, failed "
+    "judge call) is left out, as the official score calculator leaves it out",
+    "strict": "every testpoint of an image without a parsed result (missing image, "
+    "unparseable answer, failed judge call) counts as wrong",
+}
+OVERALL_DEFINITION = (
+    "overall = unweighted mean of the primary-dimension accuracies (the official script prints "
+    "no overall figure)"
+)
 
 
-class UniGenBenchDataError(ValueError):
+class UniGenBenchDataError(BenchmarkInputError):
     """A UniGenBench CSV that does not follow the official format."""
+
+
+@cache
+def official_prompt() -> dict[str, Any]:
+    """The official testpoint definitions and the headers the official template uses."""
+    return dict(load_prompt("unigenbench", "official").extra)
+
+
+def testpoint_definitions() -> dict[str, str]:
+    """Testpoint name -> the official definition (EXPLANATION_DICT_EN)."""
+    return official_prompt()["testpoint_definitions"]
 
 
 @dataclass(frozen=True)
@@ -118,9 +126,25 @@ class UgbCase:
     descriptions: tuple[str, ...]
 
 
+def official_primary(testpoint: str) -> str:
+    """The official primary-dimension key: the name up to the first "-" (trailing space kept,
+    ``"Attribute - Color"`` -> ``"Attribute "``), or the whole name without one."""
+    return testpoint.split("-", 1)[0] if "-" in testpoint else testpoint
+
+
 def primary_dimension(testpoint: str) -> str:
-    """``"Attribute - Color"`` -> ``"Attribute"``; names without " - " are their own primary."""
-    return testpoint.split("-", 1)[0].strip()
+    """``"Attribute - Color"`` -> ``"Attribute"``; names without "-" are their own primary."""
+    return official_primary(testpoint).strip()
+
+
+def category_of(csv_path: str | Path, category: str | None = None) -> str:
+    """``category`` if given, else the one in ``test_prompts_<category>.csv``, else ``en``."""
+    if category is None:
+        match = re.search(r"_(en_long|zh_long|en|zh)$", Path(csv_path).stem)
+        category = match.group(1) if match else "en"
+    if category not in CATEGORIES:
+        raise BenchmarkInputError(f"data.category must be one of {CATEGORIES}, got {category!r}")
+    return category
 
 
 def load_unigenbench(
@@ -128,14 +152,18 @@ def load_unigenbench(
 ) -> tuple[list[UgbCase], list[int]]:
     """Read the official CSV; returns the cases and the indices of skipped malformed rows."""
     if malformed_rows not in MALFORMED_POLICIES:
-        raise ValueError(f"malformed_rows must be one of {MALFORMED_POLICIES}")
+        raise BenchmarkInputError(f"malformed_rows must be one of {MALFORMED_POLICIES}")
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"UniGenBench CSV not found: {path}")
+        raise MissingInputError(f"UniGenBench CSV not found: {path}")
     frame = pd.read_csv(path)
     missing = {"index", "prompt_en", "sub_dims_en"} - set(frame.columns)
     if missing:
-        raise UniGenBenchDataError(f"{path}: missing column(s) {sorted(missing)}")
+        raise UniGenBenchDataError(
+            f"{path}: missing column(s) {sorted(missing)} (the English CSVs test_prompts_en.csv "
+            "and test_prompts_en_long.csv are supported)"
+        )
+    definitions = testpoint_definitions()
     cases, skipped = [], []
     for row in frame.itertuples(index=False):
         where = f"{path} index {row.index}"
@@ -152,7 +180,7 @@ def load_unigenbench(
             log.warning("%s: malformed sub_dims_en skipped (%s)", where, err)
             skipped.append(int(row.index))
             continue
-        unknown = sorted(set(testpoints) - set(TESTPOINTS))
+        unknown = sorted(set(testpoints) - set(definitions))
         if unknown:
             raise UniGenBenchDataError(f"{where}: unknown testpoint(s) {unknown}")
         cases.append(UgbCase(int(row.index), str(row.prompt_en), tuple(testpoints), tuple(descs)))
@@ -161,49 +189,65 @@ def load_unigenbench(
     return cases, skipped
 
 
-def format_judge_prompt(template: str, case: UgbCase) -> str:
-    lines = [
-        f"{i + 1}. {tp}: {TESTPOINTS[tp]} -- {desc}"
-        for i, (tp, desc) in enumerate(zip(case.testpoints, case.descriptions))
-    ]
-    return template.replace("{prompt}", case.prompt).replace("{checkpoints}", "\n".join(lines))
-
-
-def parse_scores(text: str, num_testpoints: int) -> tuple[list[int] | None, list | None]:
-    """``(scores, analysis)`` from ``<score>[...]</score>`` (and ``<analysis>`` if present);
-    scores is None unless it is a list of 0/1 with one entry per testpoint."""
-    match = _SCORE.search(text or "")
-    if not match:
-        return None, None
-    try:
-        scores = ast.literal_eval(match.group(1).strip())
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return None, None
-    if (
-        not isinstance(scores, list | tuple)
-        or len(scores) != num_testpoints
-        or any(isinstance(s, bool) or s not in (0, 1) for s in scores)
-    ):
-        return None, None
-    analysis = None
-    found = _ANALYSIS.search(text)
-    if found:
-        try:
-            analysis = ast.literal_eval(found.group(1).strip())
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            analysis = found.group(1).strip()
-    return [int(s) for s in scores], analysis
-
-
-def _row(case: UgbCase, img_path: Path, output: str, scores, analysis, error=None) -> dict:
-    result = {
+def prompt_fields(case: UgbCase) -> dict[str, str]:
+    """What a wording's placeholders become: the official ``build_system_prompt`` values
+    (``testpoint`` is the Python list of names; ``explanation`` and ``test_explanation`` are
+    the headed, 「」-bracketed definition and description lines) and our ``checkpoints``."""
+    official = official_prompt()
+    definitions = official["testpoint_definitions"]
+    explanation = "".join(f"\n{tp}: {definitions[tp]}" for tp in case.testpoints)
+    described = "".join(f"\n{tp}: {d}" for tp, d in zip(case.testpoints, case.descriptions))
+    checkpoints = "\n".join(
+        f"{i + 1}. {tp}: {definitions[tp]} -- {d}"
+        for i, (tp, d) in enumerate(zip(case.testpoints, case.descriptions))
+    )
+    return {
         "prompt": case.prompt,
-        "testpoint": list(case.testpoints),
-        "analysis": analysis,
-        "score": scores,
+        "testpoint": str(list(case.testpoints)),
+        "explanation": f"{official['definition_header']}:\u300c{explanation}\n\u300d",
+        "test_explanation": f"{official['description_header']}:\u300c{described}\n\u300d",
+        "checkpoints": checkpoints,
     }
-    if error:
-        result["parse_error"] = error
+
+
+def format_judge_prompt(template: str, case: UgbCase) -> str:
+    """``template`` with its placeholders filled in one pass (text of the prompt itself is
+    never read as a placeholder); for the official template this equals its ``str.format``."""
+    fields = prompt_fields(case)
+    return _FIELD.sub(lambda m: fields[m.group(1)], template)
+
+
+def parse_scores(text: str | None, num_testpoints: int) -> tuple[list, list] | None:
+    """``(analysis, scores)`` by the official rule: ``<analysis>`` and ``<score>`` both
+    present, each a Python literal list with one entry per testpoint; None otherwise. Scores
+    are kept as written (only a score equal to 1 counts as met)."""
+    analysis_match = _ANALYSIS.search(text or "")
+    score_match = _SCORE.search(text or "")
+    if analysis_match is None or score_match is None:
+        return None
+    try:
+        analysis = ast.literal_eval(analysis_match.group(1).strip())
+        scores = ast.literal_eval(score_match.group(1).strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+        return None
+    if not all(isinstance(v, list | tuple) for v in (analysis, scores)):
+        return None
+    if len(analysis) != num_testpoints or len(scores) != num_testpoints:
+        return None
+    return list(analysis), list(scores)
+
+
+def _row(case: UgbCase, img_path: Path, output: str | None, parsed: tuple | None) -> dict:
+    """One official CSV row; ``parsed`` None writes ``result_json`` as ``null`` (left out)."""
+    result = None
+    if parsed is not None:
+        analysis, scores = parsed
+        result = {
+            "prompt": case.prompt,
+            "testpoint": list(case.testpoints),
+            "analysis": analysis,
+            "score": scores,
+        }
     return {
         "index": str(case.index),
         "prompt": case.prompt,
@@ -214,123 +258,195 @@ def _row(case: UgbCase, img_path: Path, output: str, scores, analysis, error=Non
     }
 
 
-def _judge_one_batch(judge: Judge, chunk, opts: JudgeOptions) -> list[dict]:
-    images = [Image.open(path).convert("RGB") for _, path in chunk]
-    rows = []
-    if opts.answer_mode == "generate":
-        texts = [
-            format_judge_prompt(opts.template_for(path.stem, DEFAULT_PROMPT), case)
-            for case, path in chunk
-        ]
-        for (case, path), out in zip(
-            chunk, generate_answers(judge, list(zip(images, texts)), opts)
-        ):
-            scores, analysis = parse_scores(out, len(case.testpoints))
-            error = (
-                None
-                if scores is not None
-                else "no <score>[0/1, ...]</score> list of the right length"
-            )
-            rows.append(
-                _row(case, path, out, scores or [0] * len(case.testpoints), analysis, error)
-            )
-        return rows
-    for (case, path), image in zip(chunk, images):
-        questions = [
-            YES_PROB_QUESTION.format(description=d, testpoint=t, definition=TESTPOINTS[t])
-            for t, d in zip(case.testpoints, case.descriptions)
-        ]
-        answers, probs, reasons = yes_no_by_prob(judge, image, f"Prompt: {case.prompt}", questions)
-        scores = [int(a == "yes") for a in answers]
-        error = (
-            None
-            if "invalid" not in answers
-            else f"unanswered: {sorted(set(filter(None, reasons)))}"
-        )
-        rows.append(_row(case, path, json.dumps({"p_yes": probs}), scores, None, error))
+def _judge_generate(
+    judge: Judge, chunk, asking: Asking, streak: FailureStreak
+) -> list[dict | None]:
+    requests = [
+        (Image.open(path).convert("RGB"), format_judge_prompt(asking.template_for(path.stem), case))
+        for case, path in chunk
+    ]
+    sizes = [len(case.testpoints) for case, _ in chunk]
+    answers = ask_until_parsed(
+        judge, requests, lambda i, out: parse_scores(out, sizes[i]), asking, streak
+    )
+    rows: list[dict | None] = []
+    for (case, path), answer in zip(chunk, answers):
+        if answer.text is None:  # no call succeeded: no row, a rerun asks again
+            log.warning("UniGenBench %s: judge call failed: %s", path, answer.error)
+            rows.append(None)
+        else:
+            rows.append(_row(case, path, answer.text, answer.parsed))
     return rows
 
 
-def _file_names(frame: pd.DataFrame) -> pd.Series:
-    """The image file name (``{index}_{j}.png``) of every row of a results CSV."""
-    return frame["img_path"].map(lambda p: Path(p).name)
+def _judge_yes_prob(judge: Judge, case: UgbCase, path: Path) -> dict:
+    definitions = testpoint_definitions()
+    questions = [
+        YES_PROB_QUESTION.format(description=d, testpoint=t, definition=definitions[t])
+        for t, d in zip(case.testpoints, case.descriptions)
+    ]
+    image = Image.open(path).convert("RGB")
+    answers, probs, reasons = yes_no_by_prob(judge, image, f"Prompt: {case.prompt}", questions)
+    output = json.dumps(nan_to_none({"p_yes": probs, "reasons": reasons}))
+    if "invalid" in answers:  # an unanswered testpoint: the image is left out
+        return _row(case, path, output, None)
+    analysis = [f"P(yes) = {p:.4f}" for p in probs]
+    return _row(case, path, output, (analysis, [int(a == "yes") for a in answers]))
+
+
+def _image_keys(paths: Iterable[Any]) -> set[str]:
+    """``{index}_{j}`` of image paths (rows and images match by it, whatever the extension)."""
+    return {Path(str(p)).stem for p in paths}
 
 
 def judge_images(
     judge: Judge,
     tasks: Sequence[tuple[UgbCase, Path]],
     csv_path: Path,
-    opts: JudgeOptions,
+    asking: Asking,
     stale: Sequence[Path] = (),
 ) -> int:
     """Judge the images not yet in ``csv_path`` (rows of ``stale`` images, made again since
     they were judged, are dropped first); the CSV is rewritten after every batch so an
-    interrupted run resumes where it stopped. Rows are matched by image file name (unique in a
-    model's CSV), so a moved run folder still resumes. Returns how many images were judged."""
+    interrupted run resumes where it stopped. Rows are matched by image name without its
+    extension (unique in a model's CSV), so a moved run folder still resumes. Returns how
+    many images were asked about."""
     done = (
-        pd.read_csv(csv_path, dtype=str)
+        pd.read_csv(csv_path, dtype=str, keep_default_na=False)
         if csv_path.is_file()
         else pd.DataFrame(columns=CSV_COLUMNS)
     )
-    done = done[~_file_names(done).isin({p.name for p in stale})]
-    seen = set(_file_names(done))
-    todo = [t for t in tasks if t[1].name not in seen]
-    opts.check_placeholders(DEFAULT_PROMPT, "{prompt}", "{checkpoints}")
+    done = done[~done["img_path"].map(lambda p: Path(p).stem).isin(_image_keys(stale))]
+    seen = _image_keys(done["img_path"])
+    todo = [t for t in tasks if t[1].stem not in seen]
     rows = done.to_dict("records")
-    for start in tqdm(
-        range(0, len(todo), opts.batch_size), desc="UniGenBench judging", unit="batch"
-    ):
-        rows += _judge_one_batch(judge, todo[start : start + opts.batch_size], opts)
+    step = asking.batch_size if asking.answer_mode == "generate" else 1
+    streak = FailureStreak()
+    for start in tqdm(range(0, len(todo), step), desc="UniGenBench judging", unit="batch"):
+        chunk = todo[start : start + step]
+        if asking.answer_mode == "generate":
+            rows += [r for r in _judge_generate(judge, chunk, asking, streak) if r is not None]
+        else:
+            rows.append(_judge_yes_prob(judge, *chunk[0]))
         with atomic_write(csv_path) as tmp:
             pd.DataFrame(rows, columns=CSV_COLUMNS).to_csv(tmp, index=False)
     return len(todo)
 
 
-OVERALL_DEFINITION = (
-    "overall = unweighted mean of the primary-dimension accuracies; a testpoint counts as "
-    "correct when the judge scored it 1 (unparseable answers score 0)"
-)
+def _row_scores(row: pd.Series) -> tuple[list[str], list | None]:
+    """(testpoints, scores) of a results row as the official ``calculate_scores`` reads it;
+    scores None when that reading fails (the official script skips the row)."""
+    try:
+        testpoints = ast.literal_eval(row["testpoint"])
+        if not isinstance(row["result_json"], str):
+            return testpoints, None
+        scores = ast.literal_eval(row["result_json"])["score"]
+        return testpoints, scores if isinstance(scores, list) else None
+    except (ValueError, SyntaxError, TypeError, KeyError, MemoryError, RecursionError):
+        return [], None
 
 
-def summarize(csv_path: Path, img_paths: Sequence[Path] | None = None) -> dict[str, Any]:
-    """Primary- and sub-dimension accuracies from the official CSV (only the rows of the
-    images named as in ``img_paths``, if given), the overall figure and the count of
-    unparseable answers."""
-    frame = pd.read_csv(csv_path, dtype=str)
-    if img_paths is not None:
-        frame = frame[_file_names(frame).isin({p.name for p in img_paths})]
-    primary: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    sub: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    unparsed = 0
-    for row in frame.itertuples(index=False):
-        result = json.loads(row.result_json)
-        unparsed += int("parse_error" in result)
-        for testpoint, score in zip(ast.literal_eval(row.testpoint), result["score"]):
-            for table, key in ((primary, primary_dimension(testpoint)), (sub, testpoint)):
-                table[key][0] += int(score == 1)
-                table[key][1] += 1
+def official_scores(counts: dict[str, dict[str, list[int]]]) -> dict[str, Any]:
+    """The official per-model JSON (``calculate_scores``): primary dimensions in the order
+    first met, sub dimensions sorted, accuracy rounded to 4 decimals (0 without testpoints)."""
 
-    def acc(table):
-        return {
-            k: {"correct": c, "total": t, "accuracy": c / t} for k, (c, t) in sorted(table.items())
-        }
+    def entry(correct: int, total: int) -> dict[str, Any]:
+        acc = correct / total if total > 0 else 0
+        return {"correct": correct, "total": total, "accuracy": round(acc, 4)}
 
-    primary_acc, sub_acc = acc(primary), acc(sub)
-    correct, total = sum(c for c, _ in sub.values()), sum(t for _, t in sub.values())
-    means = [v["accuracy"] for v in primary_acc.values()]
     return {
-        "overall": sum(means) / len(means) if means else math.nan,
-        "overall_definition": OVERALL_DEFINITION,
-        "testpoint_accuracy": correct / total if total else math.nan,
-        "num_images": len(frame),
-        "unparsed_images": unparsed,
-        "primary": primary_acc,
-        "sub": sub_acc,
+        "primary_dimensions": {k: entry(*v) for k, v in counts["primary"].items()},
+        "sub_dimensions": {k: entry(*counts["sub"][k]) for k in sorted(counts["sub"])},
     }
 
 
+def summarize(
+    frame: pd.DataFrame, cases: Sequence[UgbCase] | None = None, scoring: str = "official"
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(our summary, the official per-model JSON) of a results CSV read as a frame. With
+    ``cases`` (as ``(case, image path)`` of the expected images) only their rows count and
+    the images without a row are known."""
+    if scoring not in SCORINGS:
+        raise BenchmarkInputError(f"scoring must be one of {sorted(SCORINGS)}, got {scoring!r}")
+    if scoring == "strict" and cases is None:
+        raise BenchmarkInputError("scoring=strict needs data.csv (to know every image)")
+    expected = None if cases is None else {path.stem: case for case, path in cases}
+    if expected is not None:
+        frame = frame[frame["img_path"].map(lambda p: Path(str(p)).stem).isin(set(expected))]
+    counts: dict[str, dict[str, list[int]]] = {
+        "primary": defaultdict(lambda: [0, 0]),
+        "sub": defaultdict(lambda: [0, 0]),
+    }
+
+    def add(testpoints: Sequence[str], scores: Sequence[Any]) -> None:
+        for testpoint, score in zip(testpoints, scores):
+            for table, key in ((counts["primary"], official_primary(testpoint)),
+                               (counts["sub"], testpoint)):  # fmt: skip
+                table[key][1] += 1
+                table[key][0] += int(score == 1)
+
+    scored = unparsed = 0
+    for _, row in frame.iterrows():
+        testpoints, scores = _row_scores(row)
+        if scores is not None:
+            scored += 1
+            add(testpoints, scores)
+            continue
+        unparsed += 1
+        if scoring == "strict":
+            add(testpoints, [0] * len(testpoints))
+    missing = sorted(set(expected or ()) - _image_keys(frame["img_path"]))
+    if scoring == "strict":
+        for key in missing:
+            add(expected[key].testpoints, [0] * len(expected[key].testpoints))
+    official = official_scores(counts)
+    primary = _stripped(official["primary_dimensions"])
+    sub = {k: _accuracy(*v) for k, v in sorted(counts["sub"].items())}
+    correct = sum(c for c, _ in counts["sub"].values())
+    total = sum(t for _, t in counts["sub"].values())
+    means = [v["accuracy"] for v in primary.values()]
+    images = len(expected) if expected is not None else scored + unparsed
+    summary = {
+        "overall": sum(means) / len(means) if means else math.nan,
+        "overall_definition": OVERALL_DEFINITION,
+        "scoring": f"{scoring}: {SCORINGS[scoring]}",
+        "testpoint_accuracy": correct / total if total else math.nan,
+        "coverage": {
+            "images": images,
+            "scored": scored,
+            "unparsed": unparsed,
+            "no_result": len(missing),
+            "fraction_scored": scored / images if images else 0.0,
+        },
+        "primary": primary,
+        "sub": sub,
+    }
+    return summary, official
+
+
+def _accuracy(correct: int, total: int) -> dict[str, Any]:
+    return {"correct": correct, "total": total, "accuracy": correct / total if total else math.nan}
+
+
+def _stripped(primary: dict[str, dict]) -> dict[str, dict]:
+    """Official primary keys ("Attribute ") as names ("Attribute"), unrounded, sorted."""
+    merged: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for key, v in primary.items():
+        merged[key.strip()][0] += v["correct"]
+        merged[key.strip()][1] += v["total"]
+    return {k: _accuracy(*v) for k, v in sorted(merged.items())}
+
+
 def summary_markdown(summary: dict[str, Any], title: str) -> str:
+    cov = summary["coverage"]
     text = f"# UniGenBench++: {title}\n\n{summary['overall_definition']}\n\n"
+    text += f"- scoring: {summary['scoring']}\n"
+    if "judging" in summary:
+        text += f"- judging: {json.dumps(summary['judging'], ensure_ascii=False)}\n"
+    text += (
+        f"- images: {cov['scored']}/{cov['images']} scored, {cov['unparsed']} without a parsed "
+        f"answer, {cov['no_result']} without a result\n\n"
+    )
     rows = [
         [k, v["accuracy"], f"{v['correct']}/{v['total']}"] for k, v in summary["primary"].items()
     ]
@@ -340,6 +456,31 @@ def summary_markdown(summary: dict[str, Any], title: str) -> str:
         [k, v["accuracy"], f"{v['correct']}/{v['total']}"] for k, v in summary["sub"].items()
     ]
     return text + markdown_table(["sub dimension", "accuracy", "correct"], sub_rows)
+
+
+def read_results(csv_path: Path) -> pd.DataFrame:
+    """A results CSV as the official calculator reads it (``pd.read_csv``)."""
+    if not csv_path.is_file():
+        raise MissingInputError(f"UniGenBench results CSV not found: {csv_path}")
+    frame = pd.read_csv(csv_path)
+    missing = {"testpoint", "result_json", "img_path"} - set(frame.columns)
+    if missing:
+        raise UniGenBenchDataError(f"{csv_path}: missing column(s) {sorted(missing)}")
+    return frame
+
+
+def write_scores(summary: dict, official: dict, out_dir: Path, official_json: Path) -> None:
+    """scores.json, scores.md and the official per-model JSON (as ``calculate_scores`` dumps
+    it: indent 4, no trailing newline)."""
+    write_json(out_dir / "scores.json", summary)
+    (out_dir / "scores.md").write_text(summary_markdown(summary, summary["model_name"]))
+    with atomic_write(official_json) as tmp:
+        tmp.write_text(json.dumps(official, ensure_ascii=False, indent=4), encoding="utf-8")
+
+
+def results_stem(model_name: str, category: str) -> str:
+    """``<model_name>_<category>``: the official results CSV/JSON name (without suffix)."""
+    return f"{model_name}_{category}"
 
 
 def run_unigenbench(
@@ -352,36 +493,83 @@ def run_unigenbench(
     opts: JudgeOptions,
     images_per_prompt: int = 4,
     skipped_rows: Sequence[int] = (),
+    category: str = "en",
+    scoring: str = "official",
 ) -> dict[str, Any]:
     """Generate (when ``pipe`` is given), judge and summarise under ``out_dir``
-    (images/<model_name>/, results/<model_name>_en.csv, scores.json, scores.md)."""
-    images_dir = out_dir / "images" / model_name
+    (images/<category>/<model_name>/, results/<model_name>_<category>.csv and .json,
+    scores.json, scores.md)."""
+    asking = opts.asking("unigenbench")
+    asking.check_placeholders(["{prompt}"], ["{checkpoints}", "{testpoint}", "{test_explanation}"])
+    images_dir = out_dir / "images" / category / model_name
     jobs = [
         (case, ImageJob(case.prompt, images_dir / f"{case.index}_{j}.png", key=f"{case.index}_{j}"))
         for case in cases
         for j in range(images_per_prompt)
     ]
-    made = prepare_images(pipe, [job for _, job in jobs], gen, "UniGenBench")
-    csv_path = out_dir / "results" / f"{model_name}_en.csv"
-    tasks = [(case, job.path) for case, job in jobs]
-    judge_images(resolve_judge(judge), tasks, csv_path, opts, stale=sorted(made))
-    summary = summarize(csv_path, [path for _, path in tasks])
-    summary["model_name"] = model_name
-    summary["skipped_malformed_rows"] = list(skipped_rows)
-    write_json(out_dir / "scores.json", summary)
-    (out_dir / "scores.md").write_text(summary_markdown(summary, model_name))
+    made, found = prepare_images(pipe, [job for _, job in jobs], gen, "UniGenBench")
+    stem = results_stem(model_name, category)
+    csv_path = out_dir / "results" / f"{stem}.csv"
+    tasks = [(case, path) for (case, _), path in zip(jobs, found) if path is not None]
+    judge_images(resolve_judge(judge), tasks, csv_path, asking, stale=sorted(made))
+    expected = [(case, job.path) for case, job in jobs]
+    summary, official = summarize(read_results(csv_path), expected, scoring)
+    summary.update(
+        model_name=model_name,
+        category=category,
+        skipped_malformed_rows=list(skipped_rows),
+        judging=asking.describe(),
+    )
+    write_scores(summary, official, out_dir, csv_path.with_suffix(".json"))
+    return summary
+
+
+def summarize_existing(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """``summarize_only=true``: the score files of an existing results CSV (ours, or the
+    official script's ``results/<model>_<category>.csv``), with no model and no judge."""
+    if cfg.get("results_csv"):
+        csv_path = Path(cfg.results_csv)
+    elif cfg.get("output_dir") and cfg.get("model_name") and cfg.data.get("csv"):
+        category = category_of(cfg.data.csv, cfg.data.get("category"))
+        csv_path = out / "results" / f"{results_stem(cfg.model_name, category)}.csv"
+    else:
+        raise BenchmarkInputError(
+            "summarize_only=true needs results_csv=<results/<model>_<category>.csv>"
+        )
+    match = re.fullmatch(r"(.+)_(en_long|zh_long|en|zh)", csv_path.stem)
+    model_name, category = match.groups() if match else (csv_path.stem, None)
+    category = cfg.data.get("category") or category or "en"
+    expected, skipped = None, []
+    if cfg.data.get("csv"):
+        cases, skipped = load_unigenbench(cfg.data.csv, cfg.data.malformed_rows, cfg.data.limit)
+        expected = [
+            (case, Path(f"{case.index}_{j}.png"))
+            for case in cases
+            for j in range(cfg.images_per_prompt)
+        ]
+    summary, official = summarize(read_results(csv_path), expected, cfg.scoring)
+    summary.update(model_name=model_name, category=category, skipped_malformed_rows=skipped)
+    official_json = out / "results" / f"{results_stem(model_name, category)}.json"
+    write_scores(summary, official, out, official_json)
     return summary
 
 
 def evaluate(cfg: DictConfig, out: Path) -> dict[str, Any]:
-    """The whole command for a composed ``unigenbench`` config: CSV, generation, judge, scores."""
+    """The whole command for a composed ``unigenbench`` config: CSV, generation, judge, scores
+    (or, with ``summarize_only``, the scores of an existing results CSV)."""
     check_entry(cfg, "unigenbench")
-    cases, skipped = load_unigenbench(cfg.data.csv, cfg.data.malformed_rows, cfg.data.limit)
-    run = benchmark_run(cfg, out)
-    summary = run_unigenbench(
-        run.pipe, run.judge, cases, out, run.model_name, run.gen, run.opts,
-        cfg.images_per_prompt, skipped,
-    )  # fmt: skip
+    if cfg.get("summarize_only"):
+        summary = summarize_existing(cfg, out)
+    else:
+        if not cfg.data.get("csv"):
+            raise BenchmarkInputError("set data.csv=<test_prompts_en.csv or _en_long.csv>")
+        cases, skipped = load_unigenbench(cfg.data.csv, cfg.data.malformed_rows, cfg.data.limit)
+        category = category_of(cfg.data.csv, cfg.data.get("category"))
+        run = benchmark_run(cfg, out, results=("images", "results"))
+        summary = run_unigenbench(
+            run.pipe, run.judge, cases, out, run.model_name, run.gen, run.opts,
+            cfg.images_per_prompt, skipped, category, cfg.scoring,
+        )  # fmt: skip
     print_report(
         out / "scores.md",
         f"UniGenBench overall {summary['overall']:.4f} ({OVERALL_DEFINITION}); results in {out}",
@@ -391,8 +579,10 @@ def evaluate(cfg: DictConfig, out: Path) -> dict[str, Any]:
 
 @hydra.main(config_path="../conf", config_name="unigenbench", version_base=None)
 def main(cfg: DictConfig) -> None:
-    """Entry point: everything goes to ``output_dir`` or else the Hydra run folder."""
-    evaluate(cfg, output_dir(cfg))
+    """Entry point: everything goes to ``output_dir`` or else the Hydra run folder; bad
+    benchmark input ends the command with one line."""
+    with exit_on_input_error("eval.unigenbench"):
+        evaluate(cfg, output_dir(cfg))
 
 
 if __name__ == "__main__":

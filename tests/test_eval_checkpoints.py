@@ -50,10 +50,14 @@ def test_hook_returns_flat_metrics_matching_its_summaries(tmp_path):
     summary = json.loads((tmp_path / "tiif" / "summary.json").read_text())
     assert metrics["eval/tiif_short_overall"] == summary["overall"]["short"]
     assert metrics["eval/tiif_long_advanced"] == summary["levels"]["advanced"]["long"]
-    assert set(metrics) >= {"eval/unigenbench_overall", "eval/unigenbench_testpoint_accuracy"}
+    # No UniGenBench testpoint is in the pixel grammar: every image is left out, so the hook
+    # logs a coverage of 0 and no accuracy (not a made-up 0).
+    assert metrics["eval/unigenbench_coverage"] == 0.0
+    assert "eval/unigenbench_overall" not in metrics
+    assert metrics["eval/tiif_short_coverage"] == 1.0
     # Pixel statements are answerable: 5 questions per image, all answered (none invalid).
     style = summary["types"]["style"]["short"]
-    assert style["total"] == 5 and style["unparsed_images"] == 0
+    assert style["total"] == 5 and style["unparsed"] == 0 and style["scored"] == 2
     assert (tmp_path / "tiif/images/style/epoch_000003/long_description/1.png").is_file()
 
 

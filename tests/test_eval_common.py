@@ -1,10 +1,13 @@
-"""eval.common.atomic_write: the target is replaced whole or left as it was."""
+"""eval.common: atomic writes (the target is replaced whole or left as it was) and the
+settings stamp that guards a resumed run folder."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from eval.common import atomic_write, write_json
+from eval.common import SETTINGS_FILE, atomic_write, check_resume_settings, write_json
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
@@ -19,3 +22,17 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         tmp.write_text("new")
     assert path.read_text() == "new"
     assert [p.name for p in path.parent.iterdir()] == ["scores.json"]
+
+
+def test_settings_stamp_locks_only_a_folder_that_holds_results(tmp_path):
+    """A run that stopped before writing any result leaves a stamp that locks nothing; once a
+    result exists, a run with other settings is refused and the same settings resume."""
+    results = ("images", "eval_results")
+    check_resume_settings(tmp_path, {"judge": "a"}, "pick another folder", results)
+    assert json.loads((tmp_path / SETTINGS_FILE).read_text()) == {"judge": "a"}
+    (tmp_path / "images").mkdir()  # an empty folder is not a result
+    check_resume_settings(tmp_path, {"judge": "b"}, "pick another folder", results)
+    (tmp_path / "images" / "0.png").write_bytes(b"png")
+    with pytest.raises(ValueError, match=r"other \['judge'\] settings.*pick another folder"):
+        check_resume_settings(tmp_path, {"judge": "a"}, "pick another folder", results)
+    check_resume_settings(tmp_path, {"judge": "b", "batch_size": 3}, "-", results)

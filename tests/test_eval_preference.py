@@ -50,14 +50,18 @@ def test_decision_rule_tie_and_nan_are_not_a_or_b():
 
 
 def test_mmrb2_fixture_hand_checked(tmp_path):
-    # evalmuse: right, wrong, tie -> 2 of 6 trials; wise: right, right, corrupt image -> 4 of 6.
+    # evalmuse: right, wrong, tie -> 2 of 6 trials; wise: right, right, corrupt image (no
+    # score: left out as the official flow leaves a failed judge call out) -> 4 of 4 judged.
+    # Overall 6 of 10 judged trials (0.6); strict, the 2 failed trials wrong: 6 of 12 (0.5).
     pairs = _load("mmrb2", "mmrb2_t2i.json")
     assert pairs[0].prompt == "a red square number 0"
     report = evaluate_pairs(RedReward(), pairs, "mmrb2", batch_size=4, evaluator="red")
     acc = report["accuracy"]
     assert acc["evalmuse"]["correct"] == 2 and acc["evalmuse"]["total"] == 6
-    assert acc["wise"]["correct"] == 4 and acc["wise"]["total"] == 6
-    assert acc["overall"]["accuracy"] == pytest.approx(0.5)
+    assert (acc["wise"]["correct"], acc["wise"]["total"], acc["wise"]["invalid"]) == (4, 4, 2)
+    assert acc["wise"]["strict_accuracy"] == pytest.approx(4 / 6)
+    assert acc["overall"]["accuracy"] == pytest.approx(0.6)
+    assert acc["overall"]["strict_accuracy"] == pytest.approx(0.5)
     assert acc["evalmuse"]["tie_judgements"] == 2 and acc["wise"]["invalid"] == 2
     assert report["failures"] == {"unreadable image": 1}
 
@@ -65,19 +69,21 @@ def test_mmrb2_fixture_hand_checked(tmp_path):
     first, tie, bad = (preds[p.id] for p in (pairs[0], pairs[2], pairs[5]))
     assert first["forward"][0]["judgement"] == "A" and first["reverse"][0]["judgement"] == "B"
     assert tie["forward"][0]["judgement"] == "tie" == tie["reverse"][0]["judgement"]
-    assert bad["forward"][0]["judgement"] == "invalid"
+    assert bad["forward"] == [] and bad["reverse"] == []  # as evaluate.py stores a failure
 
     write_report(report, tmp_path)
     written = json.loads((tmp_path / "mmrb2_predictions.json").read_text())
     assert set(written) == {p.id for p in pairs}
-    assert written[pairs[5].id]["forward"][0]["metadata"]["score_b"] is None  # NaN -> null
+    assert written[pairs[5].id] == {"forward": [], "reverse": []}
+    lines = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert lines[5]["score_b"] is None and lines[5]["judgement"] == "invalid"  # NaN -> null
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["accuracy"]["overall"]["accuracy"] == pytest.approx(0.5)
+    assert results["accuracy"]["overall"]["accuracy"] == pytest.approx(0.6)
     # The official rule (MMRB2's compute_accuracy.py) on the written file gives the same number.
-    assert official_mmrb2_accuracy(written, FIX / "mmrb2_t2i.json") == pytest.approx(0.5)
+    assert official_mmrb2_accuracy(written, FIX / "mmrb2_t2i.json") == pytest.approx(0.6)
     assert "tie" in results["decision_rule"]
-    assert "| **overall** | 0.5000 |" in (tmp_path / "results.md").read_text()
-    assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 6
+    assert "| **overall** | 0.6000 | 0.5000 |" in (tmp_path / "results.md").read_text()
+    assert len(lines) == 6
 
 
 def official_mmrb2_accuracy(predictions: dict, benchmark_file: Path) -> float:
@@ -102,12 +108,14 @@ def test_mmrb2_metric_counts_reverse_flip_missing_and_unparseable():
     preds = {
         "p0": {"forward": [{"judgement": "A"}], "reverse": [{"judgement": "B"}]},  # 2 right
         "p1": {"forward": [{"judgement": "A"}], "reverse": [{"judgement": "A"}]},  # 1 right
-        "p2": {"forward": [{"judgement": "no idea"}], "reverse": []},  # 0, both count
-        # p3 missing: two wrong trials
+        "p2": {"forward": [{"judgement": "no idea"}], "reverse": []},  # wrong, left out
+        # p3 missing: two trials left out
     }
     acc = mmrb2_accuracy(preds, pairs)["overall"]
-    assert (acc["correct"], acc["total"]) == (3, 8)
-    assert acc["invalid"] == 4
+    assert (acc["correct"], acc["total"], acc["invalid"]) == (3, 5, 3)
+    assert acc["accuracy"] == pytest.approx(3 / 5) and acc["strict_accuracy"] == pytest.approx(
+        3 / 8
+    )
 
 
 def test_hpdv3_shuffles_a_b_and_scores_strictly(tmp_path):
@@ -170,11 +178,12 @@ def test_entry_point_with_rubric_reward_and_pixel_judge(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["accuracy"]["overall"]["accuracy"] == pytest.approx(0.5)
+    assert results["accuracy"]["overall"]["accuracy"] == pytest.approx(0.6)
+    assert "overall accuracy 0.6000 (strict 0.5000)" in proc.stdout
     # The official rule (MMRB2's compute_accuracy.py) on the written file gives the same number.
     assert official_mmrb2_accuracy(
         json.loads((tmp_path / "mmrb2_predictions.json").read_text()), FIX / "mmrb2_t2i.json"
-    ) == pytest.approx(0.5)
+    ) == pytest.approx(0.6)
 
 
 @pytest.mark.skipif(not (OFFICIAL / "mmrb2").is_dir(), reason="official MMRB2 files absent")

@@ -56,15 +56,34 @@ class Judge(abc.ABC):
     def yes_prob(self, items: Sequence[JudgeItem]) -> JudgeResult:
         """P("yes") for each item, in one batched call where the backend allows."""
 
-    def generate(self, images: Sequence[Image.Image], text: str, max_new_tokens: int = 512) -> str:
-        """Free-text answer to ``text`` about ``images`` (one conversation, images first)."""
+    def generate(
+        self,
+        images: Sequence[Image.Image],
+        text: str,
+        max_new_tokens: int = 512,
+        *,
+        temperature: float = 0.0,
+        system: str | None = None,
+    ) -> str:
+        """Free-text answer to ``text`` about ``images`` (one conversation, images first), after
+        the ``system`` message when given; temperature 0 decodes greedily, above 0 samples."""
         raise NotImplementedError(f"{type(self).__name__} does not generate free text")
 
     def generate_many(
-        self, requests: Sequence[tuple[Sequence[Image.Image], str]], max_new_tokens: int = 512
+        self,
+        requests: Sequence[tuple[Sequence[Image.Image], str]],
+        max_new_tokens: int = 512,
+        *,
+        temperature: float = 0.0,
+        system: str | None = None,
     ) -> list[str]:
-        """Free-text answers for several conversations; backends that batch override this."""
-        return [self.generate(images, text, max_new_tokens) for images, text in requests]
+        """Free-text answers for several conversations; backends that batch override this.
+        ``temperature`` and ``system`` reach :meth:`generate` only when set, so a judge that
+        only decodes greedily may keep the three-argument ``generate``."""
+        sampling = {"temperature": temperature, "system": system} if temperature or system else {}
+        return [
+            self.generate(images, text, max_new_tokens, **sampling) for images, text in requests
+        ]
 
     def release(self) -> None:  # noqa: B027 - optional hook, default is a no-op
         """Free accelerator memory between phases (e.g. while the trainer samples)."""

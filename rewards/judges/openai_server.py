@@ -236,9 +236,13 @@ class OpenAIJudge(Judge):
                 time.sleep(min(self.max_backoff_s, self.backoff_s * 2**attempt))
         raise failure
 
-    def _messages(self, content: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        return [*system, {"role": "user", "content": content}]
+    def _messages(
+        self, content: list[dict[str, Any]], system: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The chat: ``system`` (else the judge's ``system_prompt``) if any, then the user turn."""
+        system = system or self.system_prompt
+        head = [{"role": "system", "content": system}] if system else []
+        return [*head, {"role": "user", "content": content}]
 
     # ----------------------------------------------------------------- yes/no scoring
     def _ask(self, item: JudgeItem) -> float:
@@ -305,12 +309,21 @@ class OpenAIJudge(Judge):
         )
 
     # ----------------------------------------------------------------- free text
-    def generate(self, images: Sequence[Image.Image], text: str, max_new_tokens: int = 512) -> str:
+    def generate(
+        self,
+        images: Sequence[Image.Image],
+        text: str,
+        max_new_tokens: int = 512,
+        *,
+        temperature: float = 0.0,
+        system: str | None = None,
+    ) -> str:
+        content = chat_content(images, text, image_format=self.image_format)
         body = {
             "model": self.model,
-            "messages": self._messages(chat_content(images, text, image_format=self.image_format)),
+            "messages": self._messages(content, system),
             "max_tokens": max_new_tokens,
-            "temperature": 0.0,
+            "temperature": temperature,
         }
         try:
             data = self._post(body)
@@ -321,10 +334,17 @@ class OpenAIJudge(Judge):
             raise JudgeError(f"generation answer has no message content ({err})") from err
 
     def generate_many(
-        self, requests: Sequence[tuple[Sequence[Image.Image], str]], max_new_tokens: int = 512
+        self,
+        requests: Sequence[tuple[Sequence[Image.Image], str]],
+        max_new_tokens: int = 512,
+        *,
+        temperature: float = 0.0,
+        system: str | None = None,
     ) -> list[str]:
         futures = [
-            self._pool.submit(self.generate, images, text, max_new_tokens)
+            self._pool.submit(
+                self.generate, images, text, max_new_tokens, temperature=temperature, system=system
+            )
             for images, text in requests
         ]
         return [future.result() for future in futures]

@@ -287,22 +287,40 @@ class TransformersJudge(Judge):
         log_no = log_probs[:, self.no_ids].logsumexp(dim=-1)
         return torch.sigmoid(log_yes - log_no)
 
-    def generate(self, images: Sequence[Image.Image], text: str, max_new_tokens: int = 512) -> str:
-        return self.generate_many([(images, text)], max_new_tokens)[0]
+    def generate(
+        self,
+        images: Sequence[Image.Image],
+        text: str,
+        max_new_tokens: int = 512,
+        *,
+        temperature: float = 0.0,
+        system: str | None = None,
+    ) -> str:
+        return self.generate_many(
+            [(images, text)], max_new_tokens, temperature=temperature, system=system
+        )[0]
 
     @torch.no_grad()
     def generate_many(
-        self, requests: Sequence[tuple[Sequence[Image.Image], str]], max_new_tokens: int = 512
+        self,
+        requests: Sequence[tuple[Sequence[Image.Image], str]],
+        max_new_tokens: int = 512,
+        *,
+        temperature: float = 0.0,
+        system: str | None = None,
     ) -> list[str]:
-        """Greedy answers, ``batch_size`` conversations per ``generate`` call (left padded)."""
+        """Answers, ``batch_size`` conversations per ``generate`` call (left padded): greedy at
+        temperature 0, sampled above it; ``system`` opens each conversation when given."""
         self._ready()
         answers: list[str] = []
         tokenizer = self.processor.tokenizer
+        head = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
+        sampling = {"do_sample": True, "temperature": temperature} if temperature else {}
         for start in range(0, len(requests), self.batch_size):
             chunk = requests[start : start + self.batch_size]
             texts = [
                 self.processor.apply_chat_template(
-                    [ChatPrompt.user_turn("", text, images)],
+                    [*head, ChatPrompt.user_turn("", text, images)],
                     tokenize=False,
                     add_generation_prompt=True,
                 )
@@ -319,7 +337,7 @@ class TransformersJudge(Judge):
             out = self.model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,
-                do_sample=False,
+                **(sampling or {"do_sample": False}),
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
             )
