@@ -116,7 +116,7 @@ def test_every_stored_model_text_names_its_source():
 
 def test_which_rewards_see_images_in_their_own_mode():
     """Those whose official preprocessing converts images itself get them unconverted."""
-    own_mode = {CLIPScoreReward, PickScoreReward, ImageRewardReward}
+    own_mode = {CLIPScoreReward, ImageRewardReward}
     for cls in (CLIPScoreReward, PickScoreReward, ImageRewardReward, HPSv2Reward, HPSv3Reward,
                 UnifiedRewardReward):  # fmt: skip
         assert cls.keeps_image_mode == (cls in own_mode), cls.__name__

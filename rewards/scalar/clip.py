@@ -27,14 +27,14 @@ class ClipSimilarityReward(ScalarReward):
 
     ``path`` is a local ``CLIPModel`` folder; ``processor_path`` the folder with the matching
     image processor and tokenizer, by default ``path`` itself. Prompts longer than the text
-    encoder's context (77 tokens) are truncated, as CLIP was trained. By default images go through
-    the folder's image processor on transformers' PIL backend, in the mode they came in (it
-    composites RGBA onto white itself), as the transformers-based official scorers do.
+    encoder's context (77 tokens) are truncated, as CLIP was trained. By default images are
+    converted to RGB (alpha dropped, as transformers 4.x's processor did; transformers 5 would
+    composite RGBA onto white) and go through the folder's image processor on transformers' PIL
+    backend, as the transformers-based official scorers (Flow-GRPO's PickScore) do.
     ``normalize=None`` takes the class's ``DEFAULT_NORMALIZE``.
     """
 
     name = "clip"
-    keeps_image_mode = True
 
     def __init__(
         self,

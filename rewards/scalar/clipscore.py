@@ -30,6 +30,7 @@ class CLIPScoreReward(ClipSimilarityReward):
     """CLIPScore with any local transformers CLIP folder (e.g. openai/clip-vit-large-patch14)."""
 
     name = "clipscore"
+    keeps_image_mode = True  # resized and cropped in its own mode, converted to RGB after
     DEFAULT_NORMALIZE = "clip_s"
     NORMALIZATIONS = {
         "none": lambda cos: cos,

@@ -3,8 +3,9 @@
 #   bash tests/parity/make_envs.sh [ENVS_DIR]     (default: .venv-parity, git-ignored)
 # One base environment holds torch + torchvision (several GB, installed once); each official
 # package gets its own environment that sees the base's packages through a .pth file, so their
-# pinned dependencies (protobuf<4, transformers 4.45.2, timm 0.6.13, ...) never meet. An
-# environment is rebuilt when its requirements file is newer than it.
+# pinned dependencies (protobuf<4, transformers 4.45.2, timm 0.6.13, ...) never meet. For each
+# requirements/NAME.txt: NAME.nodeps.txt is then installed with --no-deps and NAME.post.py run, if
+# present. An environment is rebuilt when its requirements file is newer than it.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=${1:-.venv-parity}
@@ -31,6 +32,7 @@ fi
 base_site=$(site_of "$root/base")
 
 for requirements in "$here"/requirements/*.txt; do
+  case "$requirements" in *.nodeps.txt) continue ;; esac
   name=$(basename "$requirements" .txt)
   env="$root/$name"
   if [ -f "$env/.installed" ] && [ "$env/.installed" -nt "$requirements" ]; then
@@ -41,6 +43,8 @@ for requirements in "$here"/requirements/*.txt; do
   "$python" -m venv "$env"
   echo "$base_site" > "$(site_of "$env")/_parity_base.pth"
   "$env/bin/pip" install -q -r "$requirements"
+  nodeps="${requirements%.txt}.nodeps.txt"
+  if [ -f "$nodeps" ]; then "$env/bin/pip" install -q --no-deps -r "$nodeps"; fi
   post="${requirements%.txt}.post.py"
   if [ -f "$post" ]; then "$env/bin/python" "$post"; fi
   touch "$env/.installed"
