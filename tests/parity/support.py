@@ -17,7 +17,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-ENVS = Path(os.environ.get("PARITY_ENVS", ROOT / ".venv-parity"))
+ENVS = Path(os.environ.get("PARITY_ENVS", ROOT / ".venv-parity")).resolve()
 
 # Prompts with capitals, punctuation, digits, an accent and one past CLIP's 77-token context.
 PROMPTS = [
