@@ -160,11 +160,14 @@ def test_pickscore_in_bf16_scales_and_compares_in_float32(clip_dir):
 
 
 def test_tensor_input_and_release_reload(clip_dir):
+    from transformers.image_processing_backends import PilBackend
+
     reward = CLIPScoreReward(path=str(clip_dir))
     batch = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     first = reward(batch, PROMPTS[:2]).scores
+    assert isinstance(reward.image_processor, PilBackend)  # pinned, torchvision or not
     reward.release()
-    assert reward.model is None
+    assert reward.model is None and reward.image_processor is None
     torch.testing.assert_close(reward(batch, PROMPTS[:2]).scores, first)
 
 
