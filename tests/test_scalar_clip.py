@@ -275,3 +275,17 @@ def test_hydra_config_builds_the_reward(clip_dir):
     images = _images(2, seed=5)
     direct = CLIPScoreReward(path=str(clip_dir))(images, PROMPTS[:2]).scores
     torch.testing.assert_close(reward(images, PROMPTS[:2]).scores, direct)
+
+
+def test_checkpoint_tensor_reads_one_tensor_from_any_weights_layout(clip_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from rewards.scalar.common import checkpoint_tensor
+
+    state = load_file(str(clip_dir / "model.safetensors"))
+    expected = state["logit_scale"]
+    torch.testing.assert_close(checkpoint_tensor(clip_dir, "logit_scale"), expected)
+    torch.save(state, tmp_path / "pytorch_model.bin")  # the older single-file layout
+    torch.testing.assert_close(checkpoint_tensor(tmp_path, "logit_scale"), expected)
+    with pytest.raises(KeyError, match="no_such_tensor"):
+        checkpoint_tensor(clip_dir, "no_such_tensor")
