@@ -41,12 +41,11 @@ def randomize(module: torch.nn.Module, seed: int, keep: tuple[str, ...] = ()) ->
                 continue
             noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
             leaf = name.rsplit(".", 1)[-1]
-            is_norm = any(tag in name for tag in ("norm", "ln_", "ln_pre", "ln_post", "LayerNorm"))
+            is_norm = any(tag in name for tag in ("norm", "ln_", "LayerNorm"))
             if param.ndim == 1 and is_norm and leaf == "weight":
                 value = 1.0 + 0.1 * noise
             elif param.ndim <= 1:
                 value = 0.05 * noise
             else:
-                fan_in = math.prod(param.shape[1:]) if param.ndim > 1 else param.shape[0]
-                value = noise / math.sqrt(fan_in)
+                value = noise / math.sqrt(math.prod(param.shape[1:]))
             param.copy_(value.to(param.dtype))
