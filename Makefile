@@ -1,5 +1,7 @@
 # make demo: set up .venv and run the offline Flow-GRPO demo (tiny SD3, CPU, ~5 minutes)
 # make test: set up .venv and run the test suite
+# make parity: build the official reward packages' environments (.venv-parity, several GB, once)
+#              and run the parity tests against them (tests/parity, pytest marker "parity")
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
@@ -10,12 +12,18 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-.PHONY: demo test lint
+PARITY_ENVS ?= .venv-parity
+
+.PHONY: demo test lint parity
 demo: $(VENV)/.installed
 	$(PY) -m rl.train experiment=demo
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+parity: $(VENV)/.installed
+	bash tests/parity/make_envs.sh $(PARITY_ENVS)
+	PARITY_ENVS=$(PARITY_ENVS) $(PY) -m pytest -m parity -q -s tests/parity
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

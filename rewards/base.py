@@ -57,6 +57,10 @@ class Reward(abc.ABC):
     """
 
     name: str = "reward"
+    # False: PIL inputs reach ``score`` converted to RGB. True: in the mode they came in, for a
+    # reward that reproduces an official preprocessing which converts them itself (e.g. resizes
+    # an RGBA image before dropping its alpha, or composites it onto white).
+    keeps_image_mode: bool = False
 
     def __call__(
         self,
@@ -64,7 +68,7 @@ class Reward(abc.ABC):
         prompts: Sequence[str],
         metadata: Sequence[dict[str, Any]] | None = None,
     ) -> RewardOutput:
-        pil, corrupt = read_images(images)
+        pil, corrupt = read_images(images, keep_mode=self.keeps_image_mode)
         if len(pil) != len(prompts):
             raise ValueError(f"{self.name}: got {len(pil)} images but {len(prompts)} prompts")
         meta = list(metadata) if metadata is not None else [{} for _ in prompts]

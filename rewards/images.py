@@ -67,12 +67,16 @@ def _pil_problem(image: Image.Image) -> str | None:
     return None
 
 
-def read_images(images: ImageBatch) -> tuple[list[Image.Image | None], dict[int, str]]:
+def read_images(
+    images: ImageBatch, keep_mode: bool = False
+) -> tuple[list[Image.Image | None], dict[int, str]]:
     """The batch as RGB PIL images, with ``None`` and a reason for each corrupt image.
 
     Returns ``(images, problems)``: ``problems`` maps the index of every image that cannot be
     scored to why (``"non-finite pixel values"``, ``"empty image"``, ``"does not decode (...)"``);
     those positions hold ``None``. Inputs of the wrong type or shape still raise at once.
+    ``keep_mode=True`` leaves PIL inputs in their own mode (RGBA, L, P, ...) for a model whose
+    official preprocessing converts them itself, at its own step and in its own way.
     """
     if isinstance(images, torch.Tensor):
         pil = to_pil(images)
@@ -80,7 +84,8 @@ def read_images(images: ImageBatch) -> tuple[list[Image.Image | None], dict[int,
     else:
         pil = [_checked_pil(i, im) for i, im in enumerate(images)]
         problems = {i: p for i, im in enumerate(pil) if (p := _pil_problem(im)) is not None}
-    return [None if i in problems else _rgb(im) for i, im in enumerate(pil)], problems
+    convert = (lambda im: im) if keep_mode else _rgb
+    return [None if i in problems else convert(im) for i, im in enumerate(pil)], problems
 
 
 def to_float_array(image: Image.Image) -> np.ndarray:

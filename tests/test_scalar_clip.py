@@ -1,6 +1,8 @@
-"""CLIPScore and PickScore on a tiny random CLIPModel saved to a temp folder with a locally built
-tokenizer: scores match an independent float64 recomputation, batching does not change them,
-and missing files fail before loading."""
+"""CLIPScore, PickScore and HPSv2 on a tiny random CLIPModel saved to a temp folder with a locally
+built tokenizer: scores match an independent float64 recomputation (preprocessing written out by
+hand where it is the official one's), batching does not change them, a bf16 PickScore keeps its
+scale in float32, and missing files fail before loading. Parity with the official packages
+themselves: tests/parity."""
 
 from __future__ import annotations
 
@@ -59,19 +61,36 @@ def clip_dir(tmp_path_factory):
     return folder
 
 
-def _images(n: int, seed: int = 0) -> list[Image.Image]:
+def _images(n: int, seed: int = 0, shape=(40, 48, 3)) -> list[Image.Image]:
     rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)) for _ in range(n)]
+    return [Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)) for _ in range(n)]
 
 
-def _reference(folder, images, prompts):
+def _processor_pixels(processor, image):
+    return processor(images=[image], return_tensors="pt")["pixel_values"].double()
+
+
+def _clip_s_pixels(processor, image):
+    """OpenAI CLIP's eval transform written out: shorter side to 32 (longer one truncated), PIL
+    bicubic, centre crop at offsets rounded half to even, /255, CLIP mean/std (float64)."""
+    size = processor.image_processor.crop_size["height"]
+    w, h = image.size
+    image = image.resize((size, size * h // w) if w <= h else (size * w // h, size), Image.BICUBIC)
+    left, top = round((image.width - size) / 2), round((image.height - size) / 2)
+    arr = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.float64) / 255
+    mean, std = processor.image_processor.image_mean, processor.image_processor.image_std
+    arr = (arr - np.array(mean)) / np.array(std)
+    return torch.from_numpy(arr).permute(2, 0, 1)[None]
+
+
+def _reference(folder, images, prompts, pixels=_processor_pixels):
     """Cosine and logit scale recomputed in float64 from the saved model, step by step."""
     model = CLIPModel.from_pretrained(folder).double().eval()
     processor = CLIPProcessor.from_pretrained(folder)
     cos = []
     with torch.no_grad():
         for image, prompt in zip(images, prompts):
-            pix = processor(images=[image], return_tensors="pt")["pixel_values"].double()
+            pix = pixels(processor, image)
             ids = processor.tokenizer([prompt], return_tensors="pt")["input_ids"]
             vision = model.vision_model(pixel_values=pix).pooler_output
             img = model.visual_projection(vision)[0]
@@ -83,8 +102,11 @@ def _reference(folder, images, prompts):
 
 
 def test_clipscore_matches_float64_reference_and_normalisations(clip_dir):
-    images = _images(4)
-    cos, _ = _reference(clip_dir, images, PROMPTS)
+    # 44 x 40 -> 35 x 32: an overhang of 3, where the CLIP image processor's floored crop
+    # offset (1) differs from the rounded one (2) of the CLIP-S reference code.
+    images = _images(4, shape=(40, 44, 3))
+    texts = [f"A photo depicts {prompt}" for prompt in PROMPTS]
+    cos, _ = _reference(clip_dir, images, texts, pixels=_clip_s_pixels)
     reward = CLIPScoreReward(path=str(clip_dir), batch_size=3, normalize="none")
     out = reward(images, PROMPTS)
     torch.testing.assert_close(out.scores.double(), cos, atol=1e-5, rtol=0)
@@ -94,6 +116,19 @@ def test_clipscore_matches_float64_reference_and_normalisations(clip_dir):
     torch.testing.assert_close(clip_s.double(), 2.5 * cos.clamp(min=0), atol=1e-5, rtol=0)
     percent = CLIPScoreReward(path=str(clip_dir), normalize="percent")(images, PROMPTS).scores
     torch.testing.assert_close(percent.double(), 100 * cos.clamp(min=0), atol=1e-3, rtol=0)
+
+
+def test_clipscore_prefix_comes_from_the_reference_code_and_can_be_turned_off(clip_dir):
+    images = _images(2, seed=3)
+    reward = CLIPScoreReward(path=str(clip_dir), normalize="none")
+    assert reward.texts(["a cat"]) == ["A photo depicts a cat"]
+    other = CLIPScoreReward(path=str(clip_dir), prefix="An image of")
+    assert other.texts(["x"]) == ["An image of x"]  # a space is added, as the reference does
+    bare = CLIPScoreReward(path=str(clip_dir), normalize="none", prefix=None)
+    assert bare.texts(["a cat"]) == ["a cat"]
+    cos, _ = _reference(clip_dir, images, PROMPTS[:2], pixels=_clip_s_pixels)
+    torch.testing.assert_close(bare(images, PROMPTS[:2]).scores.double(), cos, atol=1e-5, rtol=0)
+    assert not torch.allclose(reward(images, PROMPTS[:2]).scores.double(), cos, atol=1e-4)
 
 
 def test_pickscore_is_scaled_cosine_and_batch_invariant(clip_dir):
@@ -109,12 +144,30 @@ def test_pickscore_is_scaled_cosine_and_batch_invariant(clip_dir):
     )
 
 
+def test_pickscore_in_bf16_scales_and_compares_in_float32(clip_dir):
+    images = _images(3, seed=4)
+    fp32 = PickScoreReward(path=str(clip_dir), normalize="none")(images, PROMPTS[:3])
+    bf16 = PickScoreReward(path=str(clip_dir), dtype="bfloat16", normalize="none")
+    out = bf16(images, PROMPTS[:3])
+    assert bf16.model.logit_scale.dtype == torch.bfloat16  # the towers do run in bf16
+    exact = math.exp(2.6592)  # the checkpoint's float32 logit scale, exponentiated
+    ratio = out.details["raw"] / out.details["cosine"]
+    torch.testing.assert_close(ratio, torch.full((3,), exact, dtype=ratio.dtype), rtol=1e-6, atol=0)
+    rounded_first = math.exp(float(torch.tensor(2.6592).to(torch.bfloat16)))
+    assert abs(rounded_first / exact - 1) > 2e-3  # what exponentiating the bf16 value would shift
+    cosines = out.details["cosine"], fp32.details["cosine"]
+    torch.testing.assert_close(*cosines, atol=0.03, rtol=0)  # only the towers round
+
+
 def test_tensor_input_and_release_reload(clip_dir):
+    from transformers.image_processing_backends import PilBackend
+
     reward = CLIPScoreReward(path=str(clip_dir))
     batch = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     first = reward(batch, PROMPTS[:2]).scores
+    assert isinstance(reward.image_processor, PilBackend)  # pinned, torchvision or not
     reward.release()
-    assert reward.model is None
+    assert reward.model is None and reward.image_processor is None
     torch.testing.assert_close(reward(batch, PROMPTS[:2]).scores, first)
 
 
@@ -178,17 +231,29 @@ def test_hpsv2_openclip_checkpoint_scores_like_the_clip_it_came_from(clip_dir, t
     checkpoint = tmp_path / "HPS_v2_compressed.pt"
     torch.save({"state_dict": state}, checkpoint)
     images = _images(3, seed=2)  # 48 x 40: letterboxed to 32 x 27, padded 2 px top, 3 bottom
-    boxed = []
-    for image in images:
-        small = np.asarray(image.resize((32, 27), Image.BICUBIC))
-        boxed.append(Image.fromarray(np.pad(small, ((2, 3), (0, 0), (0, 0)))))
-    cos, _ = _reference(clip_dir, boxed, PROMPTS[:3])
+
+    def letterboxed(processor, image):
+        """HPSv2's transform in float64: the float tensor resized (bicubic, antialiased, not
+        clamped), zero-padded, normalised with OpenAI CLIP's mean/std."""
+        x = torch.from_numpy(np.asarray(image, dtype=np.float64) / 255).permute(2, 0, 1)[None]
+        x = torch.nn.functional.interpolate(x, size=(27, 32), mode="bicubic", antialias=True)
+        x = torch.nn.functional.pad(x, (0, 0, 2, 3))
+        mean = torch.tensor([0.48145466, 0.4578275, 0.40821073], dtype=torch.float64)
+        std = torch.tensor([0.26862954, 0.26130258, 0.27577711], dtype=torch.float64)
+        return (x - mean[:, None, None]) / std[:, None, None]
+
+    cos, _ = _reference(clip_dir, images, PROMPTS[:3], pixels=letterboxed)
     reward = HPSv2Reward(path=str(checkpoint), processor_path=str(clip_dir), batch_size=2)
     torch.testing.assert_close(reward(images, PROMPTS[:3]).scores.double(), cos, atol=1e-5, rtol=0)
     percent = HPSv2Reward(path=str(checkpoint), processor_path=str(clip_dir), normalize="percent")
     torch.testing.assert_close(
         percent(images, PROMPTS[:3]).scores.double(), 100 * cos, atol=1e-3, rtol=0
     )
+
+    fp16 = HPSv2Reward(path=str(checkpoint), processor_path=str(clip_dir), autocast=True)
+    mixed = fp16(images, PROMPTS[:3]).scores.double()
+    torch.testing.assert_close(mixed, cos, atol=5e-3, rtol=0)
+    assert not torch.equal(mixed, reward(images, PROMPTS[:3]).scores.double())  # fp16 did run
 
     torch.save({"state_dict": state | {"module.score_head.weight": torch.zeros(1)}}, checkpoint)
     with pytest.raises(KeyError, match="score_head"):
@@ -210,3 +275,17 @@ def test_hydra_config_builds_the_reward(clip_dir):
     images = _images(2, seed=5)
     direct = CLIPScoreReward(path=str(clip_dir))(images, PROMPTS[:2]).scores
     torch.testing.assert_close(reward(images, PROMPTS[:2]).scores, direct)
+
+
+def test_checkpoint_tensor_reads_one_tensor_from_any_weights_layout(clip_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from rewards.scalar.common import checkpoint_tensor
+
+    state = load_file(str(clip_dir / "model.safetensors"))
+    expected = state["logit_scale"]
+    torch.testing.assert_close(checkpoint_tensor(clip_dir, "logit_scale"), expected)
+    torch.save(state, tmp_path / "pytorch_model.bin")  # the older single-file layout
+    torch.testing.assert_close(checkpoint_tensor(tmp_path, "logit_scale"), expected)
+    with pytest.raises(KeyError, match="no_such_tensor"):
+        checkpoint_tensor(clip_dir, "no_such_tensor")

@@ -6,6 +6,7 @@ fail clearly."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
 
+import rewards.scalar
 from rewards.judges.tiny_vlm import (
     QWEN_CHAT_TEMPLATE,
     QWEN_SPECIAL_TOKENS,
@@ -160,3 +162,23 @@ def test_images_are_resized_to_the_pixel_budget(hpsv3_files):
     big = Image.fromarray(np.zeros((96, 64, 3), dtype=np.uint8))
     grid = reward.inputs([big], ["a photo"])["image_grid_thw"]
     assert int(grid[0, 1] * grid[0, 2]) * 64 <= 1024 * 1.5  # ~32x32 px of 8 px patches
+
+
+def test_sends_the_official_instruction_verbatim_on_the_pil_backend(hpsv3_files):
+    """The default prompt is HPSv3's INSTRUCTION (prompt filled in as ``.format`` does) followed by
+    its reward-token suffix, both read from the stored files; images go through the PIL backend."""
+    from transformers.image_processing_backends import PilBackend
+
+    base, checkpoint, _, _ = hpsv3_files
+    reward = HPSv3Reward(path=str(base), checkpoint=str(checkpoint), dtype="float32", pixels=1024)
+    reward._ensure_loaded()
+    assert isinstance(reward.processor.image_processor, PilBackend)
+    texts = Path(rewards.scalar.__file__).parent / "texts"
+    instruction = (texts / "hpsv3_instruction.txt").read_text(encoding="utf-8")
+    suffix = (texts / "hpsv3_reward_suffix.txt").read_text(encoding="utf-8")
+    prompt = "a cat with {braces} and 'quotes'"
+    official = instruction.format(text_prompt=prompt) + suffix
+    ids = reward.inputs(_images(1), [prompt])["input_ids"][0]
+    sent = reward.processor.tokenizer.decode(ids)
+    assert sent.endswith(official + "<|im_end|>\n<|im_start|>assistant\n")
+    assert sent.count(REWARD_TOKEN) == 1 and "Textual prompt - " + prompt in sent

@@ -1,7 +1,8 @@
 """ImageReward on tiny random BLIP encoders saved in the official checkpoint layout, with a
 locally written BERT vocabulary: the score equals a float64 recomputation that preprocesses the
-image by hand (PIL bicubic resize, centre crop, CLIP mean/std), runs the encoders and the head,
-and standardises with the official constants."""
+image by hand (PIL bicubic resize, centre crop at rounded offsets, CLIP mean/std), runs the
+encoders and the head, and standardises with the official constants. (Parity with the official
+``image-reward`` package itself: tests/parity.)"""
 
 from __future__ import annotations
 
@@ -19,14 +20,8 @@ from transformers import (
     BlipVisionModel,
 )
 
-from rewards.scalar.imagereward import (
-    CLIP_MEAN,
-    CLIP_STD,
-    SCORE_MEAN,
-    SCORE_STD,
-    ImageRewardReward,
-    score_head,
-)
+from rewards.scalar.imagereward import SCORE_MEAN, SCORE_STD, ImageRewardReward, score_head
+from rewards.scalar.pixels import CLIP_MEAN, CLIP_STD
 from rl.tiny import WORDS
 
 PROMPTS = ["a red apple on a wooden table", "two dogs", "a small house next to a river at night"]
@@ -87,10 +82,12 @@ def imagereward_files(tmp_path_factory):
 
 
 def _preprocess(image: Image.Image, size: int) -> torch.Tensor:
+    """torchvision's Resize(size) + CenterCrop(size) on a PIL image, written out: the longer side
+    is truncated, the crop offset rounded half to even (an overhang of 3 starts the crop at 2)."""
     w, h = image.size
-    scale = size / min(w, h)
-    image = image.resize((round(w * scale), round(h * scale)), Image.BICUBIC)
-    left, top = (image.width - size) // 2, (image.height - size) // 2
+    new = (size, size * h // w) if w <= h else (size * w // h, size)
+    image = image.resize(new, Image.BICUBIC)
+    left, top = round((image.width - size) / 2), round((image.height - size) / 2)
     arr = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.float64) / 255
     arr = (arr - np.array(CLIP_MEAN)) / np.array(CLIP_STD)
     return torch.from_numpy(arr).permute(2, 0, 1)[None]
@@ -99,7 +96,8 @@ def _preprocess(image: Image.Image, size: int) -> torch.Tensor:
 def test_score_matches_float64_recomputation(imagereward_files):
     folder, bert, vision, text, head = imagereward_files
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)) for _ in range(3)]
+    # 40 x 44 -> 32 x 35: an overhang of 3, where a floored crop offset would be 1, not 2.
+    images = [Image.fromarray(rng.integers(0, 256, (44, 40, 3), dtype=np.uint8)) for _ in range(3)]
     reward = ImageRewardReward(path=str(folder / "ImageReward.pt"), tokenizer_path=str(bert),
                                batch_size=2)  # fmt: skip
     out = reward(images, PROMPTS)

@@ -1,15 +1,18 @@
-"""UnifiedReward: the answer parser on the formats models write, and the end-to-end path on a
-tiny random Qwen2.5-VL (garbage answers -> NaN with a counted reason; fixed answers parse)."""
+"""UnifiedReward: the answer parser on the formats models write, the end-to-end path on a tiny
+random Qwen2.5-VL (garbage answers -> NaN with a counted reason; fixed answers parse), and the
+question sent being exactly the stored official (or Flow-GRPO) text."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import rewards.scalar
 from rewards.judges.tiny_vlm import build_tiny_vlm
 from rewards.scalar.unifiedreward import UnifiedRewardReward, parse_final_score
 
@@ -91,11 +94,42 @@ def test_fixed_answers_parse_and_normalise(tiny_qwen25_dir, monkeypatch):
     assert math.isnan(out.scores[2]) and out.failures == {"unparseable": 1}
 
 
-def test_question_template_and_paths_are_checked(tmp_path, tiny_qwen25_dir):
+@pytest.mark.parametrize(
+    "options, file, side",
+    [
+        ({}, "unifiedreward_point_score_question.txt", 32),
+        ({"question": "flow_grpo", "image_size": 512}, "unifiedreward_flow_grpo_question.txt", 512),
+    ],
+)
+def test_sends_the_stored_question_verbatim(tiny_qwen25_dir, monkeypatch, options, file, side):
+    """The default is UnifiedReward's official question with 512 new tokens; Flow-GRPO's client
+    is its question plus a 512 x 512 resize. The text sent is the stored file, prompt filled in."""
+    reward = UnifiedRewardReward(path=str(tiny_qwen25_dir), dtype="float32", **options)
+    sent = []
+
+    def capture(requests, max_new_tokens):
+        sent.extend((images, text, max_new_tokens) for images, text in requests)
+        return ["Final Score: 3"] * len(requests)
+
+    reward._ensure_loaded()
+    monkeypatch.setattr(reward.judge, "generate_many", capture)
+    prompt = "a {braced} caption with a [bracket]"
+    reward(_images(1), [prompt])
+    ((images, text, max_new_tokens),) = sent
+    stored = (Path(rewards.scalar.__file__).parent / "texts" / file).read_text(encoding="utf-8")
+    assert text == stored.replace("{prompt}", prompt)
+    assert text.endswith(f"Text Caption: [{prompt}]") and "Final Score:" in text
+    assert max_new_tokens == 512
+    assert images[0].size == (side, side)
+
+
+def test_question_options_and_paths_are_checked(tmp_path, tiny_qwen25_dir):
     with pytest.raises(FileNotFoundError, match="unifiedreward model.*nowhere"):
         UnifiedRewardReward(path=str(tmp_path / "nowhere"))
-    with pytest.raises(ValueError, match="{prompt}"):
-        UnifiedRewardReward(path=str(tiny_qwen25_dir), question_template="Rate it.")
+    with pytest.raises(ValueError, match="official.*{prompt}"):
+        UnifiedRewardReward(path=str(tiny_qwen25_dir), question="Rate it.")
+    own = UnifiedRewardReward(path=str(tiny_qwen25_dir), question="Judge [{prompt}]. Final Score:")
+    assert own.question_template == "Judge [{prompt}]. Final Score:"
     question = tmp_path / "question.txt"
     question.write_text("Caption: {prompt}. Answer with Final Score: X")
     reward = UnifiedRewardReward(path=str(tiny_qwen25_dir), question_file=str(question))

@@ -43,6 +43,18 @@ class JudgeResult:
         return Counter(r for r in self.reasons if r is not None)
 
 
+def judge_text(context: str, question: str) -> str:
+    """The one text a judge reads after the image: the context and the question, each stripped,
+    on two lines (only the question when there is no context).
+
+    Every backend sends exactly this, as the single text part of one user turn that starts with
+    the image, so a model scores the same tokens locally and behind an OpenAI-compatible server
+    (chat templates join separate text parts with nothing between them).
+    """
+    context, question = context.strip(), question.strip()
+    return f"{context}\n{question}" if context else question
+
+
 class JudgeError(RuntimeError):
     """The judge cannot work at all (server down, model misconfigured): fail, don't NaN."""
 

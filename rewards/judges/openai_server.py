@@ -1,7 +1,8 @@
 """A judge that asks an OpenAI-compatible chat-completions server (vLLM, SGLang, ...).
 
-Each (image, context, question) item is one request: the image as a base64 data URL, then the
-context and the question as two text parts of one user message, with ``max_tokens=1``,
+Each (image, context, question) item is one request: one user message holding the image as a
+base64 data URL, then one text part, :func:`rewards.judges.base.judge_text` (context and question
+on two lines), exactly what the local judge scores; ``max_tokens=1``,
 ``temperature=0``, ``logprobs=true`` and ``top_logprobs``. P(yes) is read from the first token's
 ``top_logprobs``: the probabilities of every spelling of "yes" (``"Yes"``, ``" yes"``, ``"YES"``,
 ... -- any token that is "yes" after stripping spaces and lower-casing) are summed, likewise for
@@ -45,7 +46,7 @@ import requests
 import torch
 from PIL import Image
 
-from rewards.judges.base import Judge, JudgeError, JudgeItem, JudgeResult
+from rewards.judges.base import Judge, JudgeError, JudgeItem, JudgeResult, judge_text
 from rewards.rubric_set import check_scoring
 
 log = logging.getLogger(__name__)
@@ -76,14 +77,14 @@ def decode_data_url(url: str) -> Image.Image:
     return image.convert("RGB")
 
 
-def chat_content(images: Sequence[Image.Image], *texts: str, image_format: str = "PNG") -> list:
-    """One user message's content parts: the images first, then each text as its own part."""
+def chat_content(images: Sequence[Image.Image], text: str, image_format: str = "PNG") -> list:
+    """One user message's content parts: the images first, then the text as one part (never
+    split: chat templates would join the parts with no separator)."""
     parts: list[dict[str, Any]] = [
         {"type": "image_url", "image_url": {"url": image_data_url(im, image_format)}}
         for im in images
     ]
-    parts += [{"type": "text", "text": t} for t in texts if t]
-    return parts
+    return parts + [{"type": "text", "text": text}]
 
 
 def yes_no_mass(top_logprobs: Sequence[dict[str, Any]]) -> tuple[float, float]:
@@ -250,7 +251,9 @@ class OpenAIJudge(Judge):
             "model": self.model,
             "messages": self._messages(
                 chat_content(
-                    [item.image], item.context, item.question, image_format=self.image_format
+                    [item.image],
+                    judge_text(item.context, item.question),
+                    image_format=self.image_format,
                 )
             ),
             "max_tokens": 1,

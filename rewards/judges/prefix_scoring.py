@@ -31,6 +31,8 @@ import torch
 from PIL import Image
 from transformers import DynamicCache, PreTrainedModel, ProcessorMixin
 
+from rewards.judges.base import judge_text
+
 SHARED_PREFIX_MODES = ("none", "kv_cache", "packed")
 
 # Sentinels rendered through the chat template to find where context and question go.
@@ -69,13 +71,18 @@ class ChatPrompt:
 
     @staticmethod
     def user_turn(context: str, question: str, images: Sequence) -> dict:
-        """One user message: the images, then the context and the question on separate lines.
+        """One user message: the images, then :func:`judge_text` (context and question, stripped,
+        on separate lines), the text every backend sends.
 
-        Both are stripped: the prompt then splits at a newline followed by a non-space, where
-        Qwen-style pre-tokenizers always cut, so prefix + suffix tokenize as the whole does.
+        The prompt then splits at a newline followed by a non-space, where Qwen-style
+        pre-tokenizers always cut, so prefix + suffix tokenize as the whole does.
         """
-        context, question = context.strip(), question.strip()
-        text = f"{context}\n{question}" if context else question
+        return ChatPrompt.user_message(judge_text(context, question), images)
+
+    @staticmethod
+    def user_message(text: str, images: Sequence) -> dict:
+        """One user message: the images, then ``text`` exactly as given (free-text requests such
+        as a benchmark's official judge prompt go out verbatim, as the OpenAI client sends them)."""
         content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
         return {"role": "user", "content": content}
 

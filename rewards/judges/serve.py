@@ -11,11 +11,12 @@ either way::
 overrides its fields. The tests start it in a thread on a free port, with injected faults.
 
 Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``. A chat request
-with ``logprobs: true`` is a yes/no question: its image is the first ``image_url`` part, its
-question the last text part and its context the text parts before that (system messages are
-ignored); the answer is ONE token whose ``top_logprobs`` give ``"Yes"`` the log of the backing
-judge's P(yes) and ``"No"`` the log of 1 - P(yes) (scaled by ``1 - other_mass``, the rest going to a
-``"Maybe"`` token when ``other_mass > 0``). An item the judge cannot answer (NaN) is answered with
+with ``logprobs: true`` is a yes/no question: its image is the first ``image_url`` part, its text
+the text parts joined by newlines (the judge clients send one, ``judge_text(context, question)``),
+split at its last newline into context and question (system messages are ignored); the answer
+is ONE token whose ``top_logprobs`` give ``"Yes"`` the log of the backing judge's P(yes) and
+``"No"`` the log of 1 - P(yes) (scaled by ``1 - other_mass``, the rest going to a ``"Maybe"``
+token when ``other_mass > 0``). An item the judge cannot answer (NaN) is answered with
 the token ``"Unknown"`` alone, which clients read as "no yes/no token". Any other request is free
 text from ``judge.generate`` (HTTP 501 for judges that do not generate).
 
@@ -259,7 +260,8 @@ class JudgeServer:
         if body.get("logprobs"):
             if len(images) != 1 or not texts:
                 return 400, _error("a yes/no request needs one image and a question", "invalid")
-            item = JudgeItem(images[0], "\n".join(texts[:-1]), texts[-1])
+            context, _, question = "\n".join(texts).rpartition("\n")
+            item = JudgeItem(images[0], context, question)
             p_yes = self.worker.submit("yes", item).result()
             top = _top_logprobs(p_yes, self.other_mass)
             wanted = max(1, int(body.get("top_logprobs") or 1))

@@ -320,7 +320,7 @@ class TransformersJudge(Judge):
             chunk = requests[start : start + self.batch_size]
             texts = [
                 self.processor.apply_chat_template(
-                    [*head, ChatPrompt.user_turn("", text, images)],
+                    [*head, ChatPrompt.user_message(text, images)],
                     tokenize=False,
                     add_generation_prompt=True,
                 )

@@ -21,6 +21,53 @@ from PIL import Image
 from rewards.base import Reward, RewardOutput
 from rewards.judges.transformers_judge import parse_dtype
 
+TEXTS_DIR = Path(__file__).with_name("texts")
+
+
+def model_text(name: str) -> str:
+    """A model's input text (an instruction, a question, a prefix) stored verbatim in
+    ``rewards/scalar/texts/`` (its source is named in ``texts/SOURCES.md``)."""
+    return (TEXTS_DIR / name).read_text(encoding="utf-8")
+
+
+def pil_image_processor(path: str | os.PathLike):
+    """The folder's image processor on transformers' PIL backend, whatever is installed.
+
+    The official reward code preprocesses with PIL and numpy (transformers 4.x image processors,
+    or torchvision transforms on PIL images); transformers 5 picks its torchvision backend when
+    torchvision is installed, which resizes tensors and gives other pixels. Pinning the backend
+    keeps the scores independent of whether torchvision happens to be there.
+    """
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(str(path), backend="pil")
+
+
+def checkpoint_tensor(folder: Path, name: str) -> torch.Tensor:
+    """One tensor of a transformers model folder, as stored (``model.safetensors``, a sharded
+    safetensors index, or ``pytorch_model.bin``), read without loading the model."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        import json
+
+        shard = json.loads(index.read_text())["weight_map"].get(name)
+        files = [folder / shard] if shard else []
+    else:
+        files = [folder / "model.safetensors"]
+    for file in files:
+        if file.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(file), framework="pt") as handle:
+                if name in handle.keys():
+                    return handle.get_tensor(name)
+    binary = folder / "pytorch_model.bin"
+    if binary.is_file():
+        state = torch.load(str(binary), map_location="cpu", weights_only=True, mmap=True)
+        if name in state:
+            return state[name].clone()
+    raise KeyError(f"{folder} holds no tensor {name!r}")
+
 
 def require_dir(path: str | os.PathLike | None, files: Sequence[str], what: str) -> Path:
     """Check that ``path`` is a local folder holding every name in ``files`` (one of several

@@ -4,23 +4,30 @@ The official checkpoint (``HPS_v2_compressed.pt`` / ``HPS_v2.1_compressed.pt``) 
 state dict. Rather than depending on open_clip (which pulls torchvision and timm and pins them to
 particular torch builds), its tensors are mapped onto a transformers ``CLIPModel`` with the same
 architecture, the one of ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``, whose local folder supplies
-the config, the tokenizer and the image processor (OpenAI mean/std). As in HPSv2's evaluation
-transform, each image is first letterboxed: its longer side resized to 224 (bicubic) and the
-shorter one padded with black to a square (see :func:`letterbox`); nothing is cropped. The
-weight mapping is exact: OpenCLIP's fused attention input projection is split into q/k/v, and
-its ``x @ proj`` projections become ``Linear`` weights (transposed).
+the config and the tokenizer. The weight mapping is exact: OpenCLIP's fused attention input
+projection is split into q/k/v, and its ``x @ proj`` projections become ``Linear`` weights
+(transposed). Images are preprocessed as ``hpsv2.score`` does (:func:`letterbox_pixels`: the float
+tensor's longer side resized to 224, black padding to a square, nothing cropped). HPSv2 itself
+cannot score an RGBA image (it keeps the alpha as a fourth channel and its vision tower fails);
+here every image is converted to RGB first (alpha dropped), which is what hpsv2 does to every other
+mode. ``autocast=True`` runs both towers under float16 autocast, as ``hpsv2.score`` does on a GPU.
 
 Raw score: the cosine of the normalised image and text embeddings (what the official
 ``score.py`` prints), in [-1, 1]; typically 0.20-0.35. Normalisations (``normalize``):
 ``"none"``, or ``"percent"`` = 100 * cosine, the scale of the HPSv2 benchmark tables.
+
+Prompts are cleaned as OpenCLIP's tokenizer cleans them (:func:`openclip_clean`, with ftfy) before
+transformers' CLIP tokenizer, which shares OpenCLIP's BPE vocabulary, encodes them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import html
+import re
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from rewards.scalar.clip import ClipSimilarityReward
 from rewards.scalar.common import (
@@ -29,6 +36,7 @@ from rewards.scalar.common import (
     require_dir,
     require_file,
 )
+from rewards.scalar.pixels import letterbox_pixels
 
 _LAYER = {
     "ln_1": "layer_norm1",
@@ -58,21 +66,6 @@ def _tower(state: dict[str, torch.Tensor], src: str, dst: str) -> dict[str, torc
             raise KeyError(f"unexpected OpenCLIP key {key!r}")
         out[f"{layer}{_LAYER[module]}.{kind}"] = value
     return out
-
-
-def letterbox(image: Image.Image, size: int) -> Image.Image:
-    """Resize so the longer side is ``size`` (bicubic) and pad to ``size`` x ``size`` with black,
-    centred (the extra pixel of an odd padding goes right/bottom)."""
-    width, height = image.size
-    scale = size / max(width, height)
-    if scale == 1.0:
-        return image
-    new_w, new_h = round(width * scale), round(height * scale)
-    canvas = Image.new("RGB", (size, size))
-    canvas.paste(
-        image.resize((new_w, new_h), Image.BICUBIC), ((size - new_w) // 2, (size - new_h) // 2)
-    )
-    return canvas
 
 
 def openclip_to_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -116,10 +109,24 @@ def openclip_to_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.
     return out
 
 
+def openclip_clean(text: str) -> str:
+    """A prompt as OpenCLIP's tokenizer sees it: ftfy-fixed (curly quotes straightened, mojibake
+    repaired, ...), HTML entities unescaped twice, whitespace runs collapsed, lower-cased.
+
+    transformers' CLIP tokenizer only normalises whitespace and case, so without this a prompt
+    like ``an astronaut’s glove`` tokenizes differently from what HPSv2 was trained on.
+    """
+    import ftfy
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
 class HPSv2Reward(ClipSimilarityReward):
     """HPSv2 / HPSv2.1 from the local checkpoint file and a local CLIP-ViT-H-14 folder."""
 
     name = "hpsv2"
+    keeps_image_mode = False  # RGB first, as hpsv2 converts every mode it can score
     NORMALIZATIONS = {"none": lambda cos: cos, "percent": lambda cos: 100.0 * cos}
 
     def __init__(
@@ -130,16 +137,26 @@ class HPSv2Reward(ClipSimilarityReward):
         dtype: str = "float32",
         batch_size: int = 16,
         normalize: str | None = None,
+        autocast: bool = False,
     ) -> None:
         require_dir(processor_path, ("config.json",), "hpsv2 CLIP-ViT-H-14 config")
         super().__init__(path, processor_path, device, dtype, batch_size, normalize)
+        self.autocast = bool(autocast)
 
     def check_model_path(self, path: str) -> Path:
         return require_file(path, "hpsv2 checkpoint")
 
-    def prepare_images(self, images: list[Image.Image]) -> list[Image.Image]:
-        size = self.processor.image_processor.crop_size["height"]
-        return [letterbox(image, size) for image in images]
+    def texts(self, prompts: list[str]) -> list[str]:
+        return [openclip_clean(prompt) for prompt in prompts]
+
+    def pixel_values(self, images):
+        size = self.model.config.vision_config.image_size
+        return torch.stack([letterbox_pixels(image, size) for image in images])
+
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        if not self.autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.float16)
 
     def build_model(self, path: Path) -> torch.nn.Module:
         from accelerate import init_empty_weights

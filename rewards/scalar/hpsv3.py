@@ -14,9 +14,10 @@ Local files: ``path``, the Qwen2-VL-7B-Instruct folder (config.json, tokenizer, 
 chat template; its weights are not read), and ``checkpoint``, the ``HPSv3.safetensors`` file
 (backbone + ``rm_head``), in the official key layout (``model.*``, ``visual.*``, ``lm_head.*``,
 ``rm_head.*``) or the transformers 5 layout. The instruction is ``prompt_template`` with
-``{prompt}`` filled in and must contain ``<|Reward|>``; the default is our own wording. For
-scores comparable to published numbers, put the official instruction in a text file and pass it
-as ``prompt_file``.
+``{prompt}`` filled in and must contain ``<|Reward|>``; the default is the official one: HPSv3's
+``INSTRUCTION`` followed by its ``prompt_with_special_token`` (both stored verbatim in
+``rewards/scalar/texts/``), as the official ``HPSv3RewardInferencer`` sends them. Images go through
+the folder's image processor on transformers' PIL backend, which gives the official pixels.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from rewards.scalar.common import (
     ScalarReward,
     assign_exactly,
     load_state_dict_file,
+    model_text,
+    pil_image_processor,
     require_dir,
     require_file,
 )
@@ -37,13 +40,10 @@ from rewards.scalar.common import (
 REWARD_TOKEN = "<|Reward|>"
 HEAD_SIZES = (1024, 16, 2)
 DEFAULT_PIXELS = 256 * 28 * 28
-DEFAULT_PROMPT = (
-    "Rate this generated image for human preference, from 0 (worst) to 10 (best). Consider its "
-    "visual quality (plausible structure, sharpness, rich detail, aesthetics, safety) and how "
-    "well it matches the text prompt (subjects, style, setting, attributes, overall meaning).\n"
-    "Text prompt: {prompt}\n\n"
-    "Overall rating of this image: " + REWARD_TOKEN + "\n"
-)
+# The official instruction (its placeholder is "{text_prompt}") and the reward-token suffix.
+OFFICIAL_INSTRUCTION = model_text("hpsv3_instruction.txt")
+OFFICIAL_REWARD_SUFFIX = model_text("hpsv3_reward_suffix.txt")
+DEFAULT_PROMPT = OFFICIAL_INSTRUCTION.replace("{text_prompt}", "{prompt}") + OFFICIAL_REWARD_SUFFIX
 
 # transformers < 5 (the official checkpoint) -> transformers 5 module names.
 _KEY_LAYOUT = (
@@ -116,6 +116,7 @@ class HPSv3Reward(ScalarReward):
         from rewards.judges.transformers_judge import load_processor
 
         self.processor = load_processor(self.path)
+        self.processor.image_processor = pil_image_processor(self.path)
         self.processor.tokenizer.add_special_tokens({"additional_special_tokens": [REWARD_TOKEN]})
         self.reward_token_id = self.processor.tokenizer.convert_tokens_to_ids(REWARD_TOKEN)
         state = to_current_layout(load_state_dict_file(self.checkpoint))

@@ -10,7 +10,10 @@ checkpoint and ``med_config.json``.
 
 Score, as the official ``ImageReward.score``: the prompt (BERT tokens, padded to 35) attends to
 the image patches; the [CLS] output goes through the head (768-1024-128-64-16-1, no activations),
-then is standardised with the official mean 0.16717 and std 1.03334. Raw range: unbounded,
+then is standardised with the official mean 0.16717 and std 1.03334. Images are preprocessed as
+the official ``_transform(224)``: the image, in its own mode, resized (shorter side, PIL bicubic),
+centre-cropped with torchvision's rounded offsets, then converted to RGB and normalised with
+OpenAI CLIP's mean/std (:func:`rewards.scalar.pixels.clip_eval_pixels`). Raw range: unbounded,
 roughly N(0, 1) on ImageRewardDB (mostly within -2.5 .. 2.5). Normalisations (``normalize``):
 ``"none"`` (the official standardised score) or ``"sigmoid"`` (mapped into (0, 1)).
 
@@ -34,12 +37,11 @@ from rewards.scalar.common import (
     require_dir,
     require_file,
 )
+from rewards.scalar.pixels import clip_eval_pixels
 
 SCORE_MEAN = 0.16717362830052426
 SCORE_STD = 1.0333394966054072
 MAX_TEXT_TOKENS = 35
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 _VISION_KEYS = (
     (r"^cls_token$", "embeddings.class_embedding"),
@@ -98,6 +100,7 @@ class ImageRewardReward(ScalarReward):
     """ImageReward from its local checkpoint, med_config.json and a bert-base-uncased folder."""
 
     name = "imagereward"
+    keeps_image_mode = True  # resized and cropped in its own mode, converted to RGB after
     NORMALIZATIONS = {"none": lambda s: s, "sigmoid": torch.sigmoid}
 
     def __init__(
@@ -116,7 +119,8 @@ class ImageRewardReward(ScalarReward):
             med_config or self.path.with_name("med_config.json"), "imagereward med_config.json"
         )
         self.tokenizer_path = require_dir(tokenizer_path, ("vocab.txt",), "imagereward tokenizer")
-        self.vision = self.text = self.head = self.tokenizer = self.image_processor = None
+        self.vision = self.text = self.head = self.tokenizer = None
+        self.image_size: int | None = None
 
     def load(self) -> None:
         from accelerate import init_empty_weights
@@ -126,7 +130,6 @@ class ImageRewardReward(ScalarReward):
             BlipTextModel,
             BlipVisionConfig,
             BlipVisionModel,
-            CLIPImageProcessor,
         )
 
         vision_state, text_state, head_state = to_transformers_blip(load_state_dict_file(self.path))
@@ -169,19 +172,16 @@ class ImageRewardReward(ScalarReward):
                 f"the text encoder {text_config.vocab_size}: not the bert-base-uncased vocabulary"
             )
         self.tokenizer = tokenizer
-        self.image_processor = CLIPImageProcessor(
-            size={"shortest_edge": image_size}, crop_size=image_size, resample=3,
-            image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD),
-        )  # fmt: skip
+        self.image_size = image_size
         self.vision = vision.to(self.device).eval()
         self.text = text.to(self.device).eval()
         self.head = head.to(self.device).eval()
 
     def unload(self) -> None:
-        self.vision = self.text = self.head = self.tokenizer = self.image_processor = None
+        self.vision = self.text = self.head = self.tokenizer = None
 
     def raw_scores(self, images, prompts):
-        pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        pixels = torch.stack([clip_eval_pixels(image, self.image_size) for image in images])
         patches = self.vision(pixel_values=pixels.to(self.device, self.dtype)).last_hidden_state
         tokens = self.tokenizer(
             prompts, padding="max_length", truncation=True, max_length=MAX_TEXT_TOKENS,

@@ -1,20 +1,32 @@
-"""UnifiedReward (Wang et al., 2025): a Qwen2.5-VL chat model that writes its verdict as text.
+r"""UnifiedReward (Wang et al., 2025): a Qwen2.5-VL chat model that writes its verdict as text.
 
 The model is asked to judge prompt alignment and image quality and to end with
-``Final Score: X``, X from 1 to 5. The score is parsed from the answer (see
-:func:`parse_final_score`); an answer without a parseable score is NaN with reason
-``"unparseable"``, a number outside [1, 5] NaN with reason ``"out_of_range"`` -- never 0, unlike
-the Flow-GRPO client that turned such answers into a reward of 0.
+``Final Score: X``, X from 1 to 5. Generation runs through
+:class:`rewards.judges.transformers_judge.TransformersJudge` (greedy, left padded batches), so any
+chat VLM folder that ``AutoModelForImageTextToText`` loads works, e.g. a local copy of
+``CodeGoat24/UnifiedReward-qwen-7b``. One user turn holds the image, then the question.
+
+Defaults follow the official point-wise image-generation inference script of UnifiedReward
+(CodeGoat24/UnifiedReward,
+``inference_qwen/image_generation/qwen_point_score_image_generation.py``): its question
+(``question="official"``), 512 new tokens, the image at its own size. Flow-GRPO's client
+(yifan123/flow_grpo, ``flow_grpo/rewards.py``, ``unifiedreward_score_sglang``) differs, and each
+difference is an option: its shorter question, written for the LLaVA-based
+UnifiedReward-7b-v1.5 and starting with ``<image>\n`` (``question="flow_grpo"``), and a resize of
+every image to 512 x 512 first (``image_size=512``). Both questions are stored verbatim in
+``rewards/scalar/texts/``; ``question`` may also be a template of one's own with ``{prompt}``, or
+``question_file`` a file holding one.
+
+Parse policy (:func:`parse_final_score`): the *last* ``Final Score: X`` in the answer, written in
+any of the usual ways (``**Final Score:** 3.5``, ``final score = 4/5``, ``Final Score: [2]``).
+No score is NaN with reason ``"unparseable"``, a number outside [1, 5] NaN with reason
+``"out_of_range"``; both are counted, never turned into a number. Flow-GRPO's parser instead
+takes the *first* match of ``Final Score:\s*([1-5](?:\.\d+)?)``, so it reads ``Final Score: 10`` as
+1, ``Final Score: 5.9`` as 5.9, ``**Final Score:** 4`` as nothing, and gives 0 (a reward of 0
+after /5) for anything it cannot read.
 
 Normalisations (``normalize``): ``"none"`` (1-5), ``"divide_5"`` (score / 5, in [0.2, 1]: the
 scale Flow-GRPO trains with), ``"unit"`` ((score - 1) / 4, in [0, 1]).
-
-Generation runs through :class:`rewards.judges.transformers_judge.TransformersJudge` (greedy, left
-padded batches), so any chat VLM folder that ``AutoModelForImageTextToText`` loads works, e.g. a
-local copy of ``CodeGoat24/UnifiedReward-qwen-7b``. The question is ``question_template`` with
-``{prompt}`` filled in; the default is our own wording of the point-wise image-generation task
-with the official answer format. For scores comparable to published numbers, put the official
-evaluation prompt in a text file and pass it as ``question_file``.
 """
 
 from __future__ import annotations
@@ -23,16 +35,13 @@ import re
 
 import torch
 
-from rewards.scalar.common import ScalarReward, require_dir, require_file
+from rewards.scalar.common import ScalarReward, model_text, require_dir, require_file
 
-DEFAULT_QUESTION = (
-    "Here is an image generated from the text caption below. Judge it on two things:\n"
-    "1. Alignment with the caption: are the objects, their attributes and their relations as the "
-    "caption describes them?\n"
-    "2. Image quality: clarity, detail, colour and overall aesthetic appeal.\n"
-    "Weigh both and give a score from 1 to 5 after 'Final Score:'.\n"
-    "Text Caption: [{prompt}]"
-)
+OFFICIAL_QUESTION = model_text("unifiedreward_point_score_question.txt")
+FLOW_GRPO_QUESTION = model_text("unifiedreward_flow_grpo_question.txt")
+QUESTIONS = {"official": OFFICIAL_QUESTION, "flow_grpo": FLOW_GRPO_QUESTION}
+OFFICIAL_MAX_NEW_TOKENS = 512
+FLOW_GRPO_IMAGE_SIZE = 512
 
 SCORE_RANGE = (1.0, 5.0)
 
@@ -73,18 +82,22 @@ class UnifiedRewardReward(ScalarReward):
         dtype: str = "bfloat16",
         batch_size: int = 8,
         normalize: str = "divide_5",
-        max_new_tokens: int = 256,
+        max_new_tokens: int = OFFICIAL_MAX_NEW_TOKENS,
         image_size: int | None = None,
-        question_template: str = DEFAULT_QUESTION,
+        question: str = "official",
         question_file: str | None = None,
     ) -> None:
         super().__init__(device=device, dtype=dtype, batch_size=batch_size, normalize=normalize)
         self.path = require_dir(path, ("config.json",), "unifiedreward model")
         if question_file is not None:
-            question_template = require_file(question_file, "unifiedreward question").read_text()
-        if "{prompt}" not in question_template:
-            raise ValueError("unifiedreward question_template must contain '{prompt}'")
-        self.question_template = question_template
+            question = require_file(question_file, "unifiedreward question").read_text()
+        template = QUESTIONS.get(question, question)
+        if "{prompt}" not in template:
+            raise ValueError(
+                f"unifiedreward question must be one of {sorted(QUESTIONS)} or a template "
+                f"containing '{{prompt}}', got {question[:60]!r}"
+            )
+        self.question_template = template
         self.max_new_tokens = int(max_new_tokens)
         self.image_size = image_size
         self.judge = None

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Builds the virtual environments the parity tests run the official reward packages in:
+#   bash tests/parity/make_envs.sh [ENVS_DIR]     (default: .venv-parity, git-ignored)
+# One base environment holds torch + torchvision (several GB, installed once); each official
+# package gets its own environment that sees the base's packages through a .pth file, so their
+# pinned dependencies (protobuf<4, transformers 4.45.2, timm 0.6.13, ...) never meet. For each
+# requirements/NAME.txt: NAME.nodeps.txt is then installed with --no-deps and NAME.post.py run, if
+# present. An environment is rebuilt when its requirements file is newer than it.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=${1:-.venv-parity}
+python=${PYTHON:-python3}
+mkdir -p "$root"
+
+# PyPI's torchvision only loads against a matching torch build; these pairs run on the CPU.
+case "$(uname -m)" in
+  x86_64) torch_pins="torch==2.14.1 torchvision==0.29.1" ;;
+  aarch64 | arm64) torch_pins="torch==2.9.1 torchvision==0.24.1" ;;
+  *) echo "make_envs.sh: no known torch/torchvision pair for $(uname -m)" >&2; exit 1 ;;
+esac
+
+site_of() { "$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
+
+if [ ! -f "$root/base/.installed" ]; then
+  echo "parity: building $root/base ($torch_pins)"
+  rm -rf "$root/base"
+  "$python" -m venv "$root/base"
+  # shellcheck disable=SC2086
+  "$root/base/bin/pip" install -q $torch_pins
+  touch "$root/base/.installed"
+fi
+base_site=$(site_of "$root/base")
+
+for requirements in "$here"/requirements/*.txt; do
+  case "$requirements" in *.nodeps.txt) continue ;; esac
+  name=$(basename "$requirements" .txt)
+  env="$root/$name"
+  if [ -f "$env/.installed" ] && [ "$env/.installed" -nt "$requirements" ]; then
+    continue
+  fi
+  echo "parity: building $env"
+  rm -rf "$env"
+  "$python" -m venv "$env"
+  echo "$base_site" > "$(site_of "$env")/_parity_base.pth"
+  "$env/bin/pip" install -q -r "$requirements"
+  nodeps="${requirements%.txt}.nodeps.txt"
+  if [ -f "$nodeps" ]; then "$env/bin/pip" install -q --no-deps -r "$nodeps"; fi
+  post="${requirements%.txt}.post.py"
+  if [ -f "$post" ]; then "$env/bin/python" "$post"; fi
+  touch "$env/.installed"
+done

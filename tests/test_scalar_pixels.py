@@ -1,0 +1,126 @@
+"""The official preprocessing steps reproduced in rewards.scalar.pixels, the prompt cleaning of
+HPSv2, the stored model texts, and which rewards see images in their own mode. (Pixel-for-pixel
+agreement with the official torchvision pipelines themselves: tests/parity.)"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import rewards.scalar
+from rewards.base import Reward
+from rewards.images import read_images
+from rewards.scalar import (
+    CLIPScoreReward,
+    HPSv2Reward,
+    HPSv3Reward,
+    ImageRewardReward,
+    PickScoreReward,
+    UnifiedRewardReward,
+)
+from rewards.scalar.hpsv2 import openclip_clean
+from rewards.scalar.pixels import (
+    CLIP_MEAN,
+    CLIP_STD,
+    center_crop,
+    clip_eval_pixels,
+    letterbox_pixels,
+    resize_shorter_side,
+)
+
+TEXTS = Path(rewards.scalar.__file__).parent / "texts"
+
+
+def _ramp(width: int, height: int, mode: str = "RGB") -> Image.Image:
+    """An image whose pixel values encode their coordinates, so a crop offset shows."""
+    x, y = np.meshgrid(np.arange(width), np.arange(height))
+    rgb = np.stack([x % 256, y % 256, (x + y) % 256], axis=-1).astype(np.uint8)
+    return Image.fromarray(rgb).convert(mode)
+
+
+@pytest.mark.parametrize("overhang, offset", [(0, 0), (1, 0), (2, 1), (3, 2), (5, 2), (7, 4)])
+def test_center_crop_rounds_offsets_half_to_even(overhang, offset):
+    """torchvision's CenterCrop: round((h - size) / 2); floor division would give overhang // 2."""
+    image = _ramp(10 + overhang, 10 + overhang)
+    crop = np.asarray(center_crop(image, 10))
+    assert crop.shape == (10, 10, 3)
+    assert crop[0, 0, 0] == offset and crop[0, 0, 1] == offset
+
+
+def test_resize_truncates_the_longer_side_and_keeps_the_mode():
+    assert resize_shorter_side(_ramp(40, 44), 32).size == (32, 35)  # 44 * 32 / 40 = 35.2
+    assert resize_shorter_side(_ramp(44, 40), 32).size == (35, 32)
+    same = _ramp(32, 50)
+    assert resize_shorter_side(same, 32) is same
+    assert resize_shorter_side(_ramp(40, 44, "RGBA"), 32).mode == "RGBA"
+    with pytest.raises(ValueError, match="cannot crop"):
+        center_crop(_ramp(8, 20), 10)
+
+
+def test_clip_eval_pixels_resizes_rgba_before_dropping_alpha():
+    """As OpenAI CLIP's transform: the RGBA image is resized with premultiplied alpha, then
+    converted, which differs from converting first wherever the image is transparent."""
+    rgba = np.zeros((40, 44, 4), dtype=np.uint8)
+    rgba[:, ::2] = (255, 0, 0, 255)  # opaque red columns ...
+    rgba[:, 1::2] = (0, 0, 255, 0)  # ... between transparent ones with blue underneath
+    image = Image.fromarray(rgba, "RGBA")
+    ours = clip_eval_pixels(image, 32)
+    resized_then_rgb = center_crop(resize_shorter_side(image, 32), 32).convert("RGB")
+    expected = np.asarray(resized_then_rgb, dtype=np.float32) / 255
+    expected = (expected - np.array(CLIP_MEAN, dtype=np.float32)) / np.array(CLIP_STD, np.float32)
+    torch.testing.assert_close(ours, torch.from_numpy(expected).permute(2, 0, 1), atol=1e-6, rtol=0)
+    rgb_first = clip_eval_pixels(image.convert("RGB"), 32)
+    assert not torch.allclose(ours, rgb_first, atol=1e-3)
+
+
+def test_letterbox_pads_black_around_the_resized_image():
+    pixels = letterbox_pixels(_ramp(48, 40), 32)  # 48 x 40 -> 32 x 27 (round 26.7), 5 rows of pad
+    assert pixels.shape == (3, 32, 32)
+    black = ((torch.zeros(3) - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD))[:, None]
+    for row in (0, 1, 29, 30, 31):  # 2 rows on top, 3 at the bottom
+        torch.testing.assert_close(pixels[:, row], black.expand(3, 32), atol=1e-6, rtol=0)
+    assert not torch.allclose(pixels[:, 2], black.expand(3, 32))
+    square = letterbox_pixels(_ramp(32, 32), 32)  # nothing to resize or pad
+    raw = torch.from_numpy(np.asarray(_ramp(32, 32), dtype=np.float32) / 255).permute(2, 0, 1)
+    mean, std = torch.tensor(CLIP_MEAN)[:, None, None], torch.tensor(CLIP_STD)[:, None, None]
+    expected = (raw - mean) / std
+    torch.testing.assert_close(square, expected, atol=1e-6, rtol=0)
+    assert letterbox_pixels(_ramp(32, 20), 32).shape == (3, 32, 32)  # padded though not resized
+
+
+@pytest.mark.parametrize(
+    "prompt, cleaned",
+    [
+        ("An astronaut\u2019s glove", "an astronaut's glove"),
+        ("salt &amp;amp; pepper", "salt & pepper"),
+        ("  two\n dogs\t in   snow ", "two dogs in snow"),
+        ("caf\u00c3\u00a9 au lait", "caf\u00e9 au lait"),  # mojibake repaired by ftfy
+    ],
+)
+def test_hpsv2_prompts_are_cleaned_as_openclip_does(prompt, cleaned):
+    assert openclip_clean(prompt) == cleaned
+
+
+def test_every_stored_model_text_names_its_source():
+    sources = (TEXTS / "SOURCES.md").read_text()
+    named = set(re.findall(r"^\| `([^`]+)` \|", sources, flags=re.MULTILINE))
+    stored = {path.name for path in TEXTS.glob("*.txt")}
+    assert stored and named == stored
+    assert re.search(r"[0-9a-f]{40}", sources)  # commits are pinned
+
+
+def test_which_rewards_see_images_in_their_own_mode():
+    """Those whose official preprocessing converts images itself get them unconverted."""
+    own_mode = {CLIPScoreReward, ImageRewardReward}
+    for cls in (CLIPScoreReward, PickScoreReward, ImageRewardReward, HPSv2Reward, HPSv3Reward,
+                UnifiedRewardReward):  # fmt: skip
+        assert cls.keeps_image_mode == (cls in own_mode), cls.__name__
+    assert Reward.keeps_image_mode is False
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    assert read_images([rgba])[0][0].mode == "RGB"
+    assert read_images([rgba], keep_mode=True)[0][0].mode == "RGBA"
