@@ -36,7 +36,13 @@ def deepspeed_requested() -> bool:
 
 def deepspeed_cpu_backend() -> str | None:
     """The collective backend DeepSpeed uses when it runs on its CPU accelerator, else None."""
-    from deepspeed.accelerator import get_accelerator
+    try:
+        from deepspeed.accelerator import get_accelerator
+    except ImportError as err:
+        raise LaunchError(
+            f"accelerate launch asked for DeepSpeed, which does not import ({err}): "
+            'pip install -e ".[deepspeed]"'
+        ) from None
 
     accelerator = get_accelerator()
     return accelerator.communication_backend_name() if accelerator.device_name() == "cpu" else None

@@ -215,6 +215,17 @@ def test_config_mistakes_are_listed_in_one_message():
     assert "compile_backend='inductr' is not a torch.compile backend" in str(err.value)
 
 
+def test_launcher_accumulation_that_contradicts_the_trainer_is_refused(tmp_path, monkeypatch):
+    """accelerate lets ACCELERATE_GRADIENT_ACCUMULATION_STEPS override the trainer's own value,
+    which would silently change the optimizer steps per epoch."""
+    from rl.distributed import LaunchError
+
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "3")
+    cfg = compose_train(TINY)
+    with pytest.raises(LaunchError, match=r"gradient accumulation to 3 .* derives it \(4\)"):
+        FlowGRPOTrainer(parse_config(cfg), tmp_path, {}).setup()
+
+
 def test_missing_model_folder_fails_clearly_from_the_command_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "rl.train", "experiment=demo", "model=sd35_medium",
