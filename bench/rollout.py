@@ -1,9 +1,14 @@
-"""Speed and numerics of one Flow-GRPO iteration's model work; prints ONE JSON line.
+"""Speed and numerics of one Flow-GRPO iteration's model work, eager and compiled; ONE JSON line.
 
-    python -m bench.rollout                       # CPU: tiny random SD3, 64 px (seconds)
-    python -m bench.rollout --full-size --resolution 512 --dtype bf16 --device cuda [--compile]
+    python -m bench.rollout                       # CPU: tiny random SD3, 64 px (about a minute)
+    python -m bench.rollout --full-size --resolution 512 --dtype bf16 --device cuda
 
-Measured, after one warm-up of each part:
+The same run measures the eager model, then compiles every MM-DiT block (``train.compile``'s
+regional compilation, :func:`rl.models.compile_transformer_blocks`) and measures again: the line
+holds both (``eager``, ``compiled``) side by side, ``compile_speedup`` (compiled over eager
+``iteration_images_per_s``) and how far the compiled rollout is from the eager one with the same
+weights and noise (``compiled_vs_eager_max_abs_latent`` / ``..._log_prob``). ``--no-compile``
+measures eager only. Measured in each mode, after one warm-up (and compilation) of each part:
 * ``rollout_images_per_s``: :func:`rl.rollout.sample` (num_steps SDE steps with CFG, VAE decode);
 * ``train_step_s``: one trained denoising step on a ``--train-batch`` chunk with the trainer's LoRA
   (r32/alpha64 on the reference target modules, :func:`rl.lora.make_trainable`): forward through
@@ -32,7 +37,7 @@ from diffusers import AutoencoderKL, SD3Transformer2DModel, StableDiffusion3Pipe
 from torch.utils.flop_counter import FlopCounterMode
 
 from rl.lora import LoraSettings, make_trainable
-from rl.models import resolve_dtype
+from rl.models import compile_transformer_blocks, resolve_dtype
 from rl.rollout import PromptCache, RolloutConfig, predict_velocity, sample, step_log_prob
 from rl.tiny import build_tiny_sd3
 
@@ -77,7 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--full-size", action="store_true", help="SD3.5-M-shaped random model")
     parser.add_argument("--layers", type=int, default=None, help="override num_layers (smoke)")
     parser.add_argument("--resolution", type=int, default=None, help="px (64 tiny, 512 full)")
-    parser.add_argument("--batch", type=int, default=None, help="images per rollout (4 / 8)")
+    parser.add_argument(
+        "--batch", type=int, default=None, help="images per rollout (4 tiny / 9 full size)"
+    )
     parser.add_argument("--train-batch", type=int, default=None, help="images per train step")
     parser.add_argument("--steps", type=int, default=10, help="denoising steps per rollout")
     parser.add_argument("--guidance", type=float, default=4.5, help="CFG scale (1 = no CFG)")
@@ -85,7 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-seq", type=int, default=128, help="T5 tokens per prompt")
     parser.add_argument("--dtype", default="float32", help="float32 | bf16 (autocast + bf16 base)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--compile", action="store_true", help="torch.compile each MM-DiT block")
+    parser.add_argument("--no-compile", action="store_true", help="eager only, no compiled run")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak")
     parser.add_argument("--seed", type=int, default=0)
@@ -182,10 +190,88 @@ def forward_flops(pipe, cache, prompts, rollout_cfg, device) -> int:
     return counter.get_total_flops()
 
 
+def measure(
+    pipe: StableDiffusion3Pipeline,
+    cache: PromptCache,
+    prompts: list[str],
+    rollout_cfg: RolloutConfig,
+    optimizer: torch.optim.Optimizer,
+    flops: int,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Time rollouts and trained steps of the transformer as it is now (eager or compiled)."""
+    device, dtype = torch.device(args.device), resolve_dtype(args.dtype)
+    transformer = pipe.transformer
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    generator = torch.Generator(device).manual_seed(args.seed)
+
+    def rollout():
+        with autocast:
+            return sample(pipe, transformer, cache, prompts, rollout_cfg, generator)
+
+    def train_step(batch) -> tuple[float, float]:
+        """One trained step; returns (seconds inside the transformer forward+backward, total)."""
+        synchronize(device)
+        start = time.perf_counter()
+        with timer, autocast:
+            log_prob, _, _ = step_log_prob(transformer, batch, 0, cache, rollout_cfg)
+        ratio = torch.exp(log_prob - batch.old_log_prob(0))
+        loss = -(advantages[: len(ratio)] * ratio).mean()
+        _, backward_s = timed(loss.backward, device)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
+        return timer.seconds + backward_s, time.perf_counter() - start
+
+    advantages = torch.randn(args.train_batch, device=device).sign()
+    timer = ForwardTimer(transformer, device)
+    warm = rollout()  # warm-up (and compilation) of sampling and training
+    train_step(warm.select(slice(0, args.train_batch)))
+
+    rollout_times = []
+    for _ in range(args.repeats):
+        result, seconds = timed(rollout, device)
+        rollout_times.append(seconds)
+    rollout_s = min(rollout_times)
+    chunk = result.select(slice(0, args.train_batch))
+    with torch.no_grad(), autocast:  # before any update: the on-policy log-prob
+        train_log_prob, _, _ = step_log_prob(transformer, chunk, 0, cache, rollout_cfg)
+    log_ratio = (train_log_prob - chunk.old_log_prob(0)).abs().max().item()
+    with torch.no_grad(), timer, autocast:  # forward of the full rollout batch, LoRA unmerged
+        step_log_prob(transformer, result, 0, cache, rollout_cfg)
+    forward_s = timer.seconds
+
+    steps = [train_step(chunk) for _ in range(args.repeats)]
+    inside_s, train_s = min(steps, key=lambda pair: pair[1])
+    n_train = rollout_cfg.num_train_steps * args.batch / args.train_batch
+    figures = {
+        "rollout_s": significant(rollout_s),
+        "rollout_images_per_s": significant(args.batch / rollout_s),
+        "train_step_s": significant(train_s),
+        "outside_transformer_fraction": significant(1 - inside_s / train_s, 3),
+        "iteration_images_per_s": significant(args.batch / (rollout_s + n_train * train_s)),
+        "transformer_forward_tflops_per_s": significant(flops / forward_s / 1e12),
+        "max_abs_log_ratio": log_ratio,
+        "claimed_ratio": log_ratio / CLIP_RANGE,
+    }
+    if device.type == "cuda":
+        figures["forward_peak_fraction"] = significant(flops / forward_s / 1e12 / args.peak_tflops)
+        figures["peak_memory_gb"] = significant(torch.cuda.max_memory_allocated(device) / 2**30)
+    return figures
+
+
+def fixed_noise_rollout(pipe, cache, prompts, rollout_cfg, args):
+    """One rollout with seeded noise, to compare eager and compiled numerics."""
+    device, dtype = torch.device(args.device), resolve_dtype(args.dtype)
+    generator = torch.Generator(device).manual_seed(args.seed + 1)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        return sample(pipe, pipe.transformer, cache, prompts, rollout_cfg, generator)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     args.resolution = args.resolution or (512 if args.full_size else 64)
-    args.batch = args.batch or (8 if args.full_size else 4)
+    args.batch = args.batch or (9 if args.full_size else 4)  # 9: the reference per GPU
     args.train_batch = args.train_batch or args.batch
     device, dtype = torch.device(args.device), resolve_dtype(args.dtype)
     pipe, cache, prompts = build(args)
@@ -201,82 +287,50 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     flops = forward_flops(pipe, cache, prompts, rollout_cfg, device)
     params = make_trainable(transformer, LoraSettings())
     optimizer = torch.optim.AdamW(params, lr=3e-4, betas=(0.9, 0.999), weight_decay=1e-4)
-    if args.compile:
-        for block in transformer.transformer_blocks:
-            block.compile()
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    generator = torch.Generator(device).manual_seed(args.seed)
-    first_step = rollout_cfg.train_steps[0]
-
-    def rollout():
-        with autocast:
-            return sample(pipe, transformer, cache, prompts, rollout_cfg, generator)
-
-    def train_step(batch, step) -> tuple[float, float]:
-        """One trained step; returns (seconds inside the transformer forward+backward, total)."""
-        synchronize(device)
-        start = time.perf_counter()
-        with timer, autocast:
-            log_prob, _, _ = step_log_prob(transformer, batch, step, cache, rollout_cfg)
-        ratio = torch.exp(log_prob - batch.log_probs[:, step])
-        loss = -(advantages[: len(ratio)] * ratio).mean()
-        _, backward_s = timed(loss.backward, device)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        synchronize(device)
-        return timer.seconds + backward_s, time.perf_counter() - start
-
-    advantages = torch.randn(args.train_batch, device=device).sign()
-    timer = ForwardTimer(transformer, device)
-    warm = rollout()  # warm-up (and compilation) of sampling and training
-    train_step(warm.select(slice(0, args.train_batch)), first_step)
-
-    rollout_times = []
-    for _ in range(args.repeats):
-        result, seconds = timed(rollout, device)
-        rollout_times.append(seconds)
-    rollout_s = min(rollout_times)
-    chunk = result.select(slice(0, args.train_batch))
-    with torch.no_grad(), autocast:  # before any update: the on-policy log-prob
-        train_log_prob, _, _ = step_log_prob(transformer, chunk, first_step, cache, rollout_cfg)
-    log_ratio = (train_log_prob - chunk.log_probs[:, first_step]).abs().max().item()
-    with torch.no_grad(), timer, autocast:  # forward of the full rollout batch, LoRA unmerged
-        step_log_prob(transformer, result, first_step, cache, rollout_cfg)
-    forward_s = timer.seconds
-
-    steps = [train_step(chunk, first_step) for _ in range(args.repeats)]
-    inside_s, train_s = min(steps, key=lambda pair: pair[1])
-    n_train = len(rollout_cfg.train_steps) * args.batch / args.train_batch
+    initial = [p.detach().clone() for p in params]
+    reference = fixed_noise_rollout(pipe, cache, prompts, rollout_cfg, args)
+    eager = measure(pipe, cache, prompts, rollout_cfg, optimizer, flops, args)
     report = {
         "bench": "rollout",
         "model": "sd35_medium_shaped_random" if args.full_size else "tiny",
         "layers": transformer.config.num_layers,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dtype": str(dtype).removeprefix("torch."),
-        "compile": args.compile,
         "resolution": args.resolution,
         "batch": args.batch,
         "train_batch": args.train_batch,
         "num_steps": args.steps,
         "guidance_scale": args.guidance,
         "sde_kind": args.sde_kind,
-        "rollout_s": significant(rollout_s),
-        "rollout_images_per_s": significant(args.batch / rollout_s),
-        "train_step_s": significant(train_s),
-        "trained_steps_per_rollout": len(rollout_cfg.train_steps),
-        "outside_transformer_fraction": significant(1 - inside_s / train_s, 3),
-        "iteration_images_per_s": significant(args.batch / (rollout_s + n_train * train_s)),
+        "trained_steps_per_rollout": rollout_cfg.num_train_steps,
         "transformer_forward_tflop": significant(flops / 1e12),
-        "transformer_forward_tflops_per_s": significant(flops / forward_s / 1e12),
-        "max_abs_log_ratio": log_ratio,
         "clip_range": CLIP_RANGE,
-        "claimed_ratio": log_ratio / CLIP_RANGE,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
+        "eager": eager,
     }
-    if device.type == "cuda":
-        report["forward_peak_fraction"] = significant(flops / forward_s / 1e12 / args.peak_tflops)
-        report["peak_memory_gb"] = significant(torch.cuda.max_memory_allocated(device) / 2**30)
+    if not args.no_compile:
+        with torch.no_grad():  # the eager run's training changed the LoRA: back to the start
+            for param, value in zip(params, initial):
+                param.copy_(value)
+        compile_transformer_blocks(transformer, args.compile_backend)
+        compiled_rollout = fixed_noise_rollout(pipe, cache, prompts, rollout_cfg, args)
+        compiled = measure(pipe, cache, prompts, rollout_cfg, optimizer, flops, args)
+        report |= {
+            "compile_backend": args.compile_backend,
+            "compiled": compiled,
+            "compile_speedup": significant(
+                compiled["iteration_images_per_s"] / eager["iteration_images_per_s"], 3
+            ),
+            "compile_rollout_speedup": significant(
+                compiled["rollout_images_per_s"] / eager["rollout_images_per_s"], 3
+            ),
+            "compiled_vs_eager_max_abs_latent": float(
+                (compiled_rollout.latents - reference.latents).abs().max()
+            ),
+            "compiled_vs_eager_max_abs_log_prob": float(
+                (compiled_rollout.log_probs - reference.log_probs).abs().max()
+            ),
+        }
+    report |= {"torch": torch.__version__, "diffusers": diffusers.__version__}
     print(json.dumps(report))
     return report
 

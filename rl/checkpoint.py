@@ -10,7 +10,9 @@ LoRA) and a ``COMPLETE`` marker written last. Everything is written into
 the previous checkpoints untouched or a folder that :meth:`CheckpointManager.complete_checkpoints`
 ignores, as it ignores any folder without the marker.
 
-Assumes a file system shared by all processes (DeepSpeed writes per-rank files).
+Assumes a file system shared by all processes (DeepSpeed writes per-rank files). Under DeepSpeed
+the engine saves the model and its ZeRO optimizer shards itself; in LoRA mode it is told to leave
+out the frozen base weights (``exclude_frozen_parameters``), which are not state of the run.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from safetensors.torch import load_file, save_file
 
 from rl.lora import load_lora_state_dict, lora_state_dict
@@ -71,10 +74,23 @@ def register_lora_hooks(accelerator: Accelerator) -> None:
 class CheckpointManager:
     """Writes, finds and loads the checkpoints under ``root`` (``<run>/checkpoints``)."""
 
-    def __init__(self, accelerator: Accelerator, root: Path, keep_last: int | None) -> None:
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        root: Path,
+        keep_last: int | None,
+        frozen_base: bool = False,
+    ) -> None:
         self.accelerator = accelerator
         self.root = root
         self.keep_last = keep_last
+        self.frozen_base = frozen_base  # LoRA: the model's frozen weights are not saved
+
+    def _deepspeed_kwargs(self, saving: bool) -> dict[str, bool]:
+        """DeepSpeed's save/load options that skip the frozen base weights in LoRA mode."""
+        if not self.frozen_base or self.accelerator.distributed_type != DistributedType.DEEPSPEED:
+            return {}
+        return {"exclude_frozen_parameters": True} if saving else {"load_module_strict": False}
 
     def save(
         self,
@@ -94,7 +110,7 @@ class CheckpointManager:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
         acc.wait_for_everyone()
-        acc.save_state(str(staging))
+        acc.save_state(str(staging), **self._deepspeed_kwargs(saving=True))
         per_rank = gather_objects(acc, trainer_state.pop("per_rank", None))
         if acc.is_main_process:
             torch.save({**trainer_state, "per_rank": per_rank}, staging / TRAINER_STATE)
@@ -154,7 +170,7 @@ class CheckpointManager:
     def load(self, path: Path) -> dict[str, Any]:
         """Restore accelerate's state from ``path`` and return the trainer state, with
         ``"per_rank"`` replaced by this rank's entry."""
-        self.accelerator.load_state(str(path))
+        self.accelerator.load_state(str(path), **self._deepspeed_kwargs(saving=False))
         state = torch.load(path / TRAINER_STATE, weights_only=False)
         per_rank = state["per_rank"]
         if per_rank is not None:

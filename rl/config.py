@@ -59,8 +59,12 @@ class TrainSection:
     beta: float = 0.04  # KL weight (0 disables the reference forward)
     kl_include_dt: bool = False  # False: the reference's KL (no dt); True: exact Gaussian KL
     global_std: bool = True  # advantage std over the whole epoch instead of per group
-    mixed_precision: str = "no"  # no | bf16 | fp16 (autocast; trained params stay fp32)
+    # no | bf16 | fp16 (autocast; trained params stay fp32). fp16 = the reference's SD3 layout:
+    # float32 transformer and VAE, fp16 text encoders (needs model.dtype=float32); see rl.models
+    mixed_precision: str = "no"
     gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile each transformer block (regional; static shapes)
+    compile_backend: str = "inductor"  # torch.compile backend (e.g. aot_eager to debug)
     reward_in_background: bool = False  # score batch i in a thread while batch i+1 samples
     shuffle_samples: bool = True  # shuffle the epoch's samples before training
     num_threads: int | None = None  # torch CPU threads during the run (null: torch's default)
@@ -69,11 +73,12 @@ class TrainSection:
 
 @dataclass
 class EmaSection:
-    """EMA of the trained weights, used for exports and evaluation when enabled."""
+    """EMA of the trained weights, used for exports and evaluation when enabled (rl/ema.py:
+    flow_grpo's warm-up min((1 + s) / (10 + s), decay) and cadence)."""
 
     enabled: bool = False
     decay: float = 0.9
-    update_every: int = 8  # optimizer steps between updates
+    update_every: int = 8  # updates when (optimizer steps done + 1) % update_every == 0
 
 
 @dataclass
@@ -166,6 +171,13 @@ def parse_config(cfg: DictConfig) -> TrainConfig:
     except (TypeError, ValueError) as err:
         problems.append(f"rollout: {err}")
     problems += value_problems(sections)
+    try:
+        from rl.models import precision_plan
+
+        model_dtype = (cfg.get("model") or {}).get("dtype") or "float32"
+        precision_plan(sections["train"].mixed_precision, model_dtype)
+    except ValueError as err:
+        problems.append(str(err))
     if problems:
         raise ConfigError("invalid train config:\n  - " + "\n  - ".join(problems))
 
@@ -209,6 +221,11 @@ def value_problems(s: dict[str, Any]) -> list[str]:
             f"train.mixed_precision={t.mixed_precision!r} is not one of {MIXED_PRECISION}",
         ),
         (
+            not t.compile or t.compile_backend in compile_backends(),
+            f"train.compile_backend={t.compile_backend!r} is not a torch.compile backend "
+            "(e.g. inductor, or aot_eager to debug)",
+        ),
+        (
             s["logger"].mode in LOGGER_MODES,
             f"logger.mode={s['logger'].mode!r} is not one of {LOGGER_MODES}",
         ),
@@ -224,6 +241,13 @@ def value_problems(s: dict[str, Any]) -> list[str]:
         ),
     ]
     return [message for ok, message in checks if not ok]
+
+
+def compile_backends() -> list[str]:
+    """Every registered ``torch.compile`` backend name (debug ones such as aot_eager too)."""
+    import torch._dynamo
+
+    return torch._dynamo.list_backends(exclude_tags=())
 
 
 def _rank() -> int:
@@ -244,19 +268,12 @@ def shared_run_stamp() -> str:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             from accelerate.utils import broadcast_object_list
 
+            from rl.distributed import distributed_state
+
             distributed_state()  # joins the process group that the launcher described
             stamp = broadcast_object_list([stamp], from_process=0)[0]
         _RUN_STAMP.append(stamp)
     return _RUN_STAMP[0]
-
-
-def distributed_state():
-    """accelerate's process state, created as ``Accelerator`` would create it (CPU processes
-    when ``ACCELERATE_USE_CPU`` is set), so that creating it early does not fix a wrong one."""
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def register_resolvers() -> None:

@@ -1,7 +1,12 @@
 """What the trainer trains: a LoRA adapter on the transformer (default) or all of its weights.
 
-LoRA follows the reference recipe: rank 32, alpha 64, Gaussian init (so the adapted model starts
-identical to the base), on the joint-attention projections of every MM-DiT block. The adapter is
+LoRA follows the reference recipe (yifan123/flow_grpo ``scripts/train_sd3.py``): rank 32, alpha 64,
+Gaussian init (so the adapted model starts identical to the base), on the joint-attention
+projections of every MM-DiT block, named ``attn.to_q`` etc. The ``attn.`` prefix matters: peft
+matches a bare ``to_q`` against every module path ending in it, which in SD3.5-Medium's
+dual-attention (MMDiT-X) blocks also adapts the second, image-only attention ``attn2`` (243
+instead of 191 adapted layers, about 27% more LoRA parameters); that wider set
+(:data:`ALL_ATTENTION_TARGET_MODULES`) stays available as an option. The adapter is
 added with diffusers' own ``add_adapter`` so the transformer stays an ``SD3Transformer2DModel``,
 the KL reference is the same module with the adapter switched off, and the export is a
 ``pytorch_lora_weights.safetensors`` that ``StableDiffusion3Pipeline.load_lora_weights(dir)``
@@ -20,16 +25,19 @@ from pathlib import Path
 import torch
 from diffusers import StableDiffusion3Pipeline
 
+# The reference's list (scripts/train_sd3.py of yifan123/flow_grpo): the joint attention only.
 TARGET_MODULES = (
-    "to_q",
-    "to_k",
-    "to_v",
-    "to_out.0",
-    "add_q_proj",
-    "add_k_proj",
-    "add_v_proj",
-    "to_add_out",
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
 )
+# Bare names also adapt attn2 of dual-attention blocks (option: lora.target_modules=[to_q, ...]).
+ALL_ATTENTION_TARGET_MODULES = tuple(name.removeprefix("attn.") for name in TARGET_MODULES)
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 
 

@@ -9,6 +9,7 @@ naming the path and everything that is missing instead of minutes later inside d
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from diffusers import StableDiffusion3Pipeline
 
 from rewards.judges.transformers_judge import parse_dtype
+from rl.rollout import TEXT_ENCODERS
 from rl.tiny import build_tiny_sd3
 
 # Subfolder -> files it must hold (any one of each tuple; "*" patterns are globbed).
@@ -110,3 +112,59 @@ def load_pipeline(model_cfg: Mapping[str, Any]) -> StableDiffusion3Pipeline:
         pipe.set_progress_bar_config(disable=True)
         return pipe
     raise ValueError(f"model.name={name!r} is unknown; use 'tiny' or 'sd35_medium'")
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """The weight dtype of each pipeline component under one ``train.mixed_precision`` mode
+    (trained parameters are float32 in every mode; see :func:`rl.lora.make_trainable`)."""
+
+    transformer: torch.dtype
+    vae: torch.dtype
+    text_encoders: torch.dtype
+
+
+def precision_plan(mixed_precision: str, model_dtype: str | torch.dtype) -> PrecisionPlan:
+    """Weight dtypes for ``mixed_precision`` ("no", "bf16", "fp16") and ``model.dtype``.
+
+    "fp16" is the layout of the reference's SD3 runs (yifan123/flow_grpo ``scripts/train_sd3.py``
+    with ``config.mixed_precision="fp16"`` of ``config/base.py``): fp16 autocast over a float32
+    transformer, a float32 VAE (decoding in fp16 overflows) and fp16 text encoders; it needs
+    ``model.dtype=float32``. "no" and "bf16" keep every component in ``model.dtype`` (SD3.5-M's
+    config: bfloat16, which halves the weights' memory; bf16 cannot overflow like fp16).
+    """
+    dtype = resolve_dtype(model_dtype)
+    if mixed_precision == "fp16":
+        if dtype != torch.float32:
+            raise ValueError(
+                f"train.mixed_precision=fp16 keeps the transformer and VAE in float32 (the "
+                f"reference's layout); set model.dtype=float32, not {model_dtype}"
+            )
+        return PrecisionPlan(torch.float32, torch.float32, torch.float16)
+    return PrecisionPlan(dtype, dtype, dtype)
+
+
+def apply_precision(pipe: StableDiffusion3Pipeline, plan: PrecisionPlan) -> None:
+    """Cast the pipeline's components to the dtypes of ``plan`` (in place; those already in
+    their dtype are left alone)."""
+    parts = [("transformer", plan.transformer), ("vae", plan.vae)]
+    parts += [(name, plan.text_encoders) for name in TEXT_ENCODERS]
+    for name, dtype in parts:
+        module = getattr(pipe, name)
+        if next(module.parameters()).dtype != dtype:
+            module.to(dtype=dtype)
+
+
+def compile_transformer_blocks(transformer: torch.nn.Module, backend: str = "inductor") -> int:
+    """Regional compilation: ``torch.compile`` each MM-DiT block in place; returns how many.
+
+    The blocks are the repeated part of SD3's transformer (24 in SD3.5-M); compiling each one
+    instead of the whole model keeps compilation short (blocks of the same structure reuse one
+    compiled graph) and leaves the module tree, its state-dict keys and peft's adapter switches
+    untouched. Shapes are static (``dynamic=False``): the trainer keeps every batch's shape fixed
+    for a run, so each block compiles once per (shape, grad mode, adapter state), a handful in all.
+    """
+    blocks = transformer.transformer_blocks
+    for block in blocks:
+        block.compile(backend=backend, dynamic=False)
+    return len(blocks)

@@ -5,7 +5,11 @@ Kept from the reference implementation, because the algorithm needs them:
   :func:`rl.sde.sde_step` with log-probs of every stored transition;
 * classifier-free guidance with the empty negative prompt, cond and uncond in one batched forward;
 * trained steps = the first ``int(train_fraction * num_steps)`` steps (the last, nearly noise-free
-  step is left out), or, for the fast variant, only the SDE steps of ``sde_window`` (ODE elsewhere).
+  step is left out), or, for the fast variant, only the SDE steps of a window (ODE elsewhere): as
+  in flow_grpo's ``sd3_pipeline_with_logprob_fast.py``, a window of ``sde_window_size`` steps whose
+  start is drawn afresh for every sampling batch inside ``sde_window_range``, so that every step
+  of the range gets trained; ``sde_window`` fixes one window instead (an option). Each rollout
+  stores its samples' trained step indices, so training evaluates exactly the sampled window.
 
 Changed, for speed or exactness: each unique prompt (and "") is encoded once and cached, alone in
 its forward (so its embedding never depends on which prompts share a batch, a mode or a rank);
@@ -13,7 +17,7 @@ with a data set small enough to cache whole, the text encoders then leave the ac
 training forward (:func:`step_log_prob`) goes through the
 same :func:`predict_velocity` and :func:`rl.sde.sde_step` as the rollout, so an unchanged policy
 reproduces the rollout's log-probs (the on-policy ratio is 1). Latents are kept in float32 and cast
-to the text-embedding dtype only at the transformer's input, as diffusers' pipeline does.
+to the transformer's weight dtype only at its input.
 """
 
 from __future__ import annotations
@@ -43,7 +47,11 @@ class RolloutConfig:
         guidance_scale: CFG scale; <= 1 means no CFG (one forward, the fast variant's default).
         noise_level: a in the SDE/CPS std; 0 makes every step a deterministic Euler step.
         sde_kind: "sde" (Flow-GRPO) or "cps" (coefficient-preserving sampling).
-        sde_window: [start, end) steps that get SDE noise and are trained; None = every step.
+        sde_window_size: > 0: the fast variant's random window; each sampling batch draws a
+            window of this many steps (SDE noise, trained) whose start is uniform over the
+            positions that keep it inside ``sde_window_range``; ODE elsewhere.
+        sde_window_range: [low, high) that a random window must lie in (None: every step).
+        sde_window: [start, end): one fixed window instead of random ones (an option).
         train_fraction: without a window, the first int(train_fraction * num_steps) steps train.
         height, width: image size in pixels.
         max_sequence_length: T5 tokens per prompt.
@@ -61,6 +69,8 @@ class RolloutConfig:
     guidance_scale: float = 4.5
     noise_level: float = 0.7
     sde_kind: Literal["sde", "cps"] = "sde"
+    sde_window_size: int = 0
+    sde_window_range: tuple[int, int] | None = None
     sde_window: tuple[int, int] | None = None
     train_fraction: float = 0.99
     height: int = 512
@@ -81,31 +91,96 @@ class RolloutConfig:
             )
         if self.sde_kind not in ("sde", "cps"):
             raise ValueError(f"rollout.sde_kind={self.sde_kind!r} is not 'sde' or 'cps'")
-        if self.sde_window is not None:
-            self.sde_window = tuple(int(s) for s in self.sde_window)
-            start, end = (self.sde_window + (-1, -1))[:2]
-            if len(self.sde_window) != 2 or not 0 <= start < end <= self.num_steps:
-                raise ValueError(
-                    f"rollout.sde_window={list(self.sde_window)} must be [start, end) with "
-                    f"0 <= start < end <= num_steps={self.num_steps}"
-                )
-        if not self.train_steps:
+        self.sde_window = self._steps_range("sde_window", self.sde_window)
+        self.sde_window_range = self._steps_range("sde_window_range", self.sde_window_range)
+        if self.sde_window_size < 0:
+            raise ValueError(f"rollout.sde_window_size={self.sde_window_size} must be >= 0")
+        if self.sde_window_range is not None and not self.sde_window_size:
+            raise ValueError("rollout.sde_window_range needs rollout.sde_window_size > 0")
+        if self.sde_window_size and self.sde_window is not None:
+            raise ValueError(
+                "set either rollout.sde_window (one fixed window) or rollout.sde_window_size "
+                "(a random window per batch), not both"
+            )
+        low, high = self.sde_window_range or (0, self.num_steps)
+        if self.sde_window_size > high - low:
+            raise ValueError(
+                f"rollout.sde_window_size={self.sde_window_size} does not fit in "
+                f"sde_window_range=[{low}, {high}) ({high - low} steps)"
+            )
+        if not self.num_train_steps:
             raise ValueError(
                 f"rollout trains no step: train_fraction={self.train_fraction} x "
                 f"num_steps={self.num_steps} rounds down to 0"
             )
 
-    def step_noise_level(self, step: int) -> float:
-        """The SDE noise level of ``step`` (0 = ODE step outside the window)."""
-        inside = self.sde_window is None or self.sde_window[0] <= step < self.sde_window[1]
-        return self.noise_level if inside else 0.0
+    def _steps_range(self, name: str, value) -> tuple[int, int] | None:
+        """``value`` as a ``(start, end)`` tuple with 0 <= start < end <= num_steps."""
+        if value is None:
+            return None
+        value = tuple(int(s) for s in value)
+        start, end = (value + (-1, -1))[:2]
+        if len(value) != 2 or not 0 <= start < end <= self.num_steps:
+            raise ValueError(
+                f"rollout.{name}={list(value)} must be [start, end) with "
+                f"0 <= start < end <= num_steps={self.num_steps}"
+            )
+        return value
 
     @property
-    def train_steps(self) -> list[int]:
-        """Indices of the denoising steps whose transitions are trained."""
+    def random_window(self) -> bool:
+        """Whether each sampling batch draws its own window (the reference's fast variant)."""
+        return self.sde_window_size > 0
+
+    @property
+    def num_train_steps(self) -> int:
+        """How many denoising steps of each rollout are trained."""
+        if self.random_window:
+            return self.sde_window_size
         if self.sde_window is not None:
-            return list(range(*self.sde_window))
-        return list(range(int(self.train_fraction * self.num_steps)))
+            return self.sde_window[1] - self.sde_window[0]
+        return int(self.train_fraction * self.num_steps)
+
+    def draw_window(self, generator: torch.Generator | None) -> tuple[int, int] | None:
+        """The SDE window of one sampling batch: a random one drawn from ``generator`` (start
+        uniform over ``[low, high - size]``, as ``random.randint`` in the reference), the fixed
+        ``sde_window``, or None (no window: every step is SDE)."""
+        if not self.random_window:
+            return self.sde_window
+        low, high = self.sde_window_range or (0, self.num_steps)
+        choices = high - self.sde_window_size - low + 1
+        start = low + int(torch.randint(choices, (1,), generator=generator))
+        return start, start + self.sde_window_size
+
+    def check_window(self, window: tuple[int, int] | None) -> tuple[int, int] | None:
+        """The window a rollout uses: ``window`` if it is one this config can draw, the fixed
+        window if ``window`` is None; raises ValueError otherwise."""
+        if window is None and not self.random_window:
+            return self.sde_window
+        if window is None:
+            raise ValueError(
+                "rollout.sde_window_size > 0 draws a window per batch: pass "
+                "window=cfg.draw_window(generator) to sample()"
+            )
+        window = tuple(int(s) for s in window)
+        low, high = self.sde_window_range or (0, self.num_steps)
+        fits = self.random_window and low <= window[0] and window[1] <= high
+        if window != self.sde_window and not (
+            fits and window[1] - window[0] == self.sde_window_size
+        ):
+            raise ValueError(f"window {list(window)} is not one that this rollout config draws")
+        return window
+
+    def train_steps(self, window: tuple[int, int] | None) -> list[int]:
+        """Indices of the denoising steps trained for a rollout sampled with ``window``."""
+        if window is not None:
+            return list(range(*window))
+        return list(range(self.num_train_steps))
+
+    def step_noise_level(self, step: int, window: tuple[int, int] | None) -> float:
+        """The SDE noise level of ``step`` (0 = ODE step outside ``window``)."""
+        inside = window is None or window[0] <= step < window[1]
+        return self.noise_level if inside else 0.0
 
     @property
     def uses_cfg(self) -> bool:
@@ -244,10 +319,16 @@ def predict_velocity(
 
     With ``guidance_scale > 1`` the uncond and cond rows go through ONE transformer forward
     ([uncond; cond], diffusers' order) and are combined as u + g (c - u) in float32; otherwise
-    only the cond rows run. The negative embeddings may have batch size 1 (broadcast).
+    only the cond rows run. The negative embeddings may have batch size 1 (broadcast). Latents
+    and embeddings enter in the transformer's weight dtype (float32 latents, fp16 text embeddings
+    and a float32 transformer under the fp16 layout: float32 in, autocast decides the rest).
     """
     batch = latents.shape[0]
-    model_input = latents.to(embeds.dtype)
+    dtype = next(transformer.parameters()).dtype  # the base weights' (LoRA's come later)
+    model_input = latents.to(dtype)
+    embeds, pooled = embeds.to(dtype), pooled.to(dtype)
+    if neg_embeds is not None:
+        neg_embeds, neg_pooled = neg_embeds.to(dtype), neg_pooled.to(dtype)
     if guidance_scale > 1:
         model_input = torch.cat([model_input, model_input])
         timestep = torch.cat([timestep, timestep])
@@ -272,6 +353,8 @@ class Rollout:
 
     ``latents[:, 0]`` is the start noise and ``latents[:, i + 1]`` the outcome of step i, whose
     log-prob is ``log_probs[:, i]`` (0 for ODE steps) at transformer time ``timesteps[:, i]``.
+    ``train_steps[:, j]`` is the denoising step that sample's j-th trained transition took: the
+    same for every sample of a batch, but batches of the fast variant draw different windows.
     """
 
     prompts: list[str]
@@ -281,10 +364,30 @@ class Rollout:
     log_probs: torch.Tensor  # [B, T] float32
     timesteps: torch.Tensor  # [B, T]
     sigmas: torch.Tensor  # [T + 1]
-    train_steps: list[int]
+    train_steps: torch.Tensor  # [B, S] int64
     images: torch.Tensor  # [B, 3, H, W] in [0, 1]
 
-    _PER_SAMPLE = ("embeds", "pooled", "latents", "log_probs", "timesteps", "images")
+    _PER_SAMPLE = (
+        "embeds", "pooled", "latents", "log_probs", "timesteps", "train_steps", "images",
+    )  # fmt: skip
+
+    @property
+    def num_train_steps(self) -> int:
+        return self.train_steps.shape[1]
+
+    def step_index(self, position: int) -> torch.Tensor:
+        """The denoising step [B] of every sample's ``position``-th trained transition."""
+        return self.train_steps[:, position]
+
+    def old_log_prob(self, position: int) -> torch.Tensor:
+        """The rollout's log-prob [B] of each sample's ``position``-th trained transition."""
+        step = self.step_index(position).to(self.log_probs.device)
+        return self.log_probs.gather(1, step[:, None])[:, 0]
+
+    def step_dt(self, position: int) -> torch.Tensor:
+        """sigma_next - sigma [B] (< 0) of each sample's ``position``-th trained transition."""
+        step = self.step_index(position).to(self.sigmas.device)
+        return self.sigmas[step + 1] - self.sigmas[step]
 
     def select(self, index: torch.Tensor | list[int] | slice) -> Rollout:
         """The samples at ``index`` (a slice, index list or boolean mask)."""
@@ -306,14 +409,17 @@ class Rollout:
 
     @classmethod
     def cat(cls, rollouts: list[Rollout]) -> Rollout:
-        """Join rollouts sampled with the same schedule along the sample dimension."""
+        """Join rollouts sampled with the same schedule along the sample dimension (their
+        windows may differ; their number of trained steps may not)."""
         first = rollouts[0]
         for other in rollouts[1:]:
             if (
                 not torch.equal(other.sigmas, first.sigmas)
-                or other.train_steps != first.train_steps
+                or other.num_train_steps != first.num_train_steps
             ):
-                raise ValueError("Rollout.cat needs rollouts with the same sigmas and train_steps")
+                raise ValueError(
+                    "Rollout.cat needs rollouts with the same sigmas and number of trained steps"
+                )
         joined = {name: torch.cat([getattr(r, name) for r in rollouts]) for name in cls._PER_SAMPLE}
         return replace(first, prompts=[p for r in rollouts for p in r.prompts], **joined)
 
@@ -343,10 +449,14 @@ def _negative(cache: PromptCache, cfg: RolloutConfig) -> tuple[torch.Tensor | No
 
 @torch.no_grad()
 def decode_images(pipe: StableDiffusion3Pipeline, latents: torch.Tensor) -> torch.Tensor:
-    """Decode final latents with the pipeline's VAE into float images [B, 3, H, W] in [0, 1]."""
+    """Decode final latents with the pipeline's VAE into float images [B, 3, H, W] in [0, 1].
+
+    The VAE runs in its own weight dtype even inside an autocast region (a float32 VAE beside
+    fp16 autocast decodes in float32, as in the reference)."""
     vae = pipe.vae
     latents = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
-    images = vae.decode(latents, return_dict=False)[0]
+    with torch.autocast(latents.device.type, enabled=False):
+        images = vae.decode(latents, return_dict=False)[0]
     return pipe.image_processor.postprocess(images, output_type="pt").float()
 
 
@@ -359,13 +469,16 @@ def sample(
     cfg: RolloutConfig,
     generator: torch.Generator | list[torch.Generator] | None = None,
     latents: torch.Tensor | None = None,
+    window: tuple[int, int] | None = None,
 ) -> Rollout:
     """Sample one image per prompt along the SDE/ODE schedule of ``cfg`` and record the trajectory.
 
     ``transformer`` is passed separately from ``pipe`` because the trainer's copy may be wrapped
     (peft, accelerate). ``generator`` draws the start noise (unless ``latents`` [B, C, h, w] is
-    given) and every step's noise.
+    given) and every step's noise. ``window`` is this batch's SDE window: required when ``cfg``
+    draws random windows (``cfg.draw_window(generator)``), else ``cfg``'s fixed window or none.
     """
+    window = cfg.check_window(window)
     device = cache.device
     embeds, pooled = cache.encode(prompts)
     neg_embeds, neg_pooled = _negative(cache, cfg)
@@ -388,11 +501,12 @@ def sample(
             cfg.guidance_scale,
         )  # fmt: skip
         x, log_prob, _, _ = sde_step(
-            x, velocity, sigmas[i], sigmas[i + 1], cfg.step_noise_level(i), generator=generator,
-            kind=cfg.sde_kind, sigma_max=sigma_max,
+            x, velocity, sigmas[i], sigmas[i + 1], cfg.step_noise_level(i, window),
+            generator=generator, kind=cfg.sde_kind, sigma_max=sigma_max,
         )  # fmt: skip
         trajectory.append(x)
         log_probs.append(log_prob)
+    train_steps = torch.tensor(cfg.train_steps(window), dtype=torch.long)
     return Rollout(
         prompts=list(prompts),
         embeds=embeds,
@@ -401,7 +515,7 @@ def sample(
         log_probs=torch.stack(log_probs, dim=1),
         timesteps=timesteps.expand(len(prompts), -1).clone(),
         sigmas=sigmas,
-        train_steps=cfg.train_steps,
+        train_steps=train_steps.expand(len(prompts), -1).clone(),
         images=decode_images(pipe, x),
     )
 
@@ -409,24 +523,28 @@ def sample(
 def step_log_prob(
     transformer: torch.nn.Module,
     rollout: Rollout,
-    step: int,
+    position: int,
     cache: PromptCache,
     cfg: RolloutConfig,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Re-score transition ``step`` of ``rollout`` under the current ``transformer`` (with grad).
+    """Re-score each sample's ``position``-th trained transition under ``transformer`` (with grad).
 
-    Returns ``(log_prob [B], mean, std)`` of ``latents[:, step + 1]`` given ``latents[:, step]``,
-    through the same velocity and step code as :func:`sample`. With the LoRA adapter disabled,
-    ``mean`` is the reference policy's mean for the KL term.
+    Returns ``(log_prob [B], mean, std)`` of the step's outcome given its input, through the same
+    velocity and step code as :func:`sample`; each sample uses its own stored step (windows
+    differ between batches). Trained steps are always SDE steps (noise level ``cfg.noise_level``).
+    With the LoRA adapter disabled, ``mean`` is the reference policy's mean for the KL term.
     """
+    step = rollout.step_index(position).to(rollout.latents.device)
+    rows = torch.arange(step.numel(), device=step.device)
+    x, x_next = rollout.latents[rows, step], rollout.latents[rows, step + 1]
+    sigmas = rollout.sigmas.to(step.device)
     neg_embeds, neg_pooled = _negative(cache, cfg)
     velocity = predict_velocity(
-        transformer, rollout.latents[:, step], rollout.timesteps[:, step], rollout.embeds,
-        rollout.pooled, neg_embeds, neg_pooled, cfg.guidance_scale,
+        transformer, x, rollout.timesteps[rows, step], rollout.embeds, rollout.pooled,
+        neg_embeds, neg_pooled, cfg.guidance_scale,
     )  # fmt: skip
     _, log_prob, mean, std = sde_step(
-        rollout.latents[:, step], velocity, rollout.sigmas[step], rollout.sigmas[step + 1],
-        cfg.step_noise_level(step), prev_sample=rollout.latents[:, step + 1], kind=cfg.sde_kind,
-        sigma_max=rollout.sigmas[1].item(),
+        x, velocity, sigmas[step], sigmas[step + 1], cfg.noise_level, prev_sample=x_next,
+        kind=cfg.sde_kind, sigma_max=rollout.sigmas[1].item(),
     )  # fmt: skip
     return log_prob, mean, std

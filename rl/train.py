@@ -7,12 +7,13 @@ Kept from the reference implementation, because the algorithm depends on them: K
 prompt with groups spread over all ranks and advantages computed after gathering every rank's
 rewards (global std by default); the clipped-ratio loss on log-probs that are per-dimension means
 (hence the tiny clip range), with a KL to the LoRA-disabled transformer; training the stored
-transitions of the first 9 of 10 steps (or the SDE window) in one inner epoch, with gradient
-accumulation spanning all trained steps of the accumulated micro-batches; dropping samples whose
-advantage is 0. Changed: the number of batches per epoch derives from the process count (one
-preset scales), training micro-batches keep the same count on every rank (padding with weight 0)
-so multi-process runs never hang, NaN rewards are excluded instead of crashing the statistics,
-and resume is exact (sampler, noise generators, optimizer, EMA, metrics).
+transitions of the first 9 of 10 steps (or of each batch's SDE window, drawn per batch and per
+rank in the fast variant) in one inner epoch, with gradient accumulation spanning all trained steps
+of the accumulated micro-batches; dropping samples whose advantage is 0; the EMA's warm-up and its
+per-micro-batch cadence. Changed: the number of batches per epoch derives from the process count
+(one preset scales), training micro-batches keep the same count on every rank (padding with weight
+0) so multi-process runs never hang, NaN rewards are excluded instead of crashing the statistics,
+and resume is exact (sampler, noise and window generators, optimizer, EMA, metrics).
 """
 
 from __future__ import annotations
@@ -50,16 +51,23 @@ from rl.checkpoint import (
 from rl.config import (
     ConfigError,
     TrainConfig,
+    TrainSection,
     check_entry,
-    distributed_state,
     parse_config,
     register_resolvers,
 )
+from rl.distributed import LaunchError, configure_deepspeed, distributed_state
 from rl.ema import EMA
 from rl.lora import ReferencePolicy, base_model_name, export_lora, make_trainable
 from rl.loss import StepLoss, grpo_step_loss, kl_to_reference
 from rl.metrics import RunLogger
-from rl.models import ModelFolderError, load_pipeline
+from rl.models import (
+    ModelFolderError,
+    apply_precision,
+    compile_transformer_blocks,
+    load_pipeline,
+    precision_plan,
+)
 from rl.rollout import PromptCache, Rollout, move_text_encoders, sample, step_log_prob
 from rl.sampler import GroupLayout, GroupSampler, SamplerConfigError, load_prompts
 
@@ -68,7 +76,7 @@ log = logging.getLogger(__name__)
 LOSS_METRICS = ("policy_loss", "kl", "clipfrac", "approx_kl")  # epoch means
 MAX_METRICS = ("log_ratio_abs_max", "onpolicy_log_ratio_abs_max")  # epoch maxima over ranks
 # Per-rank generator seeds: distinct per rank and purpose, fixed by the run seed.
-NOISE_STREAM, SHUFFLE_STREAM = 1, 2
+NOISE_STREAM, SHUFFLE_STREAM, WINDOW_STREAM = 1, 2, 3
 
 
 def rank_seed(seed: int, rank: int, stream: int) -> int:
@@ -91,7 +99,10 @@ class FlowGRPOTrainer:
         self._setup_models()
         self._setup_optimization()
         self.checkpoints = CheckpointManager(
-            self.accelerator, self.run_dir / "checkpoints", self.cfg.checkpoint.keep_last
+            self.accelerator,
+            self.run_dir / "checkpoints",
+            self.cfg.checkpoint.keep_last,
+            frozen_base=not self.cfg.lora.full_finetune,
         )
         self.logger = RunLogger(
             self.run_dir, asdict(self.cfg.logger), self.raw_config, self.is_main
@@ -106,30 +117,20 @@ class FlowGRPOTrainer:
         cfg, t = self.cfg, self.cfg.train
         state = distributed_state()
         self.prompts, self.metadata = load_prompts(cfg.data.prompts, cfg.data.prompt_file)
-        self.layout = GroupLayout(
-            num_prompts=len(self.prompts),
-            group_size=t.group_size,
-            groups_per_epoch=t.groups_per_epoch,
-            batch_size=t.batch_size,
-            num_processes=state.num_processes,
-        )
+        self.layout, self.micro_batches = epoch_plan(t, len(self.prompts), state.num_processes)
         self.sampler = GroupSampler(self.layout, rank=state.process_index, seed=cfg.seed)
-        self.train_steps = cfg.rollout.train_steps
-        self.micro_batches = self.layout.batches_per_epoch * math.ceil(
-            t.batch_size / t.micro_batch_size
-        )
-        if self.micro_batches % t.optimizer_steps_per_epoch:
-            raise ConfigError(
-                f"train.optimizer_steps_per_epoch={t.optimizer_steps_per_epoch} does not divide "
-                f"the {self.micro_batches} training micro-batches per epoch ("
-                f"{self.layout.batches_per_epoch} batches x ceil(batch_size {t.batch_size} / "
-                f"micro_batch_size {t.micro_batch_size}))"
-            )
-        accumulation = self.micro_batches // t.optimizer_steps_per_epoch
+        self.num_train_steps = cfg.rollout.num_train_steps
+        accumulation = self.micro_batches // t.optimizer_steps_per_epoch * self.num_train_steps
         self.accelerator = acc = Accelerator(
-            mixed_precision=t.mixed_precision,
-            gradient_accumulation_steps=accumulation * len(self.train_steps),
+            mixed_precision=t.mixed_precision, gradient_accumulation_steps=accumulation
         )
+        if acc.gradient_accumulation_steps != accumulation:
+            raise LaunchError(
+                f"the launcher set gradient accumulation to {acc.gradient_accumulation_steps} "
+                f"(ACCELERATE_GRADIENT_ACCUMULATION_STEPS / --gradient_accumulation_steps); the "
+                f"trainer derives it ({accumulation}) from train.optimizer_steps_per_epoch: drop it"
+            )
+        configure_deepspeed(acc, t.micro_batch_size, t.max_grad_norm)
         self.is_main = acc.is_main_process
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -144,15 +145,20 @@ class FlowGRPOTrainer:
         set_seed(cfg.seed)  # identical LoRA init on every rank
         pipe = load_pipeline(cfg.model)  # checks a model folder before any weights load
         self.reward: Reward = build_reward(cfg.reward)
+        self.precision = precision_plan(t.mixed_precision, cfg.model.get("dtype") or "float32")
+        apply_precision(pipe, self.precision)
         pipe.vae.to(acc.device)
         move_text_encoders(pipe, acc.device)
         self.pipe = pipe
 
         transformer = pipe.transformer.to(acc.device)
         self.params = make_trainable(transformer, cfg.lora)
+        # beta = 0 (the fast preset): no reference policy, so its forward never runs
         self.reference = ReferencePolicy(transformer, cfg.lora) if t.beta > 0 else None
         if t.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
+        if t.compile:
+            compile_transformer_blocks(transformer, t.compile_backend)
         self.transformer = transformer
         self._setup_prompt_cache()
 
@@ -195,6 +201,8 @@ class FlowGRPOTrainer:
         rank = acc.process_index
         self.noise_gen = torch.Generator().manual_seed(rank_seed(cfg.seed, rank, NOISE_STREAM))
         self.shuffle_gen = torch.Generator().manual_seed(rank_seed(cfg.seed, rank, SHUFFLE_STREAM))
+        # the fast variant's per-batch SDE window; per rank, as the reference's python RNG
+        self.window_gen = torch.Generator().manual_seed(rank_seed(cfg.seed, rank, WINDOW_STREAM))
         self.start_epoch, self.optimizer_step = 0, 0
         self.scorer = AsyncReward(self.reward) if t.reward_in_background else None
 
@@ -203,16 +211,21 @@ class FlowGRPOTrainer:
         if self.is_main:
             log.info(
                 "run folder %s | %d processes | %d prompts | %d images/epoch in %d batches of "
-                "%d per process | %d trained steps | %d trainable parameters",
+                "%d per process | %d trained steps | %d trainable parameters | weights: "
+                "transformer %s, VAE %s, text encoders %s, mixed precision %s%s",
                 self.run_dir,
                 acc.num_processes,
                 len(self.prompts),
                 self.layout.images_per_epoch,
                 self.layout.batches_per_epoch,
                 t.batch_size,
-                len(self.train_steps),
+                self.num_train_steps,
                 sum(p.numel() for p in self.params),
-            )
+                *(str(d).removeprefix("torch.") for d in vars(self.precision).values()),
+                t.mixed_precision,
+                "" if t.mixed_precision == "no" or acc.device.type != "cpu" else
+                " (accelerate runs no autocast on the CPU: float32 compute)",
+            )  # fmt: skip
             r = self.cfg.rollout
             if self.cache_mode == "all":
                 log.info(
@@ -259,6 +272,7 @@ class FlowGRPOTrainer:
         """Sample this rank's batches of the next epoch; return them, their prompt (group) ids
         and their rewards (scored in a background thread if configured)."""
         unwrapped = self.accelerator.unwrap_model(self.transformer)
+        unwrapped.eval()  # as the reference; one mode per phase also keeps compiled graphs few
         rollouts: list[Rollout] = []
         pending: list[Future | RewardOutput] = []
         epoch = self.sampler.next_epoch
@@ -269,6 +283,7 @@ class FlowGRPOTrainer:
         for indices in tqdm(batches, desc="sampling", leave=False, disable=not self.is_main):
             prompts = [self.prompts[i] for i in indices]
             start = self.group_start_noise(epoch, indices) if self.cfg.train.same_latent else None
+            window = self.cfg.rollout.draw_window(self.window_gen)
             with self.accelerator.autocast():
                 rollout = sample(
                     self.pipe,
@@ -278,6 +293,7 @@ class FlowGRPOTrainer:
                     self.cfg.rollout,
                     self.noise_gen,
                     latents=start,
+                    window=window,
                 )
             metadata = [self.metadata[i] for i in indices]
             if self.scorer is not None:
@@ -327,7 +343,8 @@ class FlowGRPOTrainer:
 
         The kept samples are split into the same number of micro-batches on every rank (a rank
         that runs out trains a weight-0 stand-in), and gradients accumulate over
-        ``micro_batches / optimizer_steps_per_epoch`` micro-batches x all trained steps.
+        ``micro_batches / optimizer_steps_per_epoch`` micro-batches x all trained steps. The EMA
+        steps after every micro-batch, as in the reference.
         """
         t, acc = self.cfg.train, self.accelerator
         keep = (advantages != 0).nonzero().flatten()
@@ -343,19 +360,19 @@ class FlowGRPOTrainer:
         grad_norms: list[float] = []
         first_step = self.optimizer_step
         self.transformer.train()
-        chunks = torch.tensor_split(keep, self.micro_batches)
-        for chunk in tqdm(chunks, desc="training", leave=False, disable=not self.is_main):
-            weight = torch.ones(chunk.numel(), device=acc.device)
-            if chunk.numel() == 0:  # keep every rank's forward/backward count equal
-                chunk, weight = torch.zeros(1, dtype=torch.long), torch.zeros(1, device=acc.device)
+        # compiled blocks keep static shapes: every micro-batch padded to the largest possible
+        pad_to = -(-self.layout.batches_per_epoch * t.batch_size // self.micro_batches)
+        chunks = micro_batch_chunks(keep, self.micro_batches, pad_to if t.compile else None)
+        for chunk, weight in tqdm(chunks, desc="training", leave=False, disable=not self.is_main):
+            weight = weight.to(acc.device)
             batch, batch_advantages = rollout.select(chunk), advantages[chunk].to(acc.device)
-            for step in self.train_steps:
+            for position in range(self.num_train_steps):
                 with acc.accumulate(self.transformer):
-                    out = self.step_loss(batch, step, batch_advantages, weight)
+                    out = self.step_loss(batch, position, batch_advantages, weight)
                     acc.backward(out.loss)
                     if acc.sync_gradients:
                         grad_norm = acc.clip_grad_norm_(self.params, t.max_grad_norm)
-                        if grad_norm is not None:  # DeepSpeed clips internally
+                        if grad_norm is not None:  # DeepSpeed's engine reports its own
                             grad_norms.append(float(grad_norm))
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
@@ -366,34 +383,36 @@ class FlowGRPOTrainer:
                     maxima["onpolicy_log_ratio_abs_max"] = max(onpolicy, log_ratio)
                 if acc.sync_gradients:
                     self.optimizer_step += 1
-                    if self.ema is not None:
-                        self.ema.step(self.optimizer_step)
                 for name in LOSS_METRICS:
-                    means[name] += float(getattr(out, name)) / (len(chunks) * len(self.train_steps))
+                    means[name] += float(getattr(out, name)) / (len(chunks) * self.num_train_steps)
+            if self.ema is not None:
+                self.ema.step(self.optimizer_step)
         means["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
         stats = {k: reduce_scalar(acc, v, "mean") for k, v in means.items()}
         stats |= {k: reduce_scalar(acc, v, "max") for k, v in maxima.items()}
         return stats | {"kept_samples": float(kept), "optimizer_step": float(self.optimizer_step)}
 
     def step_loss(
-        self, batch: Rollout, step: int, advantages: torch.Tensor, weight: torch.Tensor
+        self, batch: Rollout, position: int, advantages: torch.Tensor, weight: torch.Tensor
     ) -> StepLoss:
-        """Loss of one trained step of one micro-batch: policy forward, reference forward, KL."""
+        """Loss of the ``position``-th trained step of one micro-batch: policy forward, reference
+        forward (only when ``train.beta > 0``), KL."""
         cfg, t = self.cfg, self.cfg.train
         with self.accelerator.autocast():
             log_prob, mean, std = step_log_prob(
-                self.transformer, batch, step, self.cache, cfg.rollout
+                self.transformer, batch, position, self.cache, cfg.rollout
             )
             kl = None
             if self.reference is not None:
                 with torch.no_grad(), self.reference.active() as ref_model:
-                    _, ref_mean, _ = step_log_prob(ref_model, batch, step, self.cache, cfg.rollout)
-                dt = batch.sigmas[step + 1] - batch.sigmas[step]
+                    _, ref_mean, _ = step_log_prob(
+                        ref_model, batch, position, self.cache, cfg.rollout
+                    )
                 include_dt = t.kl_include_dt and cfg.rollout.sde_kind == "sde"
-                kl = kl_to_reference(mean, ref_mean, std, dt, include_dt)
+                kl = kl_to_reference(mean, ref_mean, std, batch.step_dt(position), include_dt)
         return grpo_step_loss(
             log_prob,
-            batch.log_probs[:, step],
+            batch.old_log_prob(position),
             advantages,
             weight,
             clip_range=t.clip_range,
@@ -448,6 +467,7 @@ class FlowGRPOTrainer:
             "per_rank": {
                 "noise_gen": self.noise_gen.get_state(),
                 "shuffle_gen": self.shuffle_gen.get_state(),
+                "window_gen": self.window_gen.get_state(),
                 "global_rng": global_rng_state(),
             },
         }
@@ -467,6 +487,7 @@ class FlowGRPOTrainer:
             self.ema.load_state_dict(state["ema"])
         self.noise_gen.set_state(state["per_rank"]["noise_gen"])
         self.shuffle_gen.set_state(state["per_rank"]["shuffle_gen"])
+        self.window_gen.set_state(state["per_rank"]["window_gen"])
         set_global_rng_state(state["per_rank"]["global_rng"])
         self.logger.restore(self.start_epoch, state["metrics_row"])
         if self.is_main:
@@ -523,6 +544,51 @@ class PhaseTimer:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
+def epoch_plan(t: TrainSection, num_prompts: int, num_processes: int) -> tuple[GroupLayout, int]:
+    """The epoch's group layout and each process's training micro-batches per epoch.
+
+    Raises SamplerConfigError or ConfigError, naming the numbers, when ``num_processes`` cannot
+    split the epoch into whole batches or the micro-batches into ``optimizer_steps_per_epoch``.
+    """
+    layout = GroupLayout(
+        num_prompts=num_prompts,
+        group_size=t.group_size,
+        groups_per_epoch=t.groups_per_epoch,
+        batch_size=t.batch_size,
+        num_processes=num_processes,
+    )
+    layout.validate()
+    micro_batches = layout.batches_per_epoch * math.ceil(t.batch_size / t.micro_batch_size)
+    if micro_batches % t.optimizer_steps_per_epoch:
+        raise ConfigError(
+            f"train.optimizer_steps_per_epoch={t.optimizer_steps_per_epoch} does not divide "
+            f"the {micro_batches} training micro-batches per epoch on {num_processes} processes "
+            f"({layout.batches_per_epoch} batches x ceil(batch_size {t.batch_size} / "
+            f"micro_batch_size {t.micro_batch_size}))"
+        )
+    return layout, micro_batches
+
+
+def micro_batch_chunks(
+    keep: torch.Tensor, count: int, pad_to: int | None = None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``keep`` (sample indices) cut into ``count`` near-equal micro-batches with per-row weights.
+
+    Every micro-batch has at least one row, so every rank runs the same number of forwards and
+    backwards: an empty one becomes a weight-0 stand-in (sample 0). With ``pad_to``, each is
+    filled up to that many rows with weight-0 stand-ins (fixed shapes for compiled blocks).
+    """
+    chunks = []
+    for chunk in torch.tensor_split(keep, count):
+        weight = torch.ones(chunk.numel())
+        rows = max(1, pad_to or 0) - chunk.numel()
+        if rows > 0:
+            chunk = torch.cat([chunk, torch.zeros(rows, dtype=torch.long)])
+            weight = torch.cat([weight, torch.zeros(rows)])
+        chunks.append((chunk, weight))
+    return chunks
+
+
 def reduce_scalar(accelerator: Accelerator, value: float, op: str) -> float:
     """A float reduced over ranks ("mean" or "max")."""
     return float(accelerator.reduce(torch.tensor(value, device=accelerator.device), op))
@@ -567,7 +633,7 @@ def gather_failures(accelerator: Accelerator, failures: Counter) -> Counter:
     return total
 
 
-USER_ERRORS = (ConfigError, SamplerConfigError, ModelFolderError, FileNotFoundError)
+USER_ERRORS = (ConfigError, LaunchError, SamplerConfigError, ModelFolderError, FileNotFoundError)
 
 register_resolvers()
 

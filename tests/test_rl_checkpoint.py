@@ -18,7 +18,9 @@ def checkpoint_contents(folder):
 
 def test_resume_from_latest_equals_the_straight_run_and_skips_half_written(tmp_path, caplog):
     overrides = [*TINY, "train.learning_rate=1e-2", "log.sample_every_n_epochs=0",
-                 "ema.enabled=true", "ema.update_every=1"]  # fmt: skip
+                 "ema.enabled=true", "ema.update_every=1", "rollout.sde_window=null",
+                 "rollout.sde_window_size=2", "rollout.sde_window_range=[0,4]",
+                 "train.batch_size=2", "train.micro_batch_size=2"]  # fmt: skip
     straight = run_training(tmp_path / "straight", [*overrides, "train.epochs=3"])
 
     resumed_dir = tmp_path / "resumed"
@@ -41,8 +43,8 @@ def test_resume_from_latest_equals_the_straight_run_and_skips_half_written(tmp_p
     for pa, pb in zip(a_opt["state"].values(), b_opt["state"].values()):
         for name in pa:
             assert torch.equal(torch.as_tensor(pa[name]), torch.as_tensor(pb[name])), name
-    # the next noise draw (and the next shuffle) would be the same
-    for gen in ("noise_gen", "shuffle_gen"):
+    # the next noise draw, shuffle and SDE window (drawn per batch) would be the same
+    for gen in ("noise_gen", "shuffle_gen", "window_gen"):
         assert torch.equal(a_state["per_rank"][0][gen], b_state["per_rank"][0][gen])
     assert a_state["sampler"] == b_state["sampler"]
     for ema_a, ema_b in zip(a_state["ema"]["shadow"], b_state["ema"]["shadow"]):

@@ -1,5 +1,5 @@
 """Rollouts on the tiny SD3: parity with diffusers' pipeline, on-policy log-prob reproduction,
-prompt caching, CFG batching and the fast (windowed) variant."""
+prompt caching, CFG batching and the fast (windowed) variant, fixed and drawn per batch."""
 
 import pytest
 import torch
@@ -76,12 +76,65 @@ def test_training_forward_reproduces_rollout_log_probs(pipe, cache, kind, window
     cfg = RolloutConfig(num_steps=4, sde_kind=kind, sde_window=window, **SIZE)
     cfg.max_sequence_length = 32
     rollout = sample(pipe, pipe.transformer, cache, PROMPTS, cfg, torch.Generator().manual_seed(3))
-    assert rollout.train_steps == ([0, 1, 2, 3][: int(0.99 * 4)] if window is None else [1, 2])
+    steps = [0, 1, 2, 3][: int(0.99 * 4)] if window is None else [1, 2]
+    assert rollout.train_steps.tolist() == [steps, steps]
     assert rollout.log_probs.dtype == torch.float32 and rollout.log_probs.shape == (2, 4)
-    for step in rollout.train_steps:
-        log_prob, mean, std = step_log_prob(pipe.transformer, rollout, step, cache, cfg)
+    for position, step in enumerate(steps):
+        log_prob, mean, std = step_log_prob(pipe.transformer, rollout, position, cache, cfg)
         assert log_prob.requires_grad and (std > 0).all()
+        assert torch.equal(rollout.old_log_prob(position), rollout.log_probs[:, step])
         assert (log_prob - rollout.log_probs[:, step]).abs().max() < 1e-6  # ratio == 1 on-policy
+
+
+def test_random_windows_are_drawn_per_batch_and_trained_where_sampled(pipe, cache):
+    """The fast variant (flow_grpo sd3_pipeline_with_logprob_fast.py): each batch draws its own
+    window; joined batches keep each sample's steps, and the training forward re-scores exactly
+    those transitions (on-policy log-probs reproduced), with ODE steps everywhere else."""
+    cfg = RolloutConfig(
+        num_steps=5, sde_kind="cps", sde_window_size=2, sde_window_range=(0, 4), **SIZE
+    )
+    cfg.max_sequence_length = 32
+    gen = torch.Generator().manual_seed(0)
+    windows = [cfg.draw_window(gen) for _ in range(60)]
+    assert {w[0] for w in windows} == {0, 1, 2} and all(w[1] - w[0] == 2 for w in windows)
+    with pytest.raises(ValueError, match="pass window="):
+        sample(pipe, pipe.transformer, cache, PROMPTS, cfg)
+    with pytest.raises(ValueError, match=r"window \[3, 5\] is not one"):
+        sample(pipe, pipe.transformer, cache, PROMPTS, cfg, window=(3, 5))
+    noise = torch.Generator().manual_seed(1)
+    batches = [
+        sample(pipe, pipe.transformer, cache, PROMPTS, cfg, noise, window=w)
+        for w in [(0, 2), (2, 4)]
+    ]
+    for batch, (start, end) in zip(batches, [(0, 2), (2, 4)]):
+        outside = [i for i in range(5) if not start <= i < end]
+        assert torch.equal(batch.log_probs[:, outside], torch.zeros(2, 3))
+        assert (batch.log_probs[:, start:end] != 0).all()
+    joined = Rollout.cat(batches).select([3, 0])  # mixed windows, in another order
+    assert joined.train_steps.tolist() == [[2, 3], [0, 1]]
+    for position in range(2):
+        log_prob, _, _ = step_log_prob(pipe.transformer, joined, position, cache, cfg)
+        assert (log_prob - joined.old_log_prob(position)).abs().max() < 1e-6
+        expected = [sigma_difference(joined, row, position) for row in (0, 1)]
+        assert joined.step_dt(position).tolist() == expected
+
+
+def sigma_difference(rollout, row, position):
+    step = int(rollout.train_steps[row, position])
+    return float(rollout.sigmas[step + 1] - rollout.sigmas[step])
+
+
+def test_window_settings_are_checked():
+    with pytest.raises(ValueError, match="not both"):
+        RolloutConfig(num_steps=5, sde_window=(1, 3), sde_window_size=2)
+    with pytest.raises(ValueError, match="sde_window_range needs rollout.sde_window_size > 0"):
+        RolloutConfig(num_steps=5, sde_window_range=(0, 3))
+    with pytest.raises(ValueError, match=r"sde_window_size=4 does not fit"):
+        RolloutConfig(num_steps=5, sde_window_size=4, sde_window_range=(0, 3))
+    with pytest.raises(ValueError, match=r"sde_window_range=\[2, 9\]"):
+        RolloutConfig(num_steps=5, sde_window_size=1, sde_window_range=(2, 9))
+    fixed = RolloutConfig(num_steps=5, sde_window=(1, 4))
+    assert fixed.draw_window(None) == (1, 4) and fixed.num_train_steps == 3
 
 
 def test_window_variant_is_ode_outside_the_window(pipe, cache):
@@ -92,7 +145,7 @@ def test_window_variant_is_ode_outside_the_window(pipe, cache):
                latents=start_noise())
         for s in (1, 2)
     )  # fmt: skip
-    assert a.train_steps == [1, 2]
+    assert a.train_steps.tolist() == [[1, 2], [1, 2]]
     assert torch.equal(a.latents[:, :2], b.latents[:, :2])  # step 0 is deterministic
     assert not torch.allclose(a.latents[:, 2], b.latents[:, 2])  # step 1 draws noise
     assert torch.equal(a.log_probs[:, [0, 3, 4]], torch.zeros(2, 3))
@@ -104,7 +157,7 @@ def test_window_variant_is_ode_outside_the_window(pipe, cache):
 
 
 def test_default_trains_first_nine_of_ten_steps_and_rejects_none():
-    assert RolloutConfig().train_steps == list(range(9))
+    assert RolloutConfig().num_train_steps == 9 and RolloutConfig().train_steps(None) == [*range(9)]
     with pytest.raises(ValueError, match="trains no step"):
         RolloutConfig(num_steps=1, train_fraction=0.5)
     with pytest.raises(ValueError, match="sde_kind='ddim'"):

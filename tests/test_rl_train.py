@@ -2,7 +2,6 @@
 multi-process launch, bad inputs, and that every experiment preset composes."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -123,8 +122,8 @@ def test_demo_learns_its_rubric_reward(tmp_path):
     (per-image std ~0.03 over 32 images; seeds 0-2 rise by 0.017-0.030)."""
     rows = run_training(
         tmp_path,
-        ["experiment=demo", "train.epochs=6", "train.groups_per_epoch=4",
-         "checkpoint.every_n_epochs=6", "log.sample_every_n_epochs=0"],
+        ["experiment=demo", "train.epochs=6", "train.groups_per_epoch=4", "train.batch_size=8",
+         "train.micro_batch_size=8", "checkpoint.every_n_epochs=6", "log.sample_every_n_epochs=0"],
     )  # fmt: skip
     rewards = [r["reward_mean"] for r in rows]
     assert all(r["reward_nan"] == 0 for r in rows)
@@ -158,19 +157,25 @@ def test_nan_rewards_are_excluded_counted_and_training_goes_on(tmp_path):
     assert row["grad_norm"] > 0
 
 
-def test_bf16_gradient_checkpointing_and_background_scoring_stay_on_policy(tmp_path):
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate's mixed precision is process-wide: a fresh state before and after the test."""
     from accelerate.state import AcceleratorState
 
-    AcceleratorState._reset_state(reset_partial_state=True)  # mixed precision is process-wide
-    try:
-        (row,) = run_training(
-            tmp_path,
-            [*TINY, "train.epochs=1", "log.sample_every_n_epochs=0",
-             "train.mixed_precision=bf16", "train.gradient_checkpointing=true",
-             "train.reward_in_background=true"],
-        )  # fmt: skip
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_bf16_gradient_checkpointing_and_background_scoring_stay_on_policy(
+    tmp_path, fresh_accelerate_state
+):
+    (row,) = run_training(
+        tmp_path,
+        [*TINY, "train.epochs=1", "log.sample_every_n_epochs=0",
+         "train.mixed_precision=bf16", "train.gradient_checkpointing=true",
+         "train.reward_in_background=true"],
+    )  # fmt: skip
     assert row["onpolicy_log_ratio_abs_max"] == 0.0 and row["grad_norm"] > 0
 
 
@@ -201,11 +206,24 @@ def test_config_mistakes_are_listed_in_one_message():
     with pytest.raises(ConfigError) as err:
         parse_config(cfg)
     assert "lerning_rate" in str(err.value)
-    cfg = compose_train(["experiment=demo", "train.beta=-1", "train.micro_batch_size=99"])
+    cfg = compose_train(["experiment=demo", "train.beta=-1", "train.micro_batch_size=99",
+                         "train.compile=true", "train.compile_backend=inductr"])  # fmt: skip
     with pytest.raises(ConfigError) as err:
         parse_config(cfg)
     assert "train.beta=-1.0 must be >= 0" in str(err.value)
     assert "micro_batch_size=99" in str(err.value)
+    assert "compile_backend='inductr' is not a torch.compile backend" in str(err.value)
+
+
+def test_launcher_accumulation_that_contradicts_the_trainer_is_refused(tmp_path, monkeypatch):
+    """accelerate lets ACCELERATE_GRADIENT_ACCUMULATION_STEPS override the trainer's own value,
+    which would silently change the optimizer steps per epoch."""
+    from rl.distributed import LaunchError
+
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "3")
+    cfg = compose_train(TINY)
+    with pytest.raises(LaunchError, match=r"gradient accumulation to 3 .* derives it \(4\)"):
+        FlowGRPOTrainer(parse_config(cfg), tmp_path, {}).setup()
 
 
 def test_missing_model_folder_fails_clearly_from_the_command_line(tmp_path):
@@ -249,37 +267,118 @@ def test_model_folder_error_is_raised_before_loading(tmp_path):
         FlowGRPOTrainer(parse_config(cfg), tmp_path / "run", {}).setup()
 
 
-def test_two_processes_share_one_run_folder_and_gather_whole_groups(tmp_path):
-    """accelerate launch with 2 CPU processes and Hydra's default (timestamped) run folder.
-
-    (``accelerate launch --cpu --num_processes 2`` starts ONE process unless mpirun is set up;
-    ``--multi_gpu`` with ``ACCELERATE_USE_CPU`` starts two gloo processes through torchrun.)"""
-    overrides = [
-        *TINY,
-        "train.epochs=2",
-        "train.batch_size=2",
-        "train.micro_batch_size=2",
-        "train.groups_per_epoch=2",  # 2 groups x 4 images = 2 batches x 2 processes x 2 images
-        "log.sample_every_n_epochs=0",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-         "-m", "rl.train", *overrides],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+def test_fast_window_with_two_optimizer_steps_end_to_end(tmp_path):
+    """The fast variant as the reference runs it (beta 0, a random window per batch) with two
+    optimizer steps per epoch: every batch draws its window and trains exactly it, the reference
+    policy never runs, the EMA steps after every micro-batch with the optimizer steps done so far
+    (flow_grpo train_sd3_fast.py), and the second step trains on log-probs moved by the first."""
+    cfg = compose_train(
+        [*TINY, "train.epochs=2", "log.sample_every_n_epochs=0", "rollout.sde_window=null",
+         "rollout.sde_window_size=2", "rollout.sde_window_range=[0,4]", "rollout.sde_kind=cps",
+         "train.beta=0", "train.batch_size=1", "train.micro_batch_size=1",
+         "train.optimizer_steps_per_epoch=2", "ema.enabled=true", "ema.update_every=2"],
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = [p for p in (tmp_path / "outputs" / "train").glob("*/*") if p.is_dir()]
-    assert len(runs) == 1, runs
-    rows = [json.loads(line) for line in (runs[0] / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2]
+    trainer = FlowGRPOTrainer(parse_config(cfg), tmp_path, raw_config={})
+    trainer.setup()
+    assert trainer.reference is None
+    windows, ema_calls, forwards = [], [], []
+    sample_epoch, ema_step = trainer.sample_epoch, trainer.ema.step
+
+    def recording_sample_epoch():
+        rollout, group_ids, scores = sample_epoch()
+        windows.extend(tuple(steps) for steps in rollout.train_steps.tolist())
+        return rollout, group_ids, scores
+
+    trainer.sample_epoch = recording_sample_epoch
+    trainer.ema.step = lambda s: ema_calls.append(s) or ema_step(s)
+    trainer.pipe.transformer.register_forward_pre_hook(lambda *_: forwards.append(1))
+    trainer.train()
+    trainer.cleanup()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    # 4 batches of 1 image per epoch, each with its own window of 2 steps inside [0, 4)
+    assert len(windows) == 8 and len(set(windows)) > 1
+    assert all(w in [(0, 1), (1, 2), (2, 3)] for w in windows)
+    # per epoch: 4 batches x 4 sampling steps + 4 micro-batches x 2 trained steps, no reference
+    assert len(forwards) == 2 * (4 * 4 + 4 * 2)
+    assert ema_calls == [0, 1, 1, 2, 2, 3, 3, 4]
+    assert [r["optimizer_step"] for r in rows] == [2, 4]
     for row in rows:
-        # each process holds 4 of the 8 images, yet both groups are seen whole (4 members each)
-        assert row["num_groups"] == 2 and row["group_size_min"] == row["group_size_max"] == 4
-        assert row["kept_samples"] == 8 and row["onpolicy_log_ratio_abs_max"] == 0.0
-    assert "| 2 processes |" in (runs[0] / "train.log").read_text()
-    state = torch.load(runs[0] / "checkpoints/epoch_000002/trainer_state.pt", weights_only=False)
-    noise = [rank["noise_gen"] for rank in state["per_rank"]]  # both ranks' generators, distinct
-    assert len(noise) == 2 and not torch.equal(*noise)
-    assert len(list(runs[0].glob("*.log"))) == 1
+        assert row["onpolicy_log_ratio_abs_max"] == 0.0 and row["log_ratio_abs_max"] > 0
+        assert row["kl"] != row["kl"]  # NaN: not computed at beta 0
+
+
+def test_fp16_keeps_the_transformer_and_vae_in_float32(tmp_path, fresh_accelerate_state):
+    """The reference's layout (scripts/train_sd3.py with mixed_precision fp16): float32 transformer,
+    LoRA and VAE, fp16 text encoders. (The CPU has no fp16 autocast in accelerate; the layout and a
+    whole epoch through fp16 text encoders are what is checked here.)"""
+    cfg = compose_train([*TINY, "train.epochs=1", "log.sample_every_n_epochs=0",
+                         "train.mixed_precision=fp16"])  # fmt: skip
+    trainer = FlowGRPOTrainer(parse_config(cfg), tmp_path, raw_config={})
+    trainer.run()
+    pipe = trainer.pipe
+    assert {p.dtype for p in pipe.transformer.parameters()} == {torch.float32}
+    assert {p.dtype for p in pipe.vae.parameters()} == {torch.float32}
+    for encoder in (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3):
+        assert {p.dtype for p in encoder.parameters()} == {torch.float16}
+    (row,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert row["reward_nan"] == 0 and row["grad_norm"] > 0
+
+
+def test_compiled_blocks_compile_once_per_shape_and_stay_on_policy(tmp_path):
+    """train.compile=true with a counting wrapper around the aot_eager backend (inductor's numerics
+    are checked by the `compile`-marked tests): the first epoch compiles each block's graphs
+    (rollout, training, reference forward), the second compiles nothing new (static shapes, one
+    module mode per phase), and the log-probs stay exact."""
+    from torch._dynamo import register_backend
+    from torch._dynamo.backends.registry import lookup_backend
+
+    compiled = []
+
+    @register_backend(name="counting_aot_eager")
+    def counting_aot_eager(graph, example_inputs):
+        compiled.append(graph)
+        return lookup_backend("aot_eager")(graph, example_inputs)
+
+    torch._dynamo.reset()
+    cfg = compose_train(
+        [*TINY, "train.epochs=2", "log.sample_every_n_epochs=0", "checkpoint.every_n_epochs=2",
+         "train.micro_batch_size=3", "train.compile=true",
+         "train.compile_backend=counting_aot_eager"],
+    )  # fmt: skip
+    trainer = FlowGRPOTrainer(parse_config(cfg), tmp_path, raw_config={})
+    per_epoch = []
+    trainer.setup()
+    log_epoch = trainer.logger.log_epoch
+    trainer.logger.log_epoch = lambda row: per_epoch.append(len(compiled)) or log_epoch(row)
+    trainer.train()
+    trainer.cleanup()
+    torch._dynamo.reset()
+    # 2 distinct blocks (the first has attn2) x (rollout, training, reference forward) in epoch 1
+    assert per_epoch == [6, 6]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["onpolicy_log_ratio_abs_max"] == 0.0 and r["grad_norm"] > 0 for r in rows)
+
+
+def test_micro_batches_are_padded_with_weight_zero_stand_ins():
+    from rl.train import micro_batch_chunks
+
+    chunks = micro_batch_chunks(torch.tensor([5, 2, 7]), 2, pad_to=2)
+    assert [(c.tolist(), w.tolist()) for c, w in chunks] == [([5, 2], [1, 1]), ([7, 0], [1, 0])]
+    chunks = micro_batch_chunks(torch.tensor([4]), 2)
+    assert [(c.tolist(), w.tolist()) for c, w in chunks] == [([4], [1]), ([0], [0])]
+
+
+@pytest.mark.parametrize("processes", [1, 2, 4, 3])
+def test_demo_preset_closes_its_epoch_on_1_2_and_4_processes(processes):
+    """docs/training.md runs the demo on 1, 2 or 4 CPU processes: 48 images, batches of 6, two
+    optimizer steps. Three processes cannot split it and say so before anything loads."""
+    from rl.train import epoch_plan
+
+    cfg = parse_config(compose_train(["experiment=demo"]))
+    if processes == 3:
+        with pytest.raises(SamplerConfigError, match="num_processes 3 x batch_size 6"):
+            epoch_plan(cfg.train, len(cfg.data.prompts), processes)
+        return
+    layout, micro_batches = epoch_plan(cfg.train, len(cfg.data.prompts), processes)
+    assert layout.batches_per_epoch * processes * 6 == 48
+    assert micro_batches == 8 // processes and micro_batches % 2 == 0
