@@ -12,12 +12,16 @@ image). Compute cost depends on shapes, not weight values, so random weights tim
 a generation prompt of about ``--prompt-tokens`` tokens and questions of about
 ``--question-tokens`` tokens, as in rubric scoring. Each mode runs once to warm up, then
 ``--repeats`` times; the median time counts. The shared-prefix answers are checked against the
-one-forward-per-question answers (``max_abs_diff``).
+one-forward-per-question answers (``max_abs_diff``). ``<mode>_host_ms`` is the median time per call
+spent outside the model's forward (grouping, hashing, preprocessing, tokenizing, positions, masks,
+reading the answers) and ``<mode>_forward_ms`` the time inside it (on CUDA the device is
+synchronised at each forward's start and end, so queued work is not counted twice).
 
-Prints one JSON line, last: scores/s per mode, ``speedup_<mode>`` = naive time / that mode's time,
-``speedup`` = naive time / the faster shared-prefix mode's time (named in ``best_shared_mode``),
-and the token counts that set the ideal speedup N (V + P + q) / (V + P + N q) (N rubrics, P prefix
-and q question tokens, V the vision tower's cost in token equivalents).
+Prints one JSON line, last: scores/s, host_ms and forward_ms per mode; when ``none`` runs,
+``speedup_<mode>`` = naive time / that mode's time and ``speedup`` = naive time / the faster
+shared-prefix mode's time (named in ``best_shared_mode``); the token counts that set the ideal
+speedup N (V + P + q) / (V + P + N q) (N rubrics, P prefix and q question tokens, V the vision
+tower's cost in token equivalents).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import argparse
 import json
 import statistics
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -72,8 +77,46 @@ def make_items(processor, args: argparse.Namespace) -> list[JudgeItem]:
     return [JudgeItem(im, p, r) for im, p in zip(images, prompts) for r in rubrics]
 
 
+class ForwardTimer:
+    """Wall time spent inside the model's forward calls (outermost call only, nested ones not
+    counted twice): the model, its inner decoder model and its output projection."""
+
+    def __init__(self, model: torch.nn.Module, sync) -> None:
+        self.seconds = 0.0
+        self._depth = 0
+        self._start = 0.0
+        self._sync = sync
+        modules = {id(m): m for m in (model, getattr(model, "model", None))}
+        modules[id(model.get_output_embeddings())] = model.get_output_embeddings()
+        self._modules = [m for m in modules.values() if m is not None]
+
+    def _enter(self, *_) -> None:
+        if self._depth == 0:
+            self._sync()
+            self._start = time.perf_counter()
+        self._depth += 1
+
+    def _leave(self, *_) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self._sync()
+            self.seconds += time.perf_counter() - self._start
+
+    @contextmanager
+    def hooked(self):
+        handles = []
+        for module in self._modules:
+            handles.append(module.register_forward_pre_hook(self._enter))
+            handles.append(module.register_forward_hook(self._leave, always_call=True))
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
 def time_modes(judges: dict[str, TransformersJudge], items: list[JudgeItem], repeats: int):
-    """Median seconds per call and the last probabilities, for each mode.
+    """Median seconds per call, median seconds inside the forward, last probabilities, per mode.
 
     The modes take turns within each repeat, so a machine whose load drifts slows all of them
     alike and the ratios stay fair.
@@ -81,17 +124,26 @@ def time_modes(judges: dict[str, TransformersJudge], items: list[JudgeItem], rep
     cuda = any(j.device.type == "cuda" for j in judges.values())
     sync = torch.cuda.synchronize if cuda else lambda: None
     times: dict[str, list[float]] = {mode: [] for mode in judges}
+    inside: dict[str, list[float]] = {mode: [] for mode in judges}
     probs: dict[str, torch.Tensor] = {}
     for judge in judges.values():
         judge.yes_prob(items)  # warm-up
     for _ in range(repeats):
         for mode, judge in judges.items():
-            sync()
-            start = time.perf_counter()
-            probs[mode] = judge.yes_prob(items).probs
-            sync()
-            times[mode].append(time.perf_counter() - start)
-    return {mode: statistics.median(t) for mode, t in times.items()}, probs
+            timer = ForwardTimer(judge.model, sync)
+            with timer.hooked():
+                sync()
+                start = time.perf_counter()
+                probs[mode] = judge.yes_prob(items).probs
+                sync()
+                times[mode].append(time.perf_counter() - start)
+            inside[mode].append(timer.seconds)
+    median = {mode: statistics.median(t) for mode, t in times.items()}
+    host = {
+        mode: statistics.median(t - f for t, f in zip(times[mode], inside[mode])) for mode in judges
+    }
+    forward = {mode: statistics.median(f) for mode, f in inside.items()}
+    return median, host, forward, probs
 
 
 def token_counts(processor, item: JudgeItem) -> dict[str, int]:
@@ -128,8 +180,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.full_size:
         args.size = "qwen3_vl_8b" if args.arch == "qwen3_vl" else "qwen2_5_vl_7b"
     modes = args.modes.split(",")
-    if "none" not in modes:
-        raise SystemExit("--modes must include 'none', the baseline every speedup is against")
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        raise SystemExit(f"unknown --modes {sorted(unknown)}; choose from {MODES}")
 
     dtype = parse_dtype(args.dtype)
     model, processor = build_tiny_vlm(args.arch, size=args.size, dtype=dtype, device=args.device)
@@ -158,16 +211,22 @@ def main(argv: list[str] | None = None) -> dict:
         )
         for mode in modes
     }
-    seconds, probs = time_modes(judges, items, args.repeats)
+    seconds, host, forward, probs = time_modes(judges, items, args.repeats)
     for mode in modes:
         result[f"{mode}_scores_per_s"] = round(len(items) / seconds[mode], 2)
-        print(f"{mode:>8}: {seconds[mode]:.3f} s for {len(items)} scores", flush=True)
-        if mode != "none":
+        result[f"{mode}_host_ms"] = round(1000 * host[mode], 1)
+        result[f"{mode}_forward_ms"] = round(1000 * forward[mode], 1)
+        print(
+            f"{mode:>8}: {seconds[mode]:.3f} s for {len(items)} scores "
+            f"(host {1000 * host[mode]:.1f} ms, forward {1000 * forward[mode]:.1f} ms)",
+            flush=True,
+        )
+        if mode != "none" and "none" in modes:
             diff = (probs[mode] - probs["none"]).abs().max().item()
             result[f"{mode}_max_abs_diff"] = float(f"{diff:.2e}")
     p, q, n = result["prefix_tokens"], result["question_tokens"], args.rubrics
     result["ideal_speedup_without_vision"] = round(n * (p + q) / (p + n * q), 2)
-    shared = [mode for mode in modes if mode != "none"]
+    shared = [mode for mode in modes if mode != "none" and "none" in modes]
     for mode in shared:
         result[f"speedup_{mode}"] = round(seconds["none"] / seconds[mode], 2)
     if shared:
