@@ -131,13 +131,13 @@ def test_equality_check_catches_sequence_length_positions(tiny, reference, mode,
     M-RoPE continues at max position + 1, smaller for images) moves the answers past 1e-4."""
     _, model, processor = tiny
     items, log_probs = reference
-    original = prefix_scoring._rope_index
+    original = prefix_scoring.mrope_prefix_positions
 
-    def token_count_positions(model, inputs):
-        positions, _ = original(model, inputs)
-        return positions, inputs["attention_mask"].sum(-1)
+    def token_count_positions(lengths, before, grids, merge, width):
+        positions, _ = original(lengths, before, grids, merge, width)
+        return positions, torch.tensor(lengths)
 
-    monkeypatch.setattr(prefix_scoring, "_rope_index", token_count_positions)
+    monkeypatch.setattr(prefix_scoring, "mrope_prefix_positions", token_count_positions)
     judge = TransformersJudge(model=model, processor=processor, shared_prefix=mode, batch_size=3)
     wrong = judge.yes_prob(items).probs.double()
     assert (wrong - expected_yes_prob(log_probs, judge)).abs().max() > 1e-3
@@ -203,9 +203,13 @@ def test_bad_options_fail_clearly(tiny):
         TransformersJudge(model=model, processor=processor, dtype="float8")
     with pytest.raises(ValueError, match="model_path"):
         TransformersJudge()
-    with pytest.raises(TypeError, match="PIL"):
+    with pytest.raises(TypeError, match="item 0: expected a PIL image or an image tensor"):
         TransformersJudge(model=model, processor=processor).yes_prob(
-            [JudgeItem(torch.zeros(3, 8, 8), "", "q")]
+            [JudgeItem(np.zeros((8, 8, 3)), "", "q")]
+        )
+    with pytest.raises(TypeError, match=r"item 0: expected an image tensor \[3, H, W\]"):
+        TransformersJudge(model=model, processor=processor).yes_prob(
+            [JudgeItem(torch.zeros(2, 8, 8), "", "q")]
         )
 
 
