@@ -12,12 +12,16 @@ image). Compute cost depends on shapes, not weight values, so random weights tim
 a generation prompt of about ``--prompt-tokens`` tokens and questions of about
 ``--question-tokens`` tokens, as in rubric scoring. Each mode runs once to warm up, then
 ``--repeats`` times; the median time counts. The shared-prefix answers are checked against the
-one-forward-per-question answers (``max_abs_diff``). ``<mode>_host_ms`` is the median time per call
-spent outside the model's forward (grouping, hashing, preprocessing, tokenizing, positions, masks,
-reading the answers) and ``<mode>_forward_ms`` the time inside it (on CUDA the device is
-synchronised at each forward's start and end, so queued work is not counted twice).
+one-forward-per-question answers (``max_abs_diff``). Time per call is split in three phases
+(medians over the repeats): ``<mode>_forward_ms`` inside the model's forward,
+``<mode>_device_prep_ms`` in the judge's device-side preparation outside the forward (pixel
+preprocessing, packed masks, the kv_cache copies: kernels on a GPU, CPU time on the CPU) and
+``<mode>_host_ms``, everything else
+(grouping, fingerprints, tokenizing, positions, layouts, reading the answers).
+``<mode>_outside_forward_ms`` is host + device prep, what the first version of this benchmark
+called ``host_ms``. On CUDA the device is synchronised at each phase's start and end.
 
-Prints one JSON line, last: scores/s, host_ms and forward_ms per mode; when ``none`` runs,
+Prints one JSON line, last: scores/s and the phase times per mode; when ``none`` runs,
 ``speedup_<mode>`` = naive time / that mode's time and ``speedup`` = naive time / the faster
 shared-prefix mode's time (named in ``best_shared_mode``); the token counts that set the ideal
 speedup N (V + P + q) / (V + P + N q) (N rubrics, P prefix and q question tokens, V the vision
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +42,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from rewards.judges import image_prep, prefix_scoring
 from rewards.judges.base import JudgeItem
 from rewards.judges.prefix_scoring import ChatPrompt
 from rewards.judges.tiny_vlm import SIZES, build_tiny_vlm
@@ -77,46 +83,79 @@ def make_items(processor, args: argparse.Namespace) -> list[JudgeItem]:
     return [JudgeItem(im, p, r) for im, p in zip(images, prompts) for r in rubrics]
 
 
-class ForwardTimer:
-    """Wall time spent inside the model's forward calls (outermost call only, nested ones not
-    counted twice): the model, its inner decoder model and its output projection."""
+# Work the judge does on its device outside the model forward (pixels, masks, cache copies): on a
+# GPU it is queued kernels, on the CPU it is CPU time, so it is reported apart from host_ms.
+DEVICE_PREP = (
+    (image_prep.DeviceImageProcessor, "__call__"),
+    (prefix_scoring, "block_attention_mask"),
+    (prefix_scoring, "repeated_cache"),
+)
+
+
+class PhaseTimer:
+    """Wall time on the calling thread spent inside the model's forward (outermost call only:
+    the model, its inner decoder model, its output projection) and inside the device-side
+    preparation functions of :data:`DEVICE_PREP`."""
 
     def __init__(self, model: torch.nn.Module, sync) -> None:
-        self.seconds = 0.0
-        self._depth = 0
-        self._start = 0.0
+        self.seconds = {"forward": 0.0, "device_prep": 0.0}
+        self._depth = {"forward": 0, "device_prep": 0}
+        self._start = {"forward": 0.0, "device_prep": 0.0}
         self._sync = sync
+        self._thread = threading.get_ident()
         modules = {id(m): m for m in (model, getattr(model, "model", None))}
         modules[id(model.get_output_embeddings())] = model.get_output_embeddings()
         self._modules = [m for m in modules.values() if m is not None]
 
-    def _enter(self, *_) -> None:
-        if self._depth == 0:
+    def _enter(self, phase: str) -> None:
+        if threading.get_ident() != self._thread:
+            return
+        if self._depth[phase] == 0:
             self._sync()
-            self._start = time.perf_counter()
-        self._depth += 1
+            self._start[phase] = time.perf_counter()
+        self._depth[phase] += 1
 
-    def _leave(self, *_) -> None:
-        self._depth -= 1
-        if self._depth == 0:
+    def _leave(self, phase: str) -> None:
+        if threading.get_ident() != self._thread:
+            return
+        self._depth[phase] -= 1
+        if self._depth[phase] == 0:
             self._sync()
-            self.seconds += time.perf_counter() - self._start
+            self.seconds[phase] += time.perf_counter() - self._start[phase]
+
+    def _timed(self, function):
+        def wrapper(*args, **kwargs):
+            self._enter("device_prep")
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self._leave("device_prep")
+
+        return wrapper
 
     @contextmanager
     def hooked(self):
         handles = []
         for module in self._modules:
-            handles.append(module.register_forward_pre_hook(self._enter))
-            handles.append(module.register_forward_hook(self._leave, always_call=True))
+            handles.append(module.register_forward_pre_hook(lambda *_: self._enter("forward")))
+            handles.append(
+                module.register_forward_hook(lambda *_: self._leave("forward"), always_call=True)
+            )
+        originals = [(owner, name, getattr(owner, name)) for owner, name in DEVICE_PREP]
+        for owner, name, function in originals:
+            setattr(owner, name, self._timed(function))
         try:
             yield self
         finally:
             for handle in handles:
                 handle.remove()
+            for owner, name, function in originals:
+                setattr(owner, name, function)
 
 
 def time_modes(judges: dict[str, TransformersJudge], items: list[JudgeItem], repeats: int):
-    """Median seconds per call, median seconds inside the forward, last probabilities, per mode.
+    """Per mode: median seconds per call, median seconds per call in each phase (``forward``,
+    ``device_prep``, ``host`` = the rest) and the last probabilities.
 
     The modes take turns within each repeat, so a machine whose load drifts slows all of them
     alike and the ratios stay fair.
@@ -124,26 +163,30 @@ def time_modes(judges: dict[str, TransformersJudge], items: list[JudgeItem], rep
     cuda = any(j.device.type == "cuda" for j in judges.values())
     sync = torch.cuda.synchronize if cuda else lambda: None
     times: dict[str, list[float]] = {mode: [] for mode in judges}
-    inside: dict[str, list[float]] = {mode: [] for mode in judges}
+    phases: dict[str, list[dict[str, float]]] = {mode: [] for mode in judges}
     probs: dict[str, torch.Tensor] = {}
     for judge in judges.values():
         judge.yes_prob(items)  # warm-up
     for _ in range(repeats):
         for mode, judge in judges.items():
-            timer = ForwardTimer(judge.model, sync)
+            timer = PhaseTimer(judge.model, sync)
             with timer.hooked():
                 sync()
                 start = time.perf_counter()
                 probs[mode] = judge.yes_prob(items).probs
                 sync()
-                times[mode].append(time.perf_counter() - start)
-            inside[mode].append(timer.seconds)
+                elapsed = time.perf_counter() - start
+            times[mode].append(elapsed)
+            inside = timer.seconds
+            phases[mode].append(
+                {**inside, "host": elapsed - inside["forward"] - inside["device_prep"]}
+            )
     median = {mode: statistics.median(t) for mode, t in times.items()}
-    host = {
-        mode: statistics.median(t - f for t, f in zip(times[mode], inside[mode])) for mode in judges
+    phase_median = {
+        mode: {k: statistics.median(p[k] for p in runs) for k in runs[0]}
+        for mode, runs in phases.items()
     }
-    forward = {mode: statistics.median(f) for mode, f in inside.items()}
-    return median, host, forward, probs
+    return median, phase_median, probs
 
 
 def token_counts(processor, item: JudgeItem) -> dict[str, int]:
@@ -211,14 +254,17 @@ def main(argv: list[str] | None = None) -> dict:
         )
         for mode in modes
     }
-    seconds, host, forward, probs = time_modes(judges, items, args.repeats)
+    seconds, phases, probs = time_modes(judges, items, args.repeats)
     for mode in modes:
+        ms = {phase: round(1000 * value, 1) for phase, value in phases[mode].items()}
         result[f"{mode}_scores_per_s"] = round(len(items) / seconds[mode], 2)
-        result[f"{mode}_host_ms"] = round(1000 * host[mode], 1)
-        result[f"{mode}_forward_ms"] = round(1000 * forward[mode], 1)
+        result[f"{mode}_host_ms"] = ms["host"]
+        result[f"{mode}_device_prep_ms"] = ms["device_prep"]
+        result[f"{mode}_forward_ms"] = ms["forward"]
+        result[f"{mode}_outside_forward_ms"] = round(1000 * seconds[mode] - ms["forward"], 1)
         print(
-            f"{mode:>8}: {seconds[mode]:.3f} s for {len(items)} scores "
-            f"(host {1000 * host[mode]:.1f} ms, forward {1000 * forward[mode]:.1f} ms)",
+            f"{mode:>8}: {seconds[mode]:.3f} s for {len(items)} scores (host {ms['host']} ms, "
+            f"device prep {ms['device_prep']} ms, forward {ms['forward']} ms)",
             flush=True,
         )
         if mode != "none" and "none" in modes:

@@ -282,6 +282,7 @@ def test_bench_judge_runs_and_prints_one_json_line(capsys, tmp_path):
     for mode in ("none", "kv_cache", "packed"):
         assert result[f"{mode}_scores_per_s"] > 0
         assert result[f"{mode}_forward_ms"] > 0 and result[f"{mode}_host_ms"] > 0
+        assert result[f"{mode}_device_prep_ms"] > 0  # the pixels are preprocessed on the device
         call_ms = 1000 * result["images"] * result["rubrics"] / result[f"{mode}_scores_per_s"]
         assert result[f"{mode}_forward_ms"] <= call_ms  # inside the forward is part of the call
     assert result["kv_cache_max_abs_diff"] < 1e-4 and result["packed_max_abs_diff"] < 1e-4

@@ -246,8 +246,10 @@ class DeviceImageProcessor:
         patches = batch.reshape(n, channels, grid_h // m, m, p, grid_w // m, m, p)
         patches = patches.permute(0, 2, 5, 3, 6, 1, 4, 7)  # n, gh/m, gw/m, m, m, c, p, p
         patches = patches.reshape(n, grid_h * grid_w, channels, 1, p * p)
-        offsets = torch.arange(channels, device=batch.device).view(1, 1, channels, 1, 1) * 256
-        values = self._table_on(batch.device)[patches.to(torch.int64) + offsets]
+        offsets = torch.arange(channels, dtype=torch.int32, device=batch.device) * 256
+        index = patches.to(torch.int32).add_(offsets.view(1, 1, channels, 1, 1))
+        values = self._table_on(batch.device).index_select(0, index.reshape(-1))
+        values = values.view(n, grid_h * grid_w, channels, 1, p * p)
         values = values.expand(n, grid_h * grid_w, channels, t, p * p)
         return values.reshape(n, grid_h * grid_w, channels * t * p * p)
 

@@ -408,7 +408,10 @@ class PrefixScorer:
         block = torch.cat([prefix["attention_mask"].long() - 1, q["block"]], dim=1)
         inputs = {
             "input_ids": torch.cat([prefix["input_ids"], q["ids"]], dim=1),
-            "attention_mask": block_attention_mask(block, self.model.dtype),
+            # sdpa takes a boolean mask (4x smaller); eager adds a float one to its scores
+            "attention_mask": block_attention_mask(
+                block, None if text_attention(self.model) == "sdpa" else self.model.dtype
+            ),
             "position_ids": torch.cat(
                 [prefix["position_ids"], q_pos[None].expand(3, -1, -1)], dim=2
             ),
@@ -512,8 +515,9 @@ def mrope_prefix_positions(
     return positions, next_position
 
 
-def block_attention_mask(block: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Additive ``[B, 1, L, L]`` mask from block ids (-1 pad, 0 prefix, k + 1 question k).
+def block_attention_mask(block: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """``[B, 1, L, L]`` mask from block ids (-1 pad, 0 prefix, k + 1 question k): boolean (True =
+    attend) when ``dtype`` is None, else additive in ``dtype``.
 
     A token sees the earlier tokens of its own block and the whole prefix; pads see themselves.
     """
@@ -523,6 +527,8 @@ def block_attention_mask(block: torch.Tensor, dtype: torch.dtype) -> torch.Tenso
     sees_prefix = (block[:, None, :] == 0) & (block[:, :, None] >= 0)
     allowed = causal[None] & (same_block | sees_prefix) & (block[:, None, :] >= 0)
     allowed |= torch.eye(length, dtype=torch.bool, device=block.device)[None]
+    if dtype is None:
+        return allowed[:, None]
     mask = torch.zeros(allowed.shape, dtype=dtype, device=block.device)
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
