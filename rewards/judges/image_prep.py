@@ -29,6 +29,7 @@ bilinear, bicubic and Lanczos, are not supported (:func:`unsupported_reason` say
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -220,17 +221,23 @@ class DeviceImageProcessor:
                     f"image {i}: expected uint8 [3, H, W], got {image.dtype} {tuple(image.shape)}"
                 )
             by_size.setdefault((image.shape[1], image.shape[2]), []).append(i)
-        patches: list[torch.Tensor | None] = [None] * len(images)
-        grids = [self.grid(*images[i].shape[1:]) for i in range(len(images))]
+        grids = [self.grid(*image.shape[1:]) for image in images]
+        counts = [grid_h * grid_w for _, grid_h, grid_w in grids]
+        starts = [0, *itertools.accumulate(counts)]
+        pixel_values = None
         for (height, width), indices in by_size.items():
             batch = torch.stack([images[i] for i in indices])
             out_h, out_w = self.output_size(height, width)
             if (out_h, out_w) != (height, width):
                 batch = pil_resize(batch, out_h, out_w, self.resample)
             flat = self._patchify(batch)  # [N, patches per image, patch dim]
+            if len(by_size) == 1:  # one size: the patches are already in order, no copy
+                pixel_values = flat.reshape(-1, flat.shape[-1])
+                break
+            if pixel_values is None:
+                pixel_values = flat.new_empty((starts[-1], flat.shape[-1]))
             for k, i in enumerate(indices):
-                patches[i] = flat[k]
-        pixel_values = torch.cat(patches) if len(patches) > 1 else patches[0]
+                pixel_values[starts[i] : starts[i + 1]] = flat[k]
         return pixel_values, torch.tensor(grids, dtype=torch.long)
 
     def _patchify(self, batch: torch.Tensor) -> torch.Tensor:
