@@ -1,11 +1,10 @@
 """A chat VLM run locally with transformers, used as a yes/no judge and for free text.
 
 The model loads with ``AutoModelForImageTextToText`` and its processor with ``AutoProcessor``.
-Mode ``shared_prefix="none"`` (one forward per question) needs only a processor that expands image
-placeholders through the transformers processor API (``replace_image_token``); the shared-prefix
-modes, which run the image + context prefix once per image and score every question against it,
-need the multimodal RoPE of the Qwen2-VL / Qwen2.5-VL / Qwen3-VL family; see
-:mod:`rewards.judges.prefix_scoring`. Tested with Qwen3-VL and Qwen2.5-VL.
+Yes/no scoring works with the Qwen2-VL / Qwen2.5-VL / Qwen3-VL family (their image processor,
+image token and multimodal RoPE); the shared-prefix modes, which run the image + context prefix
+once per image and score every question against it, refuse a model without ``get_rope_index``;
+see :mod:`rewards.judges.prefix_scoring`. Tested with Qwen3-VL and Qwen2.5-VL.
 
 P(yes) comes from the next-token distribution after the assistant turn starts: the probability mass
 of every single-token spelling of "yes" ("yes", "Yes", " yes", "YES", ...) against that of "no",
