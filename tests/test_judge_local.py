@@ -259,7 +259,7 @@ def test_tiny_judge_configs_instantiate(name):
     assert torch.isfinite(result.probs).all()
 
 
-@pytest.mark.parametrize("name", ["qwen3_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("name", ["qwen3_vl", "qwen2_5_vl", "vllm"])
 def test_local_path_configs_need_a_path(name, tmp_path):
     cfg = OmegaConf.load(CONF / f"{name}.yaml")
     assert OmegaConf.is_missing(cfg, "model_path")
