@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from rewards.images import to_pil
 from rewards.judges import image_prep, prefix_scoring
 from rewards.judges.base import JudgeItem
 from rewards.judges.prefix_scoring import ChatPrompt
@@ -67,12 +68,17 @@ def text_of_tokens(processor, n_tokens: int, rng: np.random.Generator, start: st
 
 
 def make_items(processor, args: argparse.Namespace) -> list[JudgeItem]:
+    """``images x rubrics`` items, image-major as the rubric reward makes them. The images are
+    rows of one uint8 tensor batch on ``--device`` (what the reward hands the judge when the
+    trainer passes its decoded batch) or, with ``--input pil``, the same pixels as PIL images."""
     rng = np.random.default_rng(0)
     size = (args.image_size, args.image_size)
-    images = [
-        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
-        for _ in range(args.images)
-    ]
+    pixels = rng.integers(0, 256, (args.images, *size, 3), dtype=np.uint8)
+    if getattr(args, "input", "tensor") == "pil":
+        images = [Image.fromarray(array) for array in pixels]
+    else:
+        batch = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
+        images = list(batch.to(getattr(args, "device", "cpu")))
     prompts = [
         text_of_tokens(processor, args.prompt_tokens, rng, "A photo of", ".") for _ in images
     ]
@@ -191,7 +197,8 @@ def time_modes(judges: dict[str, TransformersJudge], items: list[JudgeItem], rep
 
 def token_counts(processor, item: JudgeItem) -> dict[str, int]:
     prompt = ChatPrompt(processor)
-    prefix = processor(images=[item.image], text=[prompt.prefix_text(item.context)])
+    image = item.image if isinstance(item.image, Image.Image) else to_pil(item.image[None].cpu())[0]
+    prefix = processor(images=[image], text=[prompt.prefix_text(item.context)])
     merge = processor.image_processor.merge_size
     image_tokens = int(np.prod(prefix["image_grid_thw"][0])) // merge**2
     return {
@@ -217,6 +224,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument(
+        "--input",
+        default="tensor",
+        choices=["tensor", "pil"],
+        help="images as rows of a uint8 tensor batch on --device (the trainer's path) or PIL",
+    )
+    parser.add_argument(
         "--out", help="also append the JSON line to this file, e.g. bench/results/judge_gpu.jsonl"
     )
     args = parser.parse_args(argv)
@@ -239,6 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
         "images": args.images,
         "rubrics": args.rubrics,
         "image_size": args.image_size,
+        "input": args.input,
         "batch_size": args.batch_size,
         **token_counts(processor, items[0]),
     }

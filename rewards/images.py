@@ -11,6 +11,7 @@ NaN with a counted reason instead of scoring a silently black or half-decoded pi
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -94,7 +95,9 @@ def to_uint8_chw(image: Image.Image | torch.Tensor) -> torch.Tensor:
     pixels.
     """
     if isinstance(image, Image.Image):
-        return torch.from_numpy(np.array(_rgb(image))).permute(2, 0, 1)
+        with warnings.catch_warnings():  # read-only view of PIL's bytes: one copy, never written
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.from_numpy(np.asarray(_rgb(image))).permute(2, 0, 1)
     if not isinstance(image, torch.Tensor):
         raise TypeError(f"expected a PIL image or an image tensor, got {type(image).__name__}")
     if image.ndim != 3 or image.shape[0] not in (1, 3):

@@ -287,7 +287,13 @@ def test_bench_judge_runs_and_prints_one_json_line(capsys, tmp_path):
         assert result[f"{mode}_forward_ms"] <= call_ms  # inside the forward is part of the call
     assert result["kv_cache_max_abs_diff"] < 1e-4 and result["packed_max_abs_diff"] < 1e-4
     assert result["speedup"] == result[f"speedup_{result['best_shared_mode']}"]
-    assert result["image_tokens"] == 4
+    assert result["image_tokens"] == 4 and result["input"] == "tensor"
+    pil = main(
+        ["--size", "tiny", "--images", "2", "--rubrics", "3", "--image-size", "32",
+         "--repeats", "1", "--prompt-tokens", "8", "--question-tokens", "6", "--input", "pil",
+         "--modes", "packed"]
+    )  # fmt: skip
+    assert pil["packed_scores_per_s"] > 0 and "speedup" not in pil  # no baseline: no speedup
 
 
 def test_shared_prefix_needs_an_mrope_model(tiny):
