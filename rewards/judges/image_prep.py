@@ -197,11 +197,6 @@ class DeviceImageProcessor:
         out_h, out_w = self.output_size(height, width)
         return 1, out_h // self.patch_size, out_w // self.patch_size
 
-    def num_tokens(self, height: int, width: int) -> int:
-        """Image tokens the language model sees for an image of this size."""
-        _, grid_h, grid_w = self.grid(height, width)
-        return grid_h * grid_w // self.merge_size**2
-
     def _table_on(self, device: torch.device) -> torch.Tensor:
         if device not in self._tables:
             self._tables[device] = self._table.to(device)

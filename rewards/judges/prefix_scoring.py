@@ -177,17 +177,8 @@ class ImageEncoder:
                 f"image_preprocessing must be one of {IMAGE_PREPROCESSING}, got {mode!r}"
             )
         self.image_processor = image_processor
-        self.mode = mode
         self.device_processor = DeviceImageProcessor(image_processor) if mode == "device" else None
         self.merge_size = int(image_processor.merge_size)
-
-    def num_tokens(self, image: torch.Tensor) -> int:
-        """Image tokens the language model sees for ``image`` (uint8 ``[3, H, W]``)."""
-        height, width = image.shape[-2:]
-        if self.device_processor is not None:
-            return self.device_processor.num_tokens(height, width)
-        patches = self.image_processor.get_number_of_image_patches(height, width, {})
-        return patches // self.merge_size**2
 
     def __call__(self, images: Sequence[torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor]:
         """``(pixel_values on device, image_grid_thw on CPU)`` for uint8 ``[3, H, W]`` images."""
@@ -278,7 +269,6 @@ class PrefixScorer:
                 f"kv_cache_fallback must be one of {KV_CACHE_FALLBACKS}, got {kv_cache_fallback!r}"
             )
         self.model = model
-        self.processor = processor
         self.device = device
         self.prompt = ChatPrompt(processor)
         self.images = ImageEncoder(processor.image_processor, image_preprocessing)
