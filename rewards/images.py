@@ -11,6 +11,7 @@ NaN with a counted reason instead of scoring a silently black or half-decoded pi
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,15 +29,18 @@ def to_pil(images: ImageBatch) -> list[Image.Image]:
     if isinstance(images, torch.Tensor):
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"expected an image tensor [B, 3, H, W], got {tuple(images.shape)}")
-        if images.dtype == torch.uint8:
-            arr = images.permute(0, 2, 3, 1).cpu().numpy()
-        else:
-            arr = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
-            arr = arr.permute(0, 2, 3, 1).cpu().numpy()
+        arr = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
         if arr.shape[-1] == 1:
             arr = np.repeat(arr, 3, axis=-1)
         return [Image.fromarray(a) for a in arr]
     return [_rgb(_checked_pil(i, im)) for i, im in enumerate(images)]
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """An image tensor as uint8 on its device: floats in ``[0, 1]`` are clamped and rounded."""
+    if images.dtype == torch.uint8:
+        return images
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def _checked_pil(index: int, image: object) -> Image.Image:
@@ -86,6 +90,44 @@ def read_images(
         problems = {i: p for i, im in enumerate(pil) if (p := _pil_problem(im)) is not None}
     convert = (lambda im: im) if keep_mode else _rgb
     return [None if i in problems else convert(im) for i, im in enumerate(pil)], problems
+
+
+def to_uint8_chw(image: Image.Image | torch.Tensor) -> torch.Tensor:
+    """One image as a uint8 ``[3, H, W]`` tensor (on the tensor's own device).
+
+    A PIL image is converted to RGB; a float tensor in ``[0, 1]`` is rounded to uint8 exactly as
+    :func:`to_pil` does, and a one-channel tensor repeated to three, so both paths see the same
+    pixels.
+    """
+    if isinstance(image, Image.Image):
+        with warnings.catch_warnings():  # read-only view of PIL's bytes: one copy, never written
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.from_numpy(np.asarray(_rgb(image))).permute(2, 0, 1)
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"expected a PIL image or an image tensor, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"expected an image tensor [3, H, W], got {tuple(image.shape)}")
+    image = to_uint8(image)
+    return image.expand(3, -1, -1) if image.shape[0] == 1 else image
+
+
+def read_tensor_batch(images: torch.Tensor) -> tuple[torch.Tensor, dict[int, str]]:
+    """The batch as a uint8 ``[B, 3, H, W]`` tensor on its device, and the corrupt rows.
+
+    Like :func:`read_images` for a tensor batch, without leaving the device: rows with non-finite
+    values are reported (one device read for the whole batch) and the pixels are rounded as
+    :func:`to_pil` rounds them; corrupt rows are still in the tensor (the caller drops them).
+    """
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected an image tensor [B, 3, H, W], got {tuple(images.shape)}")
+    problems: dict[int, str] = {}
+    if images.shape[-1] == 0 or images.shape[-2] == 0:
+        problems = {i: "empty image" for i in range(images.shape[0])}
+    elif images.is_floating_point():
+        finite = torch.isfinite(images.detach()).flatten(1).all(dim=1).tolist()
+        problems = {i: "non-finite pixel values" for i, ok in enumerate(finite) if not ok}
+    pixels = to_uint8(images)
+    return (pixels.expand(-1, 3, -1, -1) if pixels.shape[1] == 1 else pixels), problems
 
 
 def to_float_array(image: Image.Image) -> np.ndarray:

@@ -112,8 +112,16 @@ class RubricReward(Reward):
             log.info("%s: switching judge scoring from %r to %r", self.name, current, self.scoring)
             self.judge.scoring = self.scoring
 
+    @property
+    def accepts_tensors(self) -> bool:
+        """Tensor batches go to judges that take image tensors (the local VLM judge)."""
+        return bool(getattr(self.judge, "accepts_tensors", False))
+
     def score(
-        self, images: list[Image.Image], prompts: list[str], metadata: list[dict[str, Any]]
+        self,
+        images: list[Image.Image] | torch.Tensor,
+        prompts: list[str],
+        metadata: list[dict[str, Any]],
     ) -> RewardOutput:
         num_rubrics = len(self._questions)
         items = [

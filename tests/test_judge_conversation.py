@@ -97,7 +97,7 @@ def test_openai_request_through_the_published_template_is_what_the_local_judge_s
             body["messages"], chat_template=template, tokenize=False, add_generation_prompt=True
         )
         # The local shared-prefix modes split exactly this text into prefix and suffix.
-        assert text == judge.prompt.full_text(item.context, item.question)
+        assert text == judge.scorer.prompt.full_text(item.context, item.question)
         image = decode_data_url(body["messages"][0]["content"][0]["image_url"]["url"])
         served = processor(text=[text], images=[image], return_tensors="pt")["input_ids"][0]
         assert served.tolist() == local_ids
@@ -120,7 +120,7 @@ def test_two_text_parts_would_have_scored_other_tokens(local):
         add_generation_prompt=True,
     )
     assert "sofa.Is the cat" in text
-    assert text != judge.prompt.full_text(item.context, item.question)
+    assert text != judge.scorer.prompt.full_text(item.context, item.question)
 
 
 def test_chat_prompt_splits_the_published_templates(local):

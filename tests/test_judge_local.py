@@ -131,13 +131,13 @@ def test_equality_check_catches_sequence_length_positions(tiny, reference, mode,
     M-RoPE continues at max position + 1, smaller for images) moves the answers past 1e-4."""
     _, model, processor = tiny
     items, log_probs = reference
-    original = prefix_scoring._rope_index
+    original = prefix_scoring.mrope_prefix_positions
 
-    def token_count_positions(model, inputs):
-        positions, _ = original(model, inputs)
-        return positions, inputs["attention_mask"].sum(-1)
+    def token_count_positions(lengths, before, grids, merge, width):
+        positions, _ = original(lengths, before, grids, merge, width)
+        return positions, torch.tensor(lengths)
 
-    monkeypatch.setattr(prefix_scoring, "_rope_index", token_count_positions)
+    monkeypatch.setattr(prefix_scoring, "mrope_prefix_positions", token_count_positions)
     judge = TransformersJudge(model=model, processor=processor, shared_prefix=mode, batch_size=3)
     wrong = judge.yes_prob(items).probs.double()
     assert (wrong - expected_yes_prob(log_probs, judge)).abs().max() > 1e-3
@@ -203,9 +203,13 @@ def test_bad_options_fail_clearly(tiny):
         TransformersJudge(model=model, processor=processor, dtype="float8")
     with pytest.raises(ValueError, match="model_path"):
         TransformersJudge()
-    with pytest.raises(TypeError, match="PIL"):
+    with pytest.raises(TypeError, match="item 0: expected a PIL image or an image tensor"):
         TransformersJudge(model=model, processor=processor).yes_prob(
-            [JudgeItem(torch.zeros(3, 8, 8), "", "q")]
+            [JudgeItem(np.zeros((8, 8, 3)), "", "q")]
+        )
+    with pytest.raises(TypeError, match=r"item 0: expected an image tensor \[3, H, W\]"):
+        TransformersJudge(model=model, processor=processor).yes_prob(
+            [JudgeItem(torch.zeros(2, 8, 8), "", "q")]
         )
 
 
@@ -255,7 +259,7 @@ def test_tiny_judge_configs_instantiate(name):
     assert torch.isfinite(result.probs).all()
 
 
-@pytest.mark.parametrize("name", ["qwen3_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("name", ["qwen3_vl", "qwen2_5_vl", "vllm"])
 def test_local_path_configs_need_a_path(name, tmp_path):
     cfg = OmegaConf.load(CONF / f"{name}.yaml")
     assert OmegaConf.is_missing(cfg, "model_path")
@@ -277,9 +281,19 @@ def test_bench_judge_runs_and_prints_one_json_line(capsys, tmp_path):
     assert out.read_text() == last + "\n"
     for mode in ("none", "kv_cache", "packed"):
         assert result[f"{mode}_scores_per_s"] > 0
+        assert result[f"{mode}_forward_ms"] > 0 and result[f"{mode}_host_ms"] > 0
+        assert result[f"{mode}_device_prep_ms"] > 0  # the pixels are preprocessed on the device
+        call_ms = 1000 * result["images"] * result["rubrics"] / result[f"{mode}_scores_per_s"]
+        assert result[f"{mode}_forward_ms"] <= call_ms  # inside the forward is part of the call
     assert result["kv_cache_max_abs_diff"] < 1e-4 and result["packed_max_abs_diff"] < 1e-4
     assert result["speedup"] == result[f"speedup_{result['best_shared_mode']}"]
-    assert result["image_tokens"] == 4
+    assert result["image_tokens"] == 4 and result["input"] == "tensor"
+    pil = main(
+        ["--size", "tiny", "--images", "2", "--rubrics", "3", "--image-size", "32",
+         "--repeats", "1", "--prompt-tokens", "8", "--question-tokens", "6", "--input", "pil",
+         "--modes", "packed"]
+    )  # fmt: skip
+    assert pil["packed_scores_per_s"] > 0 and "speedup" not in pil  # no baseline: no speedup
 
 
 def test_shared_prefix_needs_an_mrope_model(tiny):

@@ -7,6 +7,7 @@ sanity bounds on "ends instead of hanging", not speed claims.
 
 import math
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -178,3 +179,71 @@ def test_tiny_transformers_judge_behind_the_server():
         texts = judge.generate_many([([items[0].image], "Describe the image.")] * 2, 3)
     torch.testing.assert_close(got.probs, want.probs, atol=1e-5, rtol=0)
     assert got.failures == {} and len(texts) == 2 and all(isinstance(t, str) for t in texts)
+
+
+def _recording(server: JudgeServer) -> tuple[list, dict]:
+    """Record each chat request's (image uuid, question) in arrival order and the most requests
+    the server held at once."""
+    seen, state = [], {"now": 0, "most": 0}
+    lock = threading.Lock()
+    original = server.chat_completion
+
+    def chat_completion(body):
+        part = body["messages"][-1]["content"][0]
+        with lock:
+            seen.append((part.get("uuid"), body["messages"][-1]["content"][-1]["text"]))
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        try:
+            return original(body)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    server.chat_completion = chat_completion
+    return seen, state
+
+
+def test_each_image_is_encoded_once_and_sent_image_major_with_its_id(monkeypatch):
+    from rewards.judges import openai_server
+
+    encoded = []
+    original = openai_server.image_data_url
+    monkeypatch.setattr(
+        openai_server,
+        "image_data_url",
+        lambda im, fmt="PNG": encoded.append(im) or original(im, fmt),
+    )
+    items = _items(3)
+    question_major = [items[k * 3 + q] for q in range(3) for k in range(3)]
+    with JudgeServer(PixelJudge()) as server:
+        seen, _ = _recording(server)
+        judge = _judge(server, concurrency=1)
+        assert judge.image_ids  # the server lists itself as owned by this project
+        got = judge.yes_prob(question_major)
+        assert server.images_decoded == 3  # one decode per image, not per question
+    assert len(encoded) == 3
+    uuids = [uuid for uuid, _ in seen]
+    assert all(uuids) and len(set(uuids)) == 3
+    assert uuids == sorted(uuids, key=uuids.index)  # all questions of an image together
+    torch.testing.assert_close(
+        got.probs, PixelJudge().yes_prob(question_major).probs, atol=1e-6, rtol=0, equal_nan=True
+    )
+    with JudgeServer(PixelJudge()) as server:
+        seen, _ = _recording(server)
+        _judge(server, image_ids=False).yes_prob(items[:2])
+    assert [uuid for uuid, _ in seen] == [None, None]
+
+
+@pytest.mark.parametrize(("concurrency", "expected"), [(None, 12), (4, 4)])
+def test_a_call_keeps_its_questions_in_flight_up_to_the_bound(concurrency, expected):
+    items = _items(3, [*QUESTIONS, "The image is dark."])  # 12 questions
+    kwargs = {} if concurrency is None else {"concurrency": concurrency}
+    faults = Faults(slow_first=len(items), slow_s=1.0)
+    with JudgeServer(PixelJudge(), faults=faults, batch_wait_s=0.2) as server:
+        _, state = _recording(server)
+        _judge(server, **kwargs).yes_prob(items)
+        batches = server.worker.batch_sizes
+    assert state["most"] == expected
+    if concurrency is None:
+        assert max(batches) > 1  # the server batches the questions that arrive together

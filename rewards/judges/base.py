@@ -24,9 +24,10 @@ from PIL import Image
 
 @dataclass(frozen=True)
 class JudgeItem:
-    """One yes/no question about one image."""
+    """One yes/no question about one image (a PIL image, or an image tensor ``[3, H, W]`` for
+    judges that accept tensors)."""
 
-    image: Image.Image
+    image: Image.Image | torch.Tensor
     context: str
     question: str
 
@@ -63,6 +64,7 @@ class Judge(abc.ABC):
     """Base class of the judge backends: local VLM, OpenAI-compatible server, pixel rules."""
 
     name: str = "judge"
+    accepts_tensors: bool = False  # True: items may carry uint8 / float image tensors
 
     @abc.abstractmethod
     def yes_prob(self, items: Sequence[JudgeItem]) -> JudgeResult:

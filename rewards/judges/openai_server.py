@@ -11,6 +11,12 @@ neither appears among the top tokens, the item is NaN (reason ``"no yes/no token
 
 Reliability:
 
+* each distinct image of a call is encoded once (not once per question), the requests are sent
+  image-major (all questions about one image together, so a server's prefix cache shares the
+  image) and up to ``min(images x questions, concurrency)`` of them are in flight; with
+  ``image_ids`` each image part also carries a ``uuid`` derived from its content, which vLLM uses
+  to cache the image's processing across requests (``None``: on when ``/models`` says the server
+  is vLLM or ``rewards.judges.serve``);
 * requests run on a thread pool of ``concurrency`` workers, each with ``timeout_s`` (read) and
   ``connect_timeout_s``;
 * 5xx answers, timeouts, connection and other transport errors are retried ``max_retries``
@@ -32,6 +38,7 @@ The worst-case wall time of one ``yes_prob`` call is bounded by
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import logging
 import math
@@ -57,6 +64,8 @@ MALFORMED = "malformed response"
 TIMEOUT = "timeout"
 CONNECTION_ERROR = "connection error"
 REQUEST_ERROR = "request error"
+DEFAULT_CONCURRENCY = 64  # rewards.judges.serve batches up to this many questions by default
+IMAGE_ID_SERVERS = ("vllm", "rewards")  # /models owners known to read an image part's uuid
 
 
 def image_data_url(image: Image.Image, image_format: str = "PNG") -> str:
@@ -117,12 +126,15 @@ class OpenAIJudge(Judge):
         model: the served model's name; ``None`` takes the first one ``/models`` lists.
         scoring: ``"normalized"`` or ``"raw"``.
         top_logprobs: how many top tokens to ask for (vLLM's default cap is 20).
-        concurrency: requests in flight at once.
+        concurrency: most requests in flight at once; a call keeps
+            ``min(images x questions, concurrency)`` in flight.
         timeout_s / connect_timeout_s: per-request read and connect timeouts.
         max_retries / backoff_s / max_backoff_s: retry policy for 5xx, timeouts, connection errors.
         on_error: ``"nan"`` (NaN with a counted reason) or ``"raise"`` once retries run out.
         health_check / health_timeout_s: check the server at start-up, waiting up to this long.
         image_format: ``"PNG"`` or ``"JPEG"`` for the data URLs.
+        image_ids: send a content-derived ``uuid`` with each image part (vLLM's image cache key);
+            ``None``: on for servers whose ``/models`` entry is owned by vLLM or this project.
         system_prompt: optional system message put before every request.
         api_key: sent as ``Authorization: Bearer`` when given.
     """
@@ -135,7 +147,7 @@ class OpenAIJudge(Judge):
         model: str | None = None,
         scoring: str = "normalized",
         top_logprobs: int = 20,
-        concurrency: int = 16,
+        concurrency: int = DEFAULT_CONCURRENCY,
         timeout_s: float = 60.0,
         connect_timeout_s: float = 5.0,
         max_retries: int = 3,
@@ -145,6 +157,7 @@ class OpenAIJudge(Judge):
         health_check: bool = True,
         health_timeout_s: float = 30.0,
         image_format: str = "PNG",
+        image_ids: bool | None = None,
         system_prompt: str | None = None,
         api_key: str | None = None,
     ) -> None:
@@ -169,8 +182,9 @@ class OpenAIJudge(Judge):
         self.model = model
         if health_check:
             self.check_health(health_timeout_s)
-        if self.model is None:
-            self.model = self._first_model()
+        self.image_ids = image_ids
+        if self.model is None or self.image_ids is None:
+            self._read_models()
 
     # ----------------------------------------------------------------- HTTP plumbing
     def _session(self) -> requests.Session:
@@ -200,15 +214,24 @@ class OpenAIJudge(Judge):
                 )
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
-    def _first_model(self) -> str:
+    def _read_models(self) -> None:
+        """The model name (when not given) and whether to send image ids (when ``None``)."""
         try:
             answer = self._session().get(f"{self.base_url}/models", timeout=self.timeout)
-            return answer.json()["data"][0]["id"]
+            first = answer.json()["data"][0]
+            name, owner = first["id"], first.get("owned_by")
         except (requests.RequestException, ValueError, KeyError, IndexError, TypeError) as err:
+            if self.model is not None:  # only the image-id check failed: send none
+                self.image_ids = bool(self.image_ids)
+                return
             raise JudgeError(
                 f"no model given and {self.base_url}/models does not list one ({err}); "
                 "set judge.model"
             ) from err
+        if self.model is None:
+            self.model = name
+        if self.image_ids is None:
+            self.image_ids = owner in IMAGE_ID_SERVERS
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         """POST a chat completion with retries; returns the parsed JSON or raises _Failure."""
@@ -246,16 +269,19 @@ class OpenAIJudge(Judge):
         return [*head, {"role": "user", "content": content}]
 
     # ----------------------------------------------------------------- yes/no scoring
-    def _ask(self, item: JudgeItem) -> float:
+    def _image_part(self, image: Image.Image) -> dict[str, Any]:
+        """The image's content part, encoded once; with ``image_ids`` it carries a ``uuid``."""
+        url = image_data_url(image, self.image_format)
+        part: dict[str, Any] = {"type": "image_url", "image_url": {"url": url}}
+        if self.image_ids:
+            part["uuid"] = hashlib.blake2b(url.encode("ascii"), digest_size=16).hexdigest()
+        return part
+
+    def _ask(self, item: JudgeItem, image_part: dict[str, Any]) -> float:
+        content = [image_part, *chat_content([], judge_text(item.context, item.question))]
         body = {
             "model": self.model,
-            "messages": self._messages(
-                chat_content(
-                    [item.image],
-                    judge_text(item.context, item.question),
-                    image_format=self.image_format,
-                )
-            ),
+            "messages": self._messages(content),
             "max_tokens": 1,
             "temperature": 0.0,
             "logprobs": True,
@@ -281,7 +307,17 @@ class OpenAIJudge(Judge):
         return p_yes / (p_yes + p_no) if self.scoring == "normalized" else p_yes
 
     def yes_prob(self, items: Sequence[JudgeItem]) -> JudgeResult:
-        futures = [self._pool.submit(self._ask, item) for item in items]
+        first_seen: dict[int, int] = {}  # id(image) -> index of its first item
+        for i, item in enumerate(items):
+            first_seen.setdefault(id(item.image), i)
+        distinct = [items[i].image for i in first_seen.values()]
+        parts = dict(zip(first_seen, self._pool.map(self._image_part, distinct)))
+        # Image-major: every question about an image goes out together, in first-seen order.
+        order = sorted(range(len(items)), key=lambda i: first_seen[id(items[i].image)])
+        submitted = {
+            i: self._pool.submit(self._ask, items[i], parts[id(items[i].image)]) for i in order
+        }
+        futures = [submitted[i] for i in range(len(items))]
         probs, reasons, failures = [], [], []
         for future in futures:
             try:

@@ -22,18 +22,26 @@ text from ``judge.generate`` (HTTP 501 for judges that do not generate).
 
 Requests from all connections go through ONE worker thread that batches waiting yes/no questions
 (up to ``max_batch``, waiting at most ``batch_wait_s`` for more) into one ``yes_prob`` call, so a
-batched local judge keeps its batching and is never called from two threads at once.
+batched local judge keeps its batching and is never called from two threads at once. ``max_batch``
+defaults to the number of requests :class:`~rewards.judges.openai_server.OpenAIJudge` keeps in
+flight, so one client call of up to that many questions becomes one batch. Each distinct image is
+decoded once: by the part's ``uuid`` when the client sends one, else by a hash of its data URL;
+the questions about one image then share one image object, which the local judge's shared-prefix
+scoring groups by.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
 import queue
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,10 +51,11 @@ from typing import Any
 from PIL import Image
 
 from rewards.judges.base import Judge, JudgeItem
-from rewards.judges.openai_server import decode_data_url
+from rewards.judges.openai_server import DEFAULT_CONCURRENCY, decode_data_url
 
 log = logging.getLogger(__name__)
 CONF_JUDGE = Path(__file__).resolve().parents[2] / "conf" / "judge"
+MAX_CACHED_IMAGES = 256  # decoded images kept for the questions still to come about them
 
 
 @dataclass
@@ -151,8 +160,10 @@ def _top_logprobs(p_yes: float, other_mass: float) -> list[dict[str, Any]]:
     return sorted(entries, key=lambda e: -e["logprob"])
 
 
-def _parse_messages(messages: Any) -> tuple[list[Image.Image], list[str]]:
-    """Images and texts of the LAST user message."""
+def _parse_messages(
+    messages: Any, decode: Callable[[dict], Image.Image]
+) -> tuple[list[Image.Image], list[str]]:
+    """Images (each ``image_url`` part through ``decode``) and texts of the LAST user message."""
     if not isinstance(messages, list) or not messages:
         raise ValueError("'messages' must be a non-empty list")
     users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
@@ -167,7 +178,7 @@ def _parse_messages(messages: Any) -> tuple[list[Image.Image], list[str]]:
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "image_url":
-            images.append(decode_data_url(part["image_url"]["url"]))
+            images.append(decode(part))
         elif kind == "text":
             texts.append(str(part["text"]))
         else:
@@ -189,7 +200,7 @@ class JudgeServer:
         port: int = 0,
         model_name: str = "judge",
         faults: Faults | None = None,
-        max_batch: int = 64,
+        max_batch: int = DEFAULT_CONCURRENCY,
         batch_wait_s: float = 0.005,
         other_mass: float = 0.0,
     ) -> None:
@@ -200,7 +211,10 @@ class JudgeServer:
         self.other_mass = other_mass
         self.worker = _Worker(judge, max_batch, batch_wait_s)
         self.chat_requests = 0
+        self.images_decoded = 0
         self._count_lock = threading.Lock()
+        self._images: OrderedDict[str, Image.Image] = OrderedDict()
+        self._images_lock = threading.Lock()
         self.httpd = ThreadingHTTPServer((host, port), self._handler_class())
         self.httpd.daemon_threads = True
         self.httpd.block_on_close = False
@@ -254,7 +268,7 @@ class JudgeServer:
         if number <= faults.malformed_first:
             return 200, b'{"choices": [ this is not json'
         try:
-            images, texts = _parse_messages(body.get("messages"))
+            images, texts = _parse_messages(body.get("messages"), self._decode_image)
         except (ValueError, KeyError, TypeError) as err:
             return 400, _error(f"bad request: {err}", "invalid_request_error")
         if body.get("logprobs"):
@@ -274,6 +288,21 @@ class JudgeServer:
         except NotImplementedError as err:
             return 501, _error(str(err), "not_implemented")
         return 200, self._completion(text, None)
+
+    def _decode_image(self, part: dict) -> Image.Image:
+        """The image of an ``image_url`` part, decoded once per distinct image (under a lock, so
+        concurrent questions about one image wait for one decode); recent images are kept."""
+        url = part["image_url"]["url"]
+        key = str(part.get("uuid") or hashlib.blake2b(url.encode(), digest_size=16).hexdigest())
+        with self._images_lock:
+            if key in self._images:
+                self._images.move_to_end(key)
+                return self._images[key]
+            image = self._images[key] = decode_data_url(url)
+            self.images_decoded += 1
+            while len(self._images) > MAX_CACHED_IMAGES:
+                self._images.popitem(last=False)
+            return image
 
     def _completion(self, content: str, logprobs: dict | None) -> dict[str, Any]:
         return {
@@ -376,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--model-name", default=None, help="name listed by /v1/models")
-    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--max-batch", type=int, default=DEFAULT_CONCURRENCY)
     parser.add_argument("--batch-wait-s", type=float, default=0.005)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

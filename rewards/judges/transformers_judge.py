@@ -1,22 +1,28 @@
 """A chat VLM run locally with transformers, used as a yes/no judge and for free text.
 
 The model loads with ``AutoModelForImageTextToText`` and its processor with ``AutoProcessor``.
-Mode ``shared_prefix="none"`` (one forward per question) needs only a processor that expands image
-placeholders through the transformers processor API (``replace_image_token``); the shared-prefix
-modes, which run the image + context prefix once per image and score every question against it,
-need the multimodal RoPE of the Qwen2-VL / Qwen2.5-VL / Qwen3-VL family; see
-:mod:`rewards.judges.prefix_scoring`. Tested with Qwen3-VL and Qwen2.5-VL.
+Yes/no scoring works with the Qwen2-VL / Qwen2.5-VL / Qwen3-VL family (their image processor,
+image token and multimodal RoPE); the shared-prefix modes, which run the image + context prefix
+once per image and score every question against it, refuse a model without ``get_rope_index``;
+see :mod:`rewards.judges.prefix_scoring`. Tested with Qwen3-VL and Qwen2.5-VL.
 
 P(yes) comes from the next-token distribution after the assistant turn starts: the probability mass
 of every single-token spelling of "yes" ("yes", "Yes", " yes", "YES", ...) against that of "no",
 normalised as p(yes) / (p(yes) + p(no)) by default, or the raw p(yes) mass.
+
+Images may be PIL images or image tensors (uint8, or float in [0, 1]; ``[3, H, W]``, on any
+device): each distinct image is converted and fingerprinted once per call and preprocessed on the
+judge's device. The next chunk of images is prepared in a background thread while the current one
+runs (``prefetch``); on CUDA its copies and preprocessing run on a stream of their own.
 """
 
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -33,14 +39,16 @@ from transformers import (
 )
 from transformers.utils import is_torchvision_available
 
-from rewards.images import image_hash
+from rewards.images import to_uint8_chw
 from rewards.judges.base import Judge, JudgeError, JudgeItem, JudgeResult
 from rewards.judges.prefix_scoring import (
     SHARED_PREFIX_MODES,
     ChatPrompt,
     PrefixGroup,
+    PrefixScorer,
+    Prepared,
+    check_packed_attention,
     check_shared_prefix_support,
-    last_logits,
 )
 from rewards.rubric_set import check_scoring
 
@@ -136,6 +144,17 @@ def load_processor(path: str | Path) -> ProcessorMixin:
     return build_processor(processor_cls, image_processor, tokenizer, template)
 
 
+def attention_implementations(text: str | None, vision: str | None) -> dict[str, str]:
+    """The ``attn_implementation`` mapping for a Qwen-VL model: text decoder and vision tower set
+    each on its own (an empty mapping when neither is given)."""
+    if text is None and vision is None:
+        return {}
+    mapping = {"vision_config": vision or text}
+    if text is not None:
+        mapping |= {"": text, "text_config": text}
+    return mapping
+
+
 def yes_no_token_ids(tokenizer) -> tuple[list[int], list[int]]:
     """Ids of the single-token spellings of "yes" and of "no" in this tokenizer's vocabulary."""
 
@@ -159,17 +178,45 @@ def yes_no_token_ids(tokenizer) -> tuple[list[int], list[int]]:
 def group_items(items: Sequence[JudgeItem]) -> list[PrefixGroup]:
     """Items grouped by (image content, context), in order of first appearance.
 
-    Equal images share one prefix even as different objects.
+    Each distinct image object is converted to uint8 ``[3, H, W]`` and fingerprinted once per
+    call, however many questions are asked about it; equal images share one prefix even as
+    different objects (a fingerprint match is confirmed pixel for pixel).
     """
-    groups: dict[tuple[str, str], PrefixGroup] = {}
+    content_of: dict[int, int] = {}  # id(image object) -> index into contents
+    contents: list[torch.Tensor] = []
+    by_fingerprint: dict[tuple, list[int]] = {}
+    groups: dict[tuple[int, str], PrefixGroup] = {}
     for i, item in enumerate(items):
-        if not isinstance(item.image, Image.Image):
-            raise TypeError(f"item {i}: image is a {type(item.image).__name__}, not a PIL image")
-        key = (image_hash(item.image), item.context)
-        group = groups.setdefault(key, PrefixGroup(item.image.convert("RGB"), item.context))
+        if id(item.image) not in content_of:
+            try:
+                pixels = to_uint8_chw(item.image)
+            except (TypeError, ValueError) as err:
+                raise TypeError(f"item {i}: {err}") from None
+            content_of[id(item.image)] = _content_index(pixels, contents, by_fingerprint)
+        content = content_of[id(item.image)]
+        group = groups.get((content, item.context))
+        if group is None:
+            group = groups[(content, item.context)] = PrefixGroup(contents[content], item.context)
         group.questions.append(item.question)
         group.item_indices.append(i)
     return list(groups.values())
+
+
+def _content_index(
+    pixels: torch.Tensor, contents: list[torch.Tensor], by_fingerprint: dict[tuple, list[int]]
+) -> int:
+    """Index of ``pixels`` in ``contents`` (appended when new): a hash of a 32 x 32 sample of the
+    pixels finds candidates, ``torch.equal`` decides."""
+    height, width = pixels.shape[1:]
+    sample = pixels[:, :: max(1, height // 32), :: max(1, width // 32)]
+    digest = hashlib.blake2b(sample.cpu().numpy().tobytes(), digest_size=16).digest()
+    key = (tuple(pixels.shape), str(pixels.device), digest)
+    for index in by_fingerprint.get(key, []):
+        if torch.equal(contents[index], pixels):
+            return index
+    contents.append(pixels)
+    by_fingerprint.setdefault(key, []).append(len(contents) - 1)
+    return len(contents) - 1
 
 
 class TransformersJudge(Judge):
@@ -184,11 +231,21 @@ class TransformersJudge(Judge):
             (see :mod:`rewards.judges.prefix_scoring`).
         batch_size: images per forward in the shared-prefix modes (with all their questions),
             (image, question) pairs per forward in mode "none".
-        attn_implementation: passed to ``from_pretrained`` ("sdpa", "eager", ...).
+        attn_implementation: attention of the text model ("sdpa", "eager", ...; ``None`` keeps
+            the model's); mode "packed" needs "sdpa" or "eager".
+        vision_attn_implementation: attention of the vision tower (e.g. "flash_attention_2");
+            ``None``: the same as ``attn_implementation``.
+        image_preprocessing: "device" (the PIL processor's pixels computed on ``device``, see
+            :mod:`rewards.judges.image_prep`) or "processor" (the processor itself, on PIL images).
+        prefetch: prepare the next chunk in a background thread while the current one runs.
+        kv_cache_memory_gb, kv_cache_fallback: memory mode "kv_cache" may use for its copies of
+            the prefix cache (``None``: what the device has free) and what happens to a chunk that
+            would need more: "packed" (scored in mode packed, with a log line) or "raise".
         progress: show a progress bar over calls of four batches or more.
     """
 
     name = "transformers"
+    accepts_tensors = True
 
     def __init__(
         self,
@@ -201,6 +258,11 @@ class TransformersJudge(Judge):
         shared_prefix: str = "packed",
         batch_size: int = 16,
         attn_implementation: str | None = None,
+        vision_attn_implementation: str | None = None,
+        image_preprocessing: str = "device",
+        prefetch: bool = True,
+        kv_cache_memory_gb: float | None = None,
+        kv_cache_fallback: str = "packed",
         progress: bool = True,
     ):
         check_scoring(scoring)
@@ -217,26 +279,40 @@ class TransformersJudge(Judge):
         self.scoring = scoring
         self.shared_prefix = shared_prefix
         self.batch_size = batch_size
+        self.prefetch = prefetch
         self.progress = progress
+        attention = attention_implementations(attn_implementation, vision_attn_implementation)
         if model_path is not None:
-            model, processor = self._load(Path(model_path), attn_implementation)
+            model, processor = self._load(Path(model_path), attention)
+        elif attention:
+            model.set_attn_implementation(attention)
         if shared_prefix != "none":
             check_shared_prefix_support(model)
+        if shared_prefix == "packed":
+            check_packed_attention(model)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.processor = processor
-        self.prompt = ChatPrompt(processor)
+        self.scorer = PrefixScorer(
+            self.model,
+            processor,
+            self.device,
+            image_preprocessing=image_preprocessing,
+            kv_cache_memory_gb=kv_cache_memory_gb,
+            kv_cache_fallback=kv_cache_fallback,
+        )
         self.yes_ids, self.no_ids = yes_no_token_ids(processor.tokenizer)
         self._on_device = True
+        self._prep_pool: ThreadPoolExecutor | None = None
 
     def _load(
-        self, path: Path, attn_implementation: str | None
+        self, path: Path, attention: dict[str, str]
     ) -> tuple[PreTrainedModel, ProcessorMixin]:
         if not path.is_dir():
             raise FileNotFoundError(f"judge model folder not found: {path}")
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"judge model folder {path} has no config.json")
         processor = load_processor(path)
-        kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        kwargs = {"attn_implementation": attention} if attention else {}
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=self.dtype, **kwargs)
         return model, processor
 
@@ -266,17 +342,39 @@ class TransformersJudge(Judge):
                 for g in groups
                 for q, i in zip(g.questions, g.item_indices)
             ]
-        probs = torch.full((len(items),), float("nan"))
-        starts = range(0, len(groups), self.batch_size)
-        for start in tqdm(
-            starts, desc="judge", leave=False, disable=not self.progress or len(starts) < 4
+        chunks = [groups[s : s + self.batch_size] for s in range(0, len(groups), self.batch_size)]
+        indices, answers = [], []
+        show = self.progress and len(chunks) >= 4
+        for prepared in tqdm(
+            self._prepared(chunks), total=len(chunks), desc="judge", leave=False, disable=not show
         ):
-            chunk = groups[start : start + self.batch_size]
-            logits = last_logits(self.model, self.prompt, chunk, self.shared_prefix, self.device)
-            index = torch.tensor([i for g in chunk for i in g.item_indices])
-            probs[index] = self.probs_from_logits(logits).cpu()
+            logits = self.scorer.run(prepared)
+            indices.append(prepared.item_indices)
+            answers.append(self.probs_from_logits(logits))
+        probs = torch.full((len(items),), float("nan"))
+        probs[torch.cat(indices)] = torch.cat(answers).cpu()  # the one wait for the device
         reasons = ["non-finite judge logits" if p != p else None for p in probs.tolist()]
         return JudgeResult(probs, reasons)
+
+    def _prepared(self, chunks: list[list[PrefixGroup]]) -> Iterator[Prepared]:
+        """Each chunk's prepared inputs; with ``prefetch``, chunk k + 1 is prepared in a
+        background thread while the caller runs chunk k."""
+        mode = self.shared_prefix
+        if not self.prefetch or len(chunks) == 1:
+            for chunk in chunks:
+                yield self.scorer.prepare(mode, chunk)
+            return
+        if self._prep_pool is None:
+            self._prep_pool = ThreadPoolExecutor(1, thread_name_prefix="judge-prepare")
+        pending = self._prep_pool.submit(self.scorer.prepare, mode, chunks[0])
+        try:
+            for chunk in chunks[1:]:
+                prepared = pending.result()
+                pending = self._prep_pool.submit(self.scorer.prepare, mode, chunk)
+                yield prepared
+            yield pending.result()
+        finally:
+            pending.cancel()
 
     def probs_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """P(yes) from next-token logits ``[N, V]``, by this judge's scoring mode."""
