@@ -174,6 +174,7 @@ class RubricLearner:
             for text in cfg.synthesis.initial_rubrics or []
         )
         self.add_generated(seeds, self.synthesize(seeds), {"round": 0, "source": "seed"})
+        self.check_working_set(len(seeds))
         for round_index in range(cfg.rounds):
             record, fit = self.fit_round(round_index)
             kept = [self.pool.rubrics[i] for i in fit.kept]
@@ -225,14 +226,17 @@ class RubricLearner:
             log.warning(
                 "%d/%d generator answers unparseable, e.g. %s", len(failed), len(answers), failed[0]
             )
+        return len(added)
+
+    def check_working_set(self, answers: int) -> None:
+        """Fail clearly when synthesis left nothing to score (answers and scores stay cached)."""
         if not len(self.pool):
             raise EmptyWorkingSetError(
-                f"empty working set: {len(answers)} generator answers gave no rubric statement "
+                f"empty working set: {answers} generator answers gave no rubric statement "
                 f"(rejected: {dict(self.pool.rejected)}). Check the generator, or start from "
                 "synthesis.initial_rubrics. Scores and answers so far are kept in "
                 f"{self.cache.path}."
             )
-        return len(added)
 
     def fit_round(self, round_index: int) -> tuple[dict[str, Any], RefinerResult]:
         """Score the working set, fit the refiner, measure the kept set."""
