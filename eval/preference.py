@@ -51,6 +51,7 @@ from eval.common import (
     run_dir,
     write_json,
 )
+from eval.leakage import check_leakage
 from rewards.base import Reward
 from rubric_learning.pairs import (
     TIE,
@@ -296,6 +297,8 @@ def write_report(report: dict[str, Any], out_dir: Path) -> None:
         text += f"- tie policy: {report['tie_policy']}\n"
     if report["failures"]:
         text += f"- unscored images by reason: {report['failures']}\n"
+    if report.get("leakage"):
+        text += f"- pairs a rubric set learned from: {report['leakage']['summary']}\n"
     (out_dir / "results.md").write_text(text + "\n" + markdown_table(header, rows))
 
 
@@ -337,12 +340,13 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     from rewards import build_reward
 
     check_entry(cfg, "preference")
-    pairs = load_pairs(cfg.benchmark, cfg.data)
+    pairs, leakage = check_leakage(load_pairs(cfg.benchmark, cfg.data), cfg)
     reward = build_reward(cfg.reward)
     evaluator = OmegaConf.select(cfg, "reward._target_", default="reward")
     report = evaluate_pairs(
         reward, pairs, cfg.benchmark.name, cfg.benchmark.tie_policy, cfg.batch_size, evaluator
     )
+    report["leakage"] = leakage
     out = run_dir()
     write_report(report, out)
     overall = report["accuracy"]["overall"]

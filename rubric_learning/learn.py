@@ -7,13 +7,21 @@ AutoRubric-T2I as a working-set sparse logistic regression (see docs/rubric_lear
 3. **synthesis**: the generative judge explains each seed preference and writes rubric
    statements; they form the deduplicated working set;
 4. **rounds**: score the working set on train and validation pairs (cached, only new rubrics
-   cost judge calls), fit the L1 refiner, keep the Top-N positive rubrics, remember the round
-   with the best validation accuracy; then mine misranked training pairs by bucket and ask the
-   generator, in two stages, for the rubrics they show to be missing;
-5. **outputs**: the best round's rubric set (``rubric_set.json``), its held-out test accuracy,
+   cost judge calls), fit the L1 refiner, keep the Top-N positive rubrics as the reward,
+   remember the round with the best validation accuracy; prune the working set to the rubrics
+   the fit did not zero (``working_set.prune``; pruned ones are remembered and never admitted
+   again); then mine misranked training pairs by bucket and ask the generator, in two stages,
+   for the rubrics they show to be missing; they join the working set within the judge budget
+   (``budget.max_rubrics``). A round that admits nothing new ends the loop;
+5. **outputs**: the best round's rubric set (``rubric_set.json``, with the data source and a
+   hash of every training and validation pair), its held-out test accuracy,
    ``report.json``/``report.md``/``accuracy.png``. When the data node declares ``hidden_rules``
-   (the synthetic world) the hidden set's own test accuracy is reported as ``oracle_accuracy``,
-   with how many hidden rules and offered distractors were kept.
+   (the synthetic worlds) the hidden set's own test accuracy is reported as ``oracle_accuracy``,
+   with how many hidden rules and offered distractors were kept, and per round how many hidden
+   rules have been found so far.
+
+The test split is only reported (per round and for the best round); every choice -- C, the best
+round -- is made on the validation split.
 """
 
 from __future__ import annotations
@@ -35,15 +43,23 @@ from rewards.rubric_set import DEFAULT_TEMPLATE, Rubric
 from rubric_learning.cache import JudgeCache, make_key
 from rubric_learning.failures import diagnosis_requests, extraction_requests
 from rubric_learning.mining import HardPairMiner
-from rubric_learning.pairs import PreferencePair, Splits, drop_ties, drop_unreadable, split_pairs
-from rubric_learning.refiner import pairwise_accuracy, refine, score_differences
+from rubric_learning.pairs import (
+    PreferencePair,
+    Splits,
+    drop_ties,
+    drop_unreadable,
+    pair_hash,
+    split_pairs,
+)
+from rubric_learning.refiner import RefinerResult, pairwise_accuracy, refine, score_differences
 from rubric_learning.report import RunReport, save_rubric_set
 from rubric_learning.scoring import CachedGenerator, JudgeStats, RubricScorer
 from rubric_learning.seeds import select_seed_pairs
-from rubric_learning.synthesis import RubricParseError, RubricPool, normalise, synthesis_requests
+from rubric_learning.synthesis import RubricPool, synthesis_requests
 
 log = logging.getLogger(__name__)
 ENTRY = "learn"
+PRUNE_POLICIES = ("nonzero", "kept", "none")
 
 
 class EmptyWorkingSetError(RuntimeError):
@@ -109,8 +125,13 @@ class RubricLearner:
     def __init__(self, cfg: DictConfig, out_dir: Path) -> None:
         self.cfg = cfg
         self.out_dir = out_dir
+        if cfg.working_set.prune not in PRUNE_POLICIES:
+            raise ValueError(
+                f"working_set.prune must be one of {PRUNE_POLICIES}, got {cfg.working_set.prune!r}"
+            )
         self.splits, self.data_info = load_splits(cfg)
         self.judge: Judge = instantiate(cfg.judge)
+        # An empty generator node (conf/generator/scorer.yaml) lets the scoring judge write.
         self.generator: Judge = instantiate(cfg.generator) if cfg.generator else self.judge
         cache_path = cfg.scoring.cache_path or out_dir / "judge_cache.sqlite"
         self.cache = JudgeCache(cache_path)
@@ -125,7 +146,7 @@ class RubricLearner:
             self.stats,
             cfg.scoring.retry_failed,
         )
-        gen_node = cfg.generator or cfg.judge
+        gen_node = cfg.generator if cfg.generator else cfg.judge
         self.writer = CachedGenerator(
             self.generator,
             self.cache,
@@ -135,8 +156,12 @@ class RubricLearner:
             self.stats,
         )
         self.pool = RubricPool(
-            cfg.synthesis.near_duplicate, cfg.synthesis.min_words, cfg.synthesis.max_words
+            cfg.synthesis.min_words,
+            cfg.synthesis.max_words,
+            cfg.budget.max_rubrics,
+            dict(cfg.synthesis.synonyms or {}),
         )
+        self.hidden = HiddenRules.from_config(cfg.data.get("hidden_rules"), self.pool)
         self.miner = HardPairMiner(seed=cfg.seed, **OmegaConf.to_container(cfg.mining))
         self.report = RunReport(out_dir, header={"data": self.data_info, "cache": str(cache_path)})
         self.train_scores = np.empty((0, 0, 2))  # the latest round's working-set scores on train
@@ -144,22 +169,35 @@ class RubricLearner:
     def run(self) -> dict[str, Any]:
         cfg, best, mark = self.cfg, None, self.stats.snapshot()  # round 0 counts the synthesis
         seeds = self.select_seeds()
-        for text in cfg.synthesis.initial_rubrics or []:
-            self.pool.add(text, {"round": 0, "source": "initial"})
+        self.pool.add_candidates(
+            (text, {"round": 0, "source": "initial"})
+            for text in cfg.synthesis.initial_rubrics or []
+        )
         self.add_generated(seeds, self.synthesize(seeds), {"round": 0, "source": "seed"})
+        self.check_working_set(len(seeds))
         for round_index in range(cfg.rounds):
-            record, weights, kept = self.fit_round(round_index)
+            record, fit = self.fit_round(round_index)
+            kept = [self.pool.rubrics[i] for i in fit.kept]
             if best is None or record["val_accuracy"] > best[0]["val_accuracy"]:
-                best = (record, [self.pool.rubrics[i] for i in kept], weights[kept])
+                best = (record, kept, fit.weights[fit.kept])
             if round_index + 1 < cfg.rounds:
-                hard, record["buckets"] = self.mine(weights, round_index)
-                self.add_generated(
-                    hard,
-                    self.analyse_failures(hard, kept),
-                    {"round": round_index + 1, "source": "failure"},
-                )
+                hard, record["buckets"] = self.mine(fit.weights, round_index)
+                record["hard_pairs"] = [p.id for p in hard]
+                answers = self.analyse_failures(hard, kept)
+                record["pruned"] = self.prune(fit)
+                origin = {"round": round_index + 1, "source": "failure"}
+                record["admitted"] = self.add_generated(hard, answers, origin)
+                if not record["admitted"]:
+                    record["stopped"] = (
+                        "judge budget used up" if self.pool.budget_spent else "no new rubrics"
+                    )
             record["judge"], mark = self.stats.since(mark), self.stats.snapshot()
             self.report.add_round(record)
+            if record.get("stopped"):
+                log.warning(
+                    "round %d admitted no rubric (%s): stopping", round_index, record["stopped"]
+                )
+                break
         return self.finish(*best)
 
     # -- steps, in the order run() calls them -------------------------------------------------
@@ -179,27 +217,28 @@ class RubricLearner:
         return self.writer.generate_many(synthesis_requests(pairs), desc="rule synthesis")
 
     def add_generated(self, pairs: list[PreferencePair], answers: list[str], origin: dict) -> int:
-        """Parse answers into the pool; an unparseable answer is counted and skipped."""
-        before, failed = len(self.pool), []
-        for pair, answer in zip(pairs, answers, strict=True):
-            try:
-                self.pool.add_answer(answer, {**origin, "pair_id": pair.id})
-            except RubricParseError as err:
-                failed.append(str(err))
+        """Admit the answers' statements to the working set; unparseable answers are counted."""
+        provenances = [{**origin, "pair_id": pair.id} for pair in pairs]
+        added, failed = self.pool.add_answers(
+            answers, provenances, self.cfg.budget.max_new_per_round
+        )
         if failed:
             log.warning(
                 "%d/%d generator answers unparseable, e.g. %s", len(failed), len(answers), failed[0]
             )
+        return len(added)
+
+    def check_working_set(self, answers: int) -> None:
+        """Fail clearly when synthesis left nothing to score (answers and scores stay cached)."""
         if not len(self.pool):
             raise EmptyWorkingSetError(
-                f"empty working set: {len(answers)} generator answers gave no rubric statement "
+                f"empty working set: {answers} generator answers gave no rubric statement "
                 f"(rejected: {dict(self.pool.rejected)}). Check the generator, or start from "
                 "synthesis.initial_rubrics. Scores and answers so far are kept in "
                 f"{self.cache.path}."
             )
-        return len(self.pool) - before
 
-    def fit_round(self, round_index: int) -> tuple[dict[str, Any], np.ndarray, list[int]]:
+    def fit_round(self, round_index: int) -> tuple[dict[str, Any], RefinerResult]:
         """Score the working set, fit the refiner, measure the kept set."""
         cfg, texts = self.cfg, self.pool.texts()
         train = self.scorer.score_pairs(self.splits.train, texts, f"round {round_index} train")
@@ -216,22 +255,44 @@ class RubricLearner:
             cfg.refiner.random_state,
             cfg.refiner.selection,
             cfg.refiner.nonnegative,
+            cfg.refiner.min_weight_ratio,
         )
         new = sum(r.provenance.get("round") == round_index for r in self.pool.rubrics)
+        kept_texts = [texts[i] for i in fit.kept]
         record = {
             "round": round_index,
             "train_accuracy": accuracy(train, self.splits.train, fit.weights),
             "val_accuracy": accuracy(val, self.splits.val, fit.weights),
+            "test_accuracy": self.test_accuracy(kept_texts, fit.weights[fit.kept]),
             "C": fit.C,
             "working_set_size": len(texts),
             "new_rubrics": new,
+            "nonzero_weights": int(np.count_nonzero(fit.fitted)),
+            "judge_budget": {"used": self.pool.admitted, "max": cfg.budget.max_rubrics},
             "nan_features": fit.nan_features,
             "kept": [
                 {"id": self.pool.rubrics[i].id, "text": texts[i], "weight": float(fit.weights[i])}
                 for i in fit.kept
             ],
         }
-        return record, fit.weights, fit.kept
+        if self.hidden is not None:
+            record["hidden"] = self.hidden.progress(self.pool.tried_texts(), kept_texts)
+        return record, fit
+
+    def test_accuracy(self, texts: list[str], weights: np.ndarray) -> float | None:
+        """The kept set's accuracy on the test split, for the report only (None: not measured)."""
+        if not self.cfg.report.test_each_round or not self.splits.test or not texts:
+            return None
+        scores = self.scorer.score_pairs(self.splits.test, texts, "test (reported only)")
+        return accuracy(scores, self.splits.test, weights)
+
+    def prune(self, fit: RefinerResult) -> int:
+        """Prune the working set as ``working_set.prune`` says; returns how many rubrics left."""
+        policy = self.cfg.working_set.prune
+        if policy == "none":
+            return 0
+        keep = fit.kept if policy == "kept" else np.flatnonzero(fit.fitted).tolist()
+        return len(self.pool.prune(keep))
 
     def mine(self, weights: np.ndarray, round_index: int) -> tuple[list[PreferencePair], dict]:
         """Draw this round's hard training pairs from the current reward's mistakes."""
@@ -242,12 +303,12 @@ class RubricLearner:
         )
         return [train[i] for i in chosen], buckets
 
-    def analyse_failures(self, pairs: list[PreferencePair], kept: list[int]) -> list[str]:
+    def analyse_failures(self, pairs: list[PreferencePair], kept: list[Rubric]) -> list[str]:
         """Two-stage failure analysis: diagnose the missing dimension, then extract rubrics."""
-        current = [self.pool.rubrics[i].text for i in kept]
+        current = [r.text for r in kept]
         diagnoses = self.writer.generate_many(diagnosis_requests(pairs, current), "diagnosis")
         return self.writer.generate_many(
-            extraction_requests(pairs, self.pool.texts(), diagnoses), "extraction"
+            extraction_requests(pairs, self.pool.tried_texts(), diagnoses), "extraction"
         )
 
     def finish(self, best: dict, rubrics: list[Rubric], weights: np.ndarray) -> dict[str, Any]:
@@ -258,20 +319,25 @@ class RubricLearner:
         if test_pairs:
             scores = self.scorer.score_pairs(test_pairs, texts, "test")
             final["test_accuracy"] = accuracy(scores, test_pairs, weights)
-        hidden = self.cfg.data.get("hidden_rules")
-        if hidden and test_pairs:
-            final.update(self.compare_with_hidden(hidden, texts))
+        if self.hidden is not None and test_pairs:
+            oracle = self.scorer.score_pairs(test_pairs, self.hidden.texts, "hidden rules")
+            final["oracle_accuracy"] = accuracy(oracle, test_pairs, self.hidden.weights)
+            final.update(self.hidden.summary(self.pool.tried_texts(), texts))
+        final["rounds_run"] = len(self.report.rounds)
+        final["stopped"] = self.report.rounds[-1].get("stopped")
+        final["judge_budget_used"] = self.pool.admitted
         final["judge_totals"] = self.stats.snapshot()
         final["working_set_size"] = len(self.pool)
         final["rejected_statements"] = dict(self.pool.rejected)
         final["rubric_set"] = None
         if rubrics:
+            figures = {k: v for k, v in final.items() if not isinstance(v, dict)}
             path = save_rubric_set(
                 self.out_dir / "rubric_set.json",
                 list(zip(rubrics, weights.tolist())),
                 self.template,
                 str(self.cfg.judge.get("scoring", "normalized")),
-                {k: v for k, v in final.items() if not isinstance(v, dict)} | self.data_info,
+                figures | self.data_info | {"pairs": self.pair_record()},
             )
             final["rubric_set"] = str(path)
         else:
@@ -282,21 +348,54 @@ class RubricLearner:
         print({k: v for k, v in final.items() if not isinstance(v, dict)}, flush=True)
         return final
 
-    def compare_with_hidden(self, hidden: Any, kept_texts: list[str]) -> dict[str, Any]:
-        """Oracle accuracy of the hidden rule set, and which hidden rules/distractors were kept."""
-        texts = [str(r["text"]) for r in hidden]
-        weights = np.array([float(r["weight"]) for r in hidden])
-        scores = self.scorer.score_pairs(self.splits.test, texts, "hidden rules")
-        hidden_keys = {normalise(t) for t in texts}
-        kept_keys = {normalise(t) for t in kept_texts}
-        offered = {normalise(t) for t in self.pool.texts()}
+    def pair_record(self) -> dict[str, Any]:
+        """Where the rubric set's training and validation pairs came from: the data node and a
+        :func:`~rubric_learning.pairs.pair_hash` per pair (``eval.preference`` leaves them out)."""
+        source = OmegaConf.to_container(self.cfg.data, resolve=True)
+        hashes = self.scorer.hashes
         return {
-            "oracle_accuracy": accuracy(scores, self.splits.test, weights),
-            "hidden_rules": len(hidden_keys),
-            "hidden_offered": len(hidden_keys & offered),
-            "hidden_kept": len(hidden_keys & kept_keys),
-            "distractors_offered": len(offered - hidden_keys),
-            "distractors_kept": len(kept_keys - hidden_keys),
+            "source": source,
+            "hash": "rubric_learning.pairs.pair_hash: sha256(prompt, sorted sha1 of image bytes)",
+            "train": [pair_hash(p, hashes) for p in self.splits.train],
+            "val": [pair_hash(p, hashes) for p in self.splits.val],
+        }
+
+
+class HiddenRules:
+    """The synthetic world's hidden rule set, matched to rubrics by their dedup key."""
+
+    def __init__(self, rules: list[tuple[str, float]], pool: RubricPool) -> None:
+        self.texts = [text for text, _ in rules]
+        self.weights = np.array([weight for _, weight in rules])
+        self.key = pool.key
+        self.keys = {self.key(text) for text in self.texts}
+
+    @classmethod
+    def from_config(cls, node: Any, pool: RubricPool) -> HiddenRules | None:
+        if not node:
+            return None
+        return cls([(str(r["text"]), float(r["weight"])) for r in node], pool)
+
+    def progress(self, tried: list[str], kept: list[str]) -> dict[str, int]:
+        """Hidden rules found so far (admitted to the working set at some point) and kept now."""
+        tried_keys, kept_keys = {self.key(t) for t in tried}, {self.key(t) for t in kept}
+        return {
+            "found": len(self.keys & tried_keys),
+            "kept": len(self.keys & kept_keys),
+            "distractors_kept": len(kept_keys - self.keys),
+            "total": len(self.keys),
+        }
+
+    def summary(self, tried: list[str], kept: list[str]) -> dict[str, Any]:
+        """Final counts: hidden rules offered and kept, distractors offered and kept."""
+        tried_keys, kept_keys = {self.key(t) for t in tried}, {self.key(t) for t in kept}
+        return {
+            "hidden_rules": len(self.keys),
+            "hidden_offered": len(self.keys & tried_keys),
+            "hidden_kept": len(self.keys & kept_keys),
+            "distractors_offered": len(tried_keys - self.keys),
+            "distractors_kept": len(kept_keys - self.keys),
+            "distractor_share": len(kept_keys - self.keys) / len(kept_keys) if kept_keys else 0.0,
         }
 
 

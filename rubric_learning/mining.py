@@ -13,7 +13,8 @@ R(other) <= 0``. Misranked pairs fall into three buckets (checked in this order)
 Each round draws ``per_round`` pairs with bucket shares interpolated linearly from
 ``schedule_start`` (round 0) to ``schedule_end`` (last round): early rounds favour large-margin
 errors, later ones high-reward errors. A bucket with too few pairs hands its share to the others.
-A pair drawn ``max_uses`` times is never drawn again (noisy or unlearnable pairs).
+A pair drawn ``max_uses`` times (4, the paper's "selected more than four times are excluded") is
+never drawn again: noisy or unlearnable pairs; the counts report how many were held back so.
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ class HardPairMiner:
         round_index: int,
         num_rounds: int,
     ) -> tuple[list[int], dict[str, dict[str, int]]]:
-        """Indices of the pairs drawn this round and, per bucket, its size and how many drawn."""
+        """Indices of the pairs drawn this round and, per bucket, how many pairs are misranked,
+        available, held back by the reuse cap (``capped``) and drawn."""
         buckets = bucket_pairs(
             rewards, labels, self.small_margin_percentile, self.high_reward_percentile
         )
@@ -108,6 +110,7 @@ class HardPairMiner:
             counts[b] = {
                 "misranked": len(buckets[b]),
                 "available": len(available[b]),
+                "capped": len(buckets[b]) - len(available[b]),
                 "drawn": quota[b],
             }
         for i in chosen:

@@ -18,8 +18,10 @@ Loaders (each usable as a Hydra ``_target_`` of the ``data`` node):
   MMRB2 is an evaluation benchmark (CC BY-NC, not to be trained on): use it as a test set.
 
 :func:`drop_unreadable` opens every image once and drops pairs whose image is missing or corrupt,
-counting each reason; :func:`split_pairs` makes seeded train/validation/test splits that keep all
-pairs of one prompt in the same split.
+counting each reason; :func:`pair_hash` identifies a comparison by its prompt and image content
+(what a rubric set records of its training pairs, so evaluation can leave them out);
+:func:`split_pairs` makes seeded train/validation/test splits that keep all pairs of one prompt in
+the same split.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import json
 import logging
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,15 @@ def open_image(ref: ImageRef) -> Image.Image:
 def content_hash(ref: ImageRef) -> str:
     """A short hash of the image's encoded content (the score cache's image key)."""
     return hashlib.sha1(image_bytes(ref)).hexdigest()
+
+
+def pair_hash(pair: PreferencePair, image_hash: Callable[[ImageRef], str] = content_hash) -> str:
+    """The identity of a comparison, wherever it was loaded from: its prompt (whitespace and case
+    folded) and its two images' content, in either order (loaders may swap A and B). The label is
+    left out: the same two images under another label are still the same pair to learn from."""
+    images = sorted(image_hash(ref) for ref in (pair.image_a, pair.image_b))
+    prompt = " ".join(pair.prompt.lower().split())
+    return hashlib.sha256("\n".join([prompt, *images]).encode()).hexdigest()
 
 
 def drop_unreadable(pairs: Sequence[PreferencePair]) -> tuple[list[PreferencePair], Counter]:

@@ -6,15 +6,15 @@ fitted on each pair and its mirror image (``-d``, ``1 - y``) so that the order i
 shown cannot matter. scikit-learn's liblinear solver with an L1 penalty zeroes weak and redundant
 rubrics; the ``top_n`` rubrics with the largest positive weights are kept.
 
-``nonnegative=False`` is the paper's procedure: one fit, keep the Top-N positive weights as they
-are. ``nonnegative=True`` (default) makes the fitted model the deployed one: a rubric with a
-negative weight cannot be part of the reward, yet in a single fit it can carry signal that its
-positive counterpart then lacks (``"the image is dark"`` with a negative weight instead of
-``"the image is bright"`` with a positive one; their score differences are exact opposites). So
-rubrics with negative weights are removed and the rest refitted until no weight is negative, and
-when Top-N truncates, the kept rubrics are refitted once more -- an active-set approximation of
-L1 logistic regression under ``w >= 0``. ``C`` (inverse penalty strength) is given, or chosen on
-the validation split (see :func:`refine`).
+``nonnegative=False`` (default) is the paper's procedure: one fit, the Top-N positive weights as
+they are define the reward. ``nonnegative=True`` (an option) makes the fitted model the deployed
+one: a rubric with a negative weight cannot be part of the reward, yet in a single fit it can carry
+signal that its positive counterpart then lacks (``"the image is dark"`` with a negative weight
+instead of ``"the image is bright"`` with a positive one; their score differences are exact
+opposites). So rubrics with negative weights are removed and the rest refitted until no weight is
+negative, and when Top-N truncates, the kept rubrics are refitted once more -- an active-set
+approximation of L1 logistic regression under ``w >= 0``. ``C`` (inverse penalty strength) is
+given, or chosen on the validation split (see :func:`refine`).
 
 A feature that cannot be computed (the judge left one of the two scores NaN) is set to 0, i.e.
 "this rubric says nothing about this pair", and counted in :attr:`RefinerResult.nan_features`.
@@ -32,12 +32,18 @@ from sklearn.linear_model import LogisticRegression
 
 @dataclass
 class RefinerResult:
-    """Weights over the working set (0 for dropped rubrics) and the indices kept, best first."""
+    """The fit over the working set.
+
+    ``weights``: the reward's weights, 0 outside the Top-N kept rubrics; ``kept``: their indices,
+    largest weight first; ``fitted``: the fit's weights before Top-N truncation (its zeros are the
+    rubrics the L1 penalty dropped, which the working set prunes).
+    """
 
     weights: np.ndarray
     kept: list[int]
     C: float
     nan_features: int
+    fitted: np.ndarray
 
 
 def score_differences(scores: np.ndarray) -> tuple[np.ndarray, int]:
@@ -126,7 +132,8 @@ def refine(
     val_labels: np.ndarray | None = None,
     random_state: int = 0,
     selection: str = "one_se",
-    nonnegative: bool = True,
+    nonnegative: bool = False,
+    min_weight_ratio: float = 0.0,
 ) -> RefinerResult:
     """Fit, keep the Top-N positive rubrics; with ``C="auto"`` pick C on the validation split.
 
@@ -134,7 +141,10 @@ def refine(
     ``selection="best"`` takes the lowest loss; ``"one_se"`` (default) takes the smallest C
     whose loss is within one standard error of the lowest -- the one-standard-error rule, which
     trades a statistically invisible loss for a sparser set (loss-optimal L1 fits are known to
-    keep too many weak features).
+    keep too many weak features). ``min_weight_ratio`` > 0 (an option; the paper keeps every
+    positive weight of the Top-N) also drops kept rubrics whose weight is below that share of
+    the largest: small weights that chance correlations and near-duplicates of a kept rubric
+    pick up.
     """
     if selection not in ("best", "one_se"):
         raise ValueError(f"refiner.selection must be best or one_se, got {selection!r}")
@@ -148,9 +158,11 @@ def refine(
         else:
             weights = fit_weights(diffs, train_labels, c, random_state)
         kept = top_positive(weights, top_n)
+        if kept and min_weight_ratio > 0:
+            kept = [i for i in kept if weights[i] >= min_weight_ratio * weights[kept[0]]]
         pruned = np.zeros_like(weights)
         pruned[kept] = weights[kept]
-        return RefinerResult(pruned, kept, c, nan_count)
+        return RefinerResult(pruned, kept, c, nan_count, weights)
 
     if C != "auto":
         return fit(float(C))

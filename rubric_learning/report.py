@@ -1,10 +1,13 @@
 """What a rubric-learning run leaves in its folder, rewritten after every round.
 
 - ``report.json``: the run's settings summary, one entry per round (train/validation accuracy,
-  C, working-set size, new rubrics, kept rubrics with weights, mining bucket counts, judge calls
-  and cache hits of that round) and, at the end, the best round and the held-out figures;
+  test accuracy as reported only, C, working-set size, new/pruned/admitted rubrics, kept
+  rubrics with weights, judge budget used, hidden rules found so far in a synthetic world,
+  mining bucket counts with the pairs drawn, judge calls and cache hits of that round) and, at
+  the end, the best round and the held-out figures;
 - ``report.md``: the same as tables for people;
-- ``accuracy.png``: train and validation accuracy by round (the best round marked);
+- ``accuracy.png``: train, validation and test accuracy by round (the best round marked), and
+  hidden rules found so far when the world has them;
 - ``rubric_set.json`` (written by :func:`save_rubric_set`): the best rubric set, in the schema
   that :class:`rewards.rubric.RubricReward` reads.
 """
@@ -16,6 +19,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from rewards.rubric_set import Rubric, RubricSet
 
@@ -34,10 +39,16 @@ class RunReport:
     def add_round(self, record: dict[str, Any]) -> None:
         self.rounds.append(record)
         calls = record["judge"]
+        test = record.get("test_accuracy")
+        hidden = record.get("hidden")
         print(
             f"round {record['round']}: train acc {record['train_accuracy']:.3f}, "
-            f"val acc {record['val_accuracy']:.3f} | working set {record['working_set_size']}, "
-            f"kept {len(record['kept'])} (C={record['C']:g}) | judge calls "
+            f"val acc {record['val_accuracy']:.3f}"
+            + (f", test acc {test:.3f} (reported only)" if test is not None else "")
+            + f" | working set {record['working_set_size']}, kept {len(record['kept'])} "
+            f"(C={record['C']:g})"
+            + (f", hidden rules found {hidden['found']}/{hidden['total']}" if hidden else "")
+            + f" | judge budget {_budget(record)} | judge calls "
             f"{calls['judge_calls']} ({calls['items_scored']} items scored, "
             f"{calls['generate_calls']} generate batches), cache hit rate "
             f"{calls['cache_hit_rate']:.1%}",
@@ -56,25 +67,33 @@ class RunReport:
     def markdown(self) -> str:
         lines = ["# Rubric learning report", ""]
         lines += [
-            "| round | train acc | val acc | working set | new | kept | C | judge calls "
-            "| items scored | cache hit rate |",
-            "|" + "---|" * 10,
+            "| round | train acc | val acc | test acc (reported only) | working set | new | pruned "
+            "| admitted | kept | C | hidden found | judge budget | judge calls | items scored "
+            "| cache hit rate |",
+            "|" + "---|" * 15,
         ]
         for r in self.rounds:
             j = r["judge"]
+            test = "-" if r.get("test_accuracy") is None else f"{r['test_accuracy']:.3f}"
+            hidden = f"{r['hidden']['found']}/{r['hidden']['total']}" if r.get("hidden") else "-"
             lines.append(
-                f"| {r['round']} | {r['train_accuracy']:.3f} | {r['val_accuracy']:.3f} | "
-                f"{r['working_set_size']} | {r['new_rubrics']} | {len(r['kept'])} | {r['C']:g} | "
-                f"{j['judge_calls']} | {j['items_scored']} | {j['cache_hit_rate']:.1%} |"
+                f"| {r['round']} | {r['train_accuracy']:.3f} | {r['val_accuracy']:.3f} | {test} "
+                f"| {r['working_set_size']} | {r['new_rubrics']} | {r.get('pruned', '-')} "
+                f"| {r.get('admitted', '-')} | {len(r['kept'])} | {r['C']:g} | {hidden} "
+                f"| {_budget(r)} | {j['judge_calls']} | {j['items_scored']} "
+                f"| {j['cache_hit_rate']:.1%} |"
             )
         for r in self.rounds:
             lines += ["", f"## Round {r['round']}", ""]
             if r.get("buckets"):
                 counts = ", ".join(
-                    f"{b}: {c['misranked']} misranked, {c['drawn']} drawn"
+                    f"{b}: {c['misranked']} misranked, {c['capped']} held back by the reuse cap, "
+                    f"{c['drawn']} drawn"
                     for b, c in r["buckets"].items()
                 )
                 lines += [f"Hard pairs: {counts}.", ""]
+            if r.get("stopped"):
+                lines += [f"Stopped after this round: {r['stopped']}.", ""]
             lines += ["| weight | rubric |", "|---|---|"]
             lines += [f"| {k['weight']:.3f} | {k['text']} |" for k in r["kept"]]
         if self.final:
@@ -83,20 +102,23 @@ class RunReport:
         return "\n".join(lines) + "\n"
 
     def plot(self, path: Path) -> None:
+        """Accuracy by round (train, validation, test as reported), the best round marked; with
+        hidden rules, how many have been found so far on a second axis."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         xs = [r["round"] for r in self.rounds]
-        fig, ax = plt.subplots(figsize=(5, 3.2))
+        fig, ax = plt.subplots(figsize=(6, 3.6))
         ax.plot(xs, [r["train_accuracy"] for r in self.rounds], "o-", label="train")
         ax.plot(xs, [r["val_accuracy"] for r in self.rounds], "s-", label="validation")
+        tests = [r.get("test_accuracy") for r in self.rounds]
+        if any(t is not None for t in tests):
+            ax.plot(xs, [np.nan if t is None else t for t in tests], "^--", label="test (reported)")
         if "best_round" in self.final:
             best = self.final["best_round"]
             ax.axvline(best, color="grey", linestyle=":", label=f"best (round {best})")
-            if self.final.get("test_accuracy") is not None:
-                ax.plot([best], [self.final["test_accuracy"]], "k*", ms=10, label="test, best set")
         if "oracle_accuracy" in self.final:
             ax.axhline(
                 self.final["oracle_accuracy"],
@@ -105,13 +127,28 @@ class RunReport:
                 lw=0.8,
                 label="hidden rules (test)",
             )
+        if self.rounds[0].get("hidden"):
+            twin = ax.twinx()
+            found = [r["hidden"]["found"] for r in self.rounds]
+            twin.bar(xs, found, color="tab:green", alpha=0.2, label="hidden rules found")
+            twin.set_ylim(0, self.rounds[0]["hidden"]["total"] * 1.05)
+            twin.set_ylabel("hidden rules found")
+            ax.set_zorder(twin.get_zorder() + 1)
+            ax.patch.set_visible(False)
         ax.set_xlabel("round")
         ax.set_ylabel("pairwise accuracy")
         ax.set_xticks(xs)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="lower right")
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
+
+
+def _budget(record: dict[str, Any]) -> str:
+    """Distinct rubrics scored so far, and the cap if there is one."""
+    budget = record.get("judge_budget") or {}
+    used, cap = budget.get("used", "-"), budget.get("max")
+    return f"{used}/{cap}" if cap else f"{used}"
 
 
 def save_rubric_set(

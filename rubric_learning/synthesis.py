@@ -6,8 +6,10 @@ ends with a JSON list of objective, reusable statements that the preferred image
 
 :func:`parse_rubric_list` reads that list from free text (a fenced block, the last bracketed list,
 items that are strings or objects with a ``rubric``/``text`` field); an answer without one raises
-:class:`RubricParseError`, which callers count and skip. :class:`RubricPool` keeps the working
-set free of exact duplicates (same normalised text) and rewordings (see :func:`is_rewording`).
+:class:`RubricParseError`, which callers count and skip. :class:`RubricPool` is the working set:
+it admits statements that are neither duplicates nor paraphrases of a rubric in it or dropped from
+it (:func:`rubric_learning.dedup.statement_key`), within the judge budget, and prunes it after
+each fit.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from difflib import SequenceMatcher
 
 from PIL import Image
 
 from rewards.rubric_set import Rubric
+from rubric_learning.dedup import StatementKey, statement_key
 from rubric_learning.pairs import PreferencePair, open_image
 
 SYNTHESIS_PROMPT = """You are helping to write an evaluation rubric for text-to-image generation.
@@ -89,8 +91,13 @@ def _bracketed_candidates(text: str) -> list[str]:
 
 
 def parse_rubric_list(answer: str) -> list[str]:
-    """The rubric statements in a generator's answer; raises :class:`RubricParseError`."""
+    """The rubric statements in a generator's answer; raises :class:`RubricParseError`.
+
+    A list with statements is preferred wherever it stands; an answer whose only list is empty
+    (``[]``: "nothing new to add") gives no statements rather than an error.
+    """
     candidates = [m.strip() for m in _FENCE.findall(answer)][::-1] + _bracketed_candidates(answer)
+    empty = False
     for candidate in candidates:
         try:
             value = json.loads(candidate)
@@ -101,6 +108,9 @@ def parse_rubric_list(answer: str) -> list[str]:
         statements = _statements(value)
         if statements is not None:
             return statements
+        empty = empty or value == []
+    if empty:
+        return []
     snippet = " ".join(answer.split())[:160]
     raise RubricParseError(f"generator answer holds no JSON list of rubric statements: {snippet!r}")
 
@@ -110,68 +120,127 @@ def normalise(text: str) -> str:
     return " ".join(_WORD.findall(text.lower()))
 
 
-def is_rewording(a: str, b: str, threshold: float) -> bool:
-    """Whether two normalised statements say the same with words added or dropped.
-
-    The word sequences must match with insertions and deletions only (``difflib``), with a
-    similarity ratio of at least ``threshold``. A substituted word makes a different rule, however
-    similar the rest: "bright" / "dark", "left half ... right half" / "right half ... left half".
-    """
-    matcher = SequenceMatcher(None, a.split(), b.split(), autojunk=False)
-    if any(tag == "replace" for tag, *_ in matcher.get_opcodes()):
-        return False
-    return matcher.ratio() >= threshold
-
-
 @dataclass
 class RubricPool:
-    """The working set of rubrics, without exact or near duplicates.
+    """The working set of rubrics, the rubrics pruned from it, and the judge budget.
 
-    ``near_duplicate`` is the similarity ratio at or above which a new statement counts as a
-    rewording of one already in the pool (:func:`is_rewording`). ``min_words`` and
-    ``max_words`` drop fragments and essays.
+    A statement is admitted unless it is too short or too long (``min_words``/``max_words``
+    words), has the :func:`~rubric_learning.dedup.statement_key` of a rubric in the working set
+    (an exact duplicate or a paraphrase) or of one pruned earlier (``previously dropped``: a
+    rubric the fit rejected is not scored again), or the judge budget is spent: ``max_rubrics``
+    caps the distinct rubrics ever admitted, each of which the next round scores (None: no cap).
+    Rejections are counted by reason in :attr:`rejected`. Ids run over everything admitted.
     """
 
-    near_duplicate: float = 0.85
     min_words: int = 3
     max_words: int = 40
+    max_rubrics: int | None = None
+    synonyms: Mapping[str, str] = field(default_factory=dict)
     rubrics: list[Rubric] = field(default_factory=list)
+    dropped: list[Rubric] = field(default_factory=list)
     rejected: Counter = field(default_factory=Counter)
-    _keys: list[str] = field(default_factory=list, repr=False)
+    _keys: dict[StatementKey, Rubric] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.rubrics)
 
     def texts(self) -> list[str]:
+        """The working set's statements."""
         return [r.text for r in self.rubrics]
 
+    def tried_texts(self) -> list[str]:
+        """Every statement admitted so far: the working set, then the dropped rubrics."""
+        return self.texts() + [r.text for r in self.dropped]
+
+    @property
+    def admitted(self) -> int:
+        """Distinct rubrics admitted (and so scored, or about to be): the judge budget used."""
+        return len(self.rubrics) + len(self.dropped)
+
+    @property
+    def budget_spent(self) -> bool:
+        return self.max_rubrics is not None and self.admitted >= self.max_rubrics
+
+    def key(self, text: str) -> StatementKey:
+        return statement_key(text, self.synonyms)
+
     def add(self, text: str, provenance: dict) -> Rubric | None:
-        """Append ``text`` unless it duplicates a pool member; returns the new rubric or None."""
-        key = normalise(text)
-        words = len(key.split())
+        """Admit ``text`` (see the class docstring); returns the new rubric or None."""
+        words = len(normalise(text).split())
         if words < self.min_words or words > self.max_words:
             self.rejected["length"] += 1
             return None
-        if key in self._keys:
-            self.rejected["exact duplicate"] += 1
+        key = self.key(text)
+        known = self._keys.get(key)
+        if known is not None:
+            if any(known is r for r in self.dropped):
+                self.rejected["previously dropped"] += 1
+            elif normalise(known.text) == normalise(text):
+                self.rejected["exact duplicate"] += 1
+            else:
+                self.rejected["paraphrase"] += 1
             return None
-        if any(is_rewording(key, other, self.near_duplicate) for other in self._keys):
-            self.rejected["near duplicate"] += 1
+        if self.budget_spent:
+            self.rejected["judge budget"] += 1
             return None
-        rubric = Rubric(f"r{len(self.rubrics):04d}", " ".join(text.split()), 0.0, provenance)
+        rubric = Rubric(f"r{self.admitted:04d}", " ".join(text.split()), 0.0, provenance)
         self.rubrics.append(rubric)
-        self._keys.append(key)
+        self._keys[key] = rubric
         return rubric
 
-    def add_answer(self, answer: str, provenance: dict) -> list[Rubric]:
-        """Parse a generator answer and add its statements; unparseable answers are counted."""
-        try:
-            statements = parse_rubric_list(answer)
-        except RubricParseError:
-            self.rejected["unparseable answer"] += 1
-            raise
-        added = [self.add(s, provenance) for s in statements]
-        return [r for r in added if r is not None]
+    def add_candidates(
+        self, candidates: Iterable[tuple[str, dict]], max_new: int | None = None
+    ) -> list[Rubric]:
+        """Admit candidate statements, those that more answers proposed first; at most
+        ``max_new`` of them (None: no cap), the rest counted as ``round cap``.
+
+        A statement's votes are the number of candidates sharing its key; ties keep their order.
+        Under a judge budget the rubrics that many hard pairs point to are scored first.
+        """
+        groups: dict[StatementKey, list[tuple[str, dict]]] = {}
+        for text, provenance in candidates:
+            groups.setdefault(self.key(text), []).append((text, provenance))
+        ranked = sorted(groups.values(), key=len, reverse=True)
+        added: list[Rubric] = []
+        for group in ranked:
+            text, provenance = group[0]
+            if max_new is not None and len(added) >= max_new and self.key(text) not in self._keys:
+                self.rejected["round cap"] += 1
+                continue
+            rubric = self.add(text, {**provenance, "votes": len(group)})
+            if rubric is not None:
+                added.append(rubric)
+            for text, _ in group[1:]:  # the others are duplicates or paraphrases of the first
+                self.rejected[
+                    "exact duplicate" if normalise(text) == normalise(group[0][0]) else "paraphrase"
+                ] += 1
+        return added
+
+    def add_answers(
+        self, answers: Sequence[str], provenances: Sequence[dict], max_new: int | None = None
+    ) -> tuple[list[Rubric], list[str]]:
+        """Parse generator answers and admit their statements; returns (added, parse errors).
+
+        An answer without a statement list is counted (``unparseable answer``) and skipped.
+        """
+        candidates, errors = [], []
+        for answer, provenance in zip(answers, provenances, strict=True):
+            try:
+                statements = parse_rubric_list(answer)
+            except RubricParseError as err:
+                self.rejected["unparseable answer"] += 1
+                errors.append(str(err))
+                continue
+            candidates += [(text, provenance) for text in statements]
+        return self.add_candidates(candidates, max_new), errors
+
+    def prune(self, keep: Iterable[int]) -> list[Rubric]:
+        """Keep the working-set rubrics at indices ``keep``; the others move to the dropped list."""
+        keep = set(keep)
+        gone = [r for i, r in enumerate(self.rubrics) if i not in keep]
+        self.rubrics = [r for i, r in enumerate(self.rubrics) if i in keep]
+        self.dropped += gone
+        return gone
 
 
 def synthesis_requests(pairs: Sequence[PreferencePair]) -> list[tuple[list[Image.Image], str]]:

@@ -31,8 +31,8 @@ from PIL import Image
 
 from rewards.judges.base import Judge, JudgeError, JudgeItem, JudgeResult
 from rewards.judges.pixel import PixelJudge, pixel_statements
+from rubric_learning.dedup import statement_key
 from rubric_learning.pairs import PreferencePair, Splits
-from rubric_learning.synthesis import normalise
 
 COLOUR_WORDS = ("crimson", "teal", "amber", "violet", "olive", "navy", "coral", "jade")
 SUBJECTS = ("abstract poster", "geometric tile", "flag design", "colour study", "stained glass")
@@ -55,6 +55,33 @@ def draw_image(rng: np.random.Generator, size: int) -> np.ndarray:
         canvas[quarter : size - quarter, quarter : size - quarter] = rng.uniform(0, 1, 3) ** 1.5
     canvas = canvas * rng.uniform(0.6, 1.4) + rng.normal(0, rng.uniform(0, 0.3), canvas.shape)
     return (np.clip(canvas, 0, 1) * 255).round().astype(np.uint8)
+
+
+def draw_grid_variants(
+    rng: np.random.Generator, size: int, redraw: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two samples for one prompt: a shared 3x3 layout of random cell colours, in which each
+    variant redraws every cell with probability ``redraw``, with its own brightness and noise."""
+    base = rng.uniform(0, 1, (3, 3, 3)) ** 1.5
+    bounds = [round(i * size / 3) for i in range(4)]
+    out = []
+    for _ in range(2):
+        cells = np.where(rng.random((3, 3, 1)) < redraw, rng.uniform(0, 1, (3, 3, 3)) ** 1.5, base)
+        canvas = np.empty((size, size, 3))
+        for i, j in np.ndindex(3, 3):
+            canvas[bounds[i] : bounds[i + 1], bounds[j] : bounds[j + 1]] = cells[i, j]
+        canvas = canvas * rng.uniform(0.9, 1.1) + rng.normal(0, rng.uniform(0, 0.1), canvas.shape)
+        out.append((np.clip(canvas, 0, 1) * 255).round().astype(np.uint8))
+    return out[0], out[1]
+
+
+def draw_pair(rng: np.random.Generator, layout: str, size: int, redraw: float) -> list[np.ndarray]:
+    """The two images of one pair: independent quadrant images, or two variants of one grid."""
+    if layout == "quadrants":
+        return [draw_image(rng, size), draw_image(rng, size)]
+    if layout == "grid":
+        return list(draw_grid_variants(rng, size, redraw))
+    raise ValueError(f"data.layout must be quadrants or grid, got {layout!r}")
 
 
 def _prompt(rng: np.random.Generator) -> str:
@@ -94,11 +121,22 @@ def build_world(
     min_gap: float = 0.0,
     image_size: int = 32,
     seed: int = 0,
+    layout: str = "quadrants",
+    redraw: float = 0.35,
+    bt_scale: float | None = None,
 ) -> Splits:
     """Draw the world's train/validation/test pairs, labelled by the hidden rules plus noise.
 
-    Pairs whose hidden utilities differ by less than ``min_gap`` are redrawn: like people shown
-    two near-identical images, the hidden rules have no preference between them.
+    ``layout="quadrants"``: two independent images of four random quadrants (the first world);
+    ``"grid"``: two variants of one random 3x3 layout, each cell redrawn with probability
+    ``redraw`` (the discovery world: like two samples for one prompt, they differ in a few
+    places). Pairs whose hidden utilities differ by less than ``min_gap`` are redrawn: like
+    people shown two near-identical images, the hidden rules have no preference between them.
+
+    Labels: the image with the higher utility wins, then each label flips with probability
+    ``noise``; or, with ``bt_scale`` set, A wins with probability ``sigmoid(bt_scale * (u_A -
+    u_B))`` (Bradley-Terry, the refiner's own model, so the hidden set is the true model and a
+    proxy statement gains nothing from the labels' shape; ``noise`` is then unused).
     """
     if not 0.0 <= noise < 0.5:
         raise ValueError(f"data.noise is a label flip probability in [0, 0.5), got {noise}")
@@ -107,7 +145,11 @@ def build_world(
     total = num_train + num_val + num_test
     arrays, utility = [], []
     while len(utility) < total:
-        drawn = [draw_image(rng, image_size) for _ in range(2 * (total - len(utility)))]
+        drawn = [
+            image
+            for _ in range(total - len(utility))
+            for image in draw_pair(rng, layout, image_size, redraw)
+        ]
         gaps = utilities([Image.fromarray(a) for a in drawn], rules).reshape(-1, 2)
         for k in np.flatnonzero(np.abs(gaps[:, 0] - gaps[:, 1]) >= min_gap):
             arrays += drawn[2 * k : 2 * k + 2]
@@ -115,7 +157,11 @@ def build_world(
     utility = np.array(utility[:total])
     arrays = arrays[: 2 * total]
     a_wins = utility[:, 0] > utility[:, 1]
-    flipped = rng.random(total) < noise
+    if bt_scale is None:
+        flipped = rng.random(total) < noise
+    else:
+        p_a = 1.0 / (1.0 + np.exp(-bt_scale * (utility[:, 0] - utility[:, 1])))
+        flipped = (rng.random(total) < p_a) != a_wins
     pairs = [
         PreferencePair(
             id=f"synthetic-{i:05d}",
@@ -149,16 +195,21 @@ class SyntheticProposer(Judge):
 
     def __init__(
         self,
+        grammar: str = "basic",
         rules_per_answer: int = 2,
         random_per_answer: int = 1,
         min_lead: float = 0.3,
+        comparison_penalty: float = 0.0,
+        tie_jitter: float = 0.0,
         seed: int = 0,
     ) -> None:
         self.rules_per_answer = rules_per_answer
         self.random_per_answer = random_per_answer
         self.min_lead = min_lead
+        self.comparison_penalty = comparison_penalty
+        self.tie_jitter = tie_jitter
         self.seed = seed
-        self.statements = pixel_statements()
+        self.statements = pixel_statements(grammar)
         self.pixel = PixelJudge()
 
     def yes_prob(self, items: Sequence[JudgeItem]) -> JudgeResult:
@@ -173,15 +224,19 @@ class SyntheticProposer(Judge):
     def propose(self, images: Sequence[Image.Image], text: str) -> list[str]:
         """The statements this proposer offers for one request."""
         winner = self._winner(text)
-        listed = {normalise(line[2:]) for line in text.splitlines() if line.startswith("- ")}
-        fresh = [s for s in self.statements if normalise(s) not in listed]
+        listed = {statement_key(line[2:]) for line in text.splitlines() if line.startswith("- ")}
+        fresh = [s for s in self.statements if statement_key(s) not in listed]
         items = [JudgeItem(im, "", s) for im in images[:2] for s in fresh]
         probs = self.pixel.yes_prob(items).probs.double().numpy().reshape(2, len(fresh))
         lead = probs[winner] - probs[1 - winner]
-        order = np.argsort(-lead, kind="stable")
-        chosen = [fresh[i] for i in order[: self.rules_per_answer] if lead[i] >= self.min_lead]
         digest = zlib.crc32(text.encode() + images[0].tobytes() + images[1].tobytes())
         rng = np.random.default_rng([self.seed, digest])
+        is_comparison = np.array([" than the " in s for s in fresh])
+        salience = lead - self.comparison_penalty * is_comparison
+        if self.tie_jitter:  # near-equal leads in random order, not the grammar's
+            salience = salience + rng.uniform(0, self.tie_jitter, len(fresh))
+        order = np.argsort(-salience, kind="stable")
+        chosen = [fresh[i] for i in order[: self.rules_per_answer] if lead[i] >= self.min_lead]
         others = [s for s in fresh if s not in chosen]
         size = min(self.random_per_answer, len(others))
         picks = rng.choice(len(others), size=size, replace=False)

@@ -184,3 +184,116 @@ def test_statement_list_is_unique_and_understood():
     statements = pixel_statements()
     assert len(statements) == len(set(statements)) == 45
     assert all(PixelJudge.understands(s) for s in statements)
+
+
+# --------------------------------------------------------------------------- the grid grammar
+
+GRID_ROWS, GRID_COLS = ["top", "middle", "bottom"], ["left", "middle", "right"]
+SIZE = 36  # thirds of 12 px
+
+
+def _grid_in(region: str, y: int, x: int) -> bool:
+    """Membership in a grid region, from thirds computed here (integer pixels of a 36 px image)."""
+    row, col = y // 12, x // 12
+    if region.endswith(" row"):
+        return GRID_ROWS[row] == region[:-4]
+    if region.endswith(" column"):
+        return GRID_COLS[col] == region[:-7]
+    name = region[: -len(" cell")]
+    r, c = ("middle", "middle") if name == "middle" else name.split("-")
+    return GRID_ROWS[row] == r and GRID_COLS[col] == c
+
+
+def _grid_pixels(image: Image.Image, region: str) -> list[tuple[float, float, float]]:
+    rows = _pixels(image)
+    if region == "image":
+        return [p for row in rows for p in row]
+    return [p for y, row in enumerate(rows) for x, p in enumerate(row) if _grid_in(region, y, x)]
+
+
+def expected_grid(statement: str, image: Image.Image) -> float:
+    """Independent P(yes) for a grid-region statement of the canonical spelling."""
+    s = statement.lower().rstrip(".")
+    region = s[len("the ") : s.index(" of the image")]
+
+    def channel_means(reg: str) -> list[float]:
+        px = _grid_pixels(image, reg)
+        return [_mean([p[c] for p in px]) for c in range(3)]
+
+    def dominance(reg: str, colour: str) -> float:
+        r, g, b = channel_means(reg)
+        return {
+            "red": r - max(g, b),
+            "green": g - max(r, b),
+            "blue": b - max(r, g),
+            "yellow": min(r, g) - b,
+            "cyan": min(g, b) - r,
+            "magenta": min(r, b) - g,
+        }[colour]
+
+    def luma_values(reg: str) -> list[float]:
+        return [_luma(p) for p in _grid_pixels(image, reg)]
+
+    if " than the " in s:
+        word = s.split(" of the image is ")[1].split()[0]
+        other = s.split(" than the ")[1]
+        if word == "brighter":
+            diff = _mean(luma_values(region)) - _mean(luma_values(other))
+        else:
+            colour = {"redder": "red", "greener": "green", "bluer": "blue"}[word]
+            diff = dominance(region, colour) - dominance(other, colour)
+        return _sigmoid(diff / 0.05)
+    last = s.split()[-1]
+    if last in ("contrast", "saturation"):
+        high = s.split()[-2] == "high"
+        if last == "contrast":
+            values = luma_values(region)
+            mu = _mean(values)
+            z = (math.sqrt(_mean([(v - mu) ** 2 for v in values])) - 0.2) / 0.05
+        else:
+            z = (_mean([max(p) - min(p) for p in _grid_pixels(image, region)]) - 0.3) / 0.08
+        return _sigmoid(z if high else -z)
+    if last in ("bright", "dark"):
+        z = (_mean(luma_values(region)) - 0.5) / 0.08
+        return _sigmoid(z if last == "bright" else -z)
+    return _sigmoid((dominance(region, last) - 0.10) / 0.05)
+
+
+def _grid_image() -> Image.Image:
+    """Nine cells of different colours with pixel noise, so regions and channels all differ."""
+    cells = RNG.uniform(0, 1, (3, 3, 3))
+    arr = np.repeat(np.repeat(cells, 12, axis=0), 12, axis=1) + RNG.normal(0, 0.08, (36, 36, 3))
+    return Image.fromarray((np.clip(arr, 0, 1) * 255).round().astype(np.uint8))
+
+
+def test_grid_grammar_has_1104_distinct_statements_including_the_basic_45():
+    grid = pixel_statements("grid")
+    assert len(grid) == len(set(grid)) == 1104
+    assert grid[:45] == pixel_statements("basic") == pixel_statements()
+    assert all(PixelJudge.understands(s) for s in grid)
+    with pytest.raises(ValueError, match="unknown pixel grammar"):
+        pixel_statements("huge")
+
+
+def test_grid_statements_match_independent_numbers():
+    images = [_grid_image(), _grid_image()]
+    grid = [
+        s for s in pixel_statements("grid")[45:] if any(k in s for k in ("cell", "row", "column"))
+    ]
+    sample = [grid[i] for i in np.random.default_rng(1).choice(len(grid), 120, replace=False)]
+    result = PixelJudge().yes_prob([JudgeItem(im, "", s) for im in images for s in sample])
+    want = torch.tensor([expected_grid(s, im) for im in images for s in sample])
+    torch.testing.assert_close(result.probs, want.float(), rtol=0, atol=2e-6)
+    assert ((result.probs > 0.05) & (result.probs < 0.95)).sum() >= 10
+
+
+def test_repeated_questions_about_one_image_reuse_its_statistics_and_agree():
+    image, judge = _grid_image(), PixelJudge(remembered_images=2)
+    question = "The top-left cell of the image is brighter than the middle cell."
+    first = judge.yes_prob([JudgeItem(image, "", question)]).probs
+    copy = Image.frombytes(image.mode, image.size, image.tobytes())  # same content, new object
+    again = judge.yes_prob([JudgeItem(copy, "", question)]).probs
+    assert first == again and len(judge._stats) == 1
+    for _ in range(3):
+        judge.yes_prob([JudgeItem(_grid_image(), "", question)])
+    assert len(judge._stats) == 2  # only the last two images are remembered

@@ -33,7 +33,7 @@ def make_scores(n=300, k=8, seed=0):
 
 def test_paper_refiner_equals_a_direct_sklearn_fit_on_symmetrised_pairs():
     scores, labels = make_scores()
-    result = refine(scores, labels, top_n=3, C=0.5, nonnegative=False, random_state=0)
+    result = refine(scores, labels, top_n=3, C=0.5, random_state=0)  # the default: one fit
     d = scores[:, :, 0] - scores[:, :, 1]
     X, y = np.vstack([d, -d]), np.concatenate([labels, 1 - labels])
     reference = (
@@ -45,6 +45,7 @@ def test_paper_refiner_equals_a_direct_sklearn_fit_on_symmetrised_pairs():
     )
     order = [i for i in np.argsort(-reference)[:3] if reference[i] > 0]
     assert result.kept == order
+    np.testing.assert_allclose(result.fitted, reference, rtol=1e-10)  # before Top-N: all of it
     np.testing.assert_allclose(result.weights[order], reference[order], rtol=1e-10)
     assert np.count_nonzero(result.weights) == len(order)
     assert result.kept[:2] == [0, 1]
@@ -156,3 +157,13 @@ def test_prompts_tfidf_cannot_tell_apart_share_a_cluster_without_warnings():
         clusters = cluster_prompts(prompts, n_clusters=8, seed=0)
         assert list(cluster_prompts(["1", "2"], n_clusters=8, seed=0)) == [0, 0]  # no words
     assert len(set(clusters[:10])) == 1 and len(set(clusters)) == 3
+
+
+def test_min_weight_ratio_drops_kept_rubrics_far_below_the_largest():
+    scores, labels = make_scores(n=400, k=6, seed=3)
+    plain = refine(scores, labels, top_n=6, C=1.0)
+    small = [i for i in plain.kept if plain.weights[i] < 0.3 * plain.weights[plain.kept[0]]]
+    assert small  # chance correlations get small positive weights in a plain fit
+    trimmed = refine(scores, labels, top_n=6, C=1.0, min_weight_ratio=0.3)
+    assert trimmed.kept == [i for i in plain.kept if i not in small]
+    np.testing.assert_allclose(trimmed.fitted, plain.fitted)  # the same fit, fewer kept

@@ -17,6 +17,13 @@ def test_parses_fenced_bare_and_object_lists():
     ]
 
 
+def test_an_empty_list_means_nothing_new_but_a_real_list_wins_wherever_it_stands():
+    assert parse_rubric_list("All differences are covered.\n```json\n[]\n```") == []
+    assert parse_rubric_list('Rules: ["Text is legible."] and nothing else []') == [
+        "Text is legible."
+    ]
+
+
 @pytest.mark.parametrize(
     "answer", ['{"rubric": "a dict, not a list"}', "no list at all", "[unclosed", "ü#@ [1, 2] ü"]
 )
@@ -25,11 +32,11 @@ def test_answers_without_a_statement_list_raise_a_clear_error(answer):
         parse_rubric_list(answer)
 
 
-def test_pool_drops_exact_and_near_duplicates_and_counts_rejections():
-    pool = RubricPool(near_duplicate=0.8, min_words=3)
+def test_pool_drops_exact_duplicates_and_paraphrases_and_counts_rejections():
+    pool = RubricPool(min_words=3)
     assert pool.add("The main subject is fully visible.", {"round": 0}) is not None
     assert pool.add("the MAIN subject is fully visible", {}) is None  # exact after normalising
-    assert pool.add("The main subject is clearly fully visible.", {}) is None  # a word added
+    assert pool.add("The main subject is clearly completely visible.", {}) is None  # paraphrase
     assert pool.add("The main subject is fully hidden.", {}) is not None  # a word replaced
     assert pool.add("Too short", {}) is None
     kept = pool.add("Text in the image is spelled correctly.", {"round": 1})
@@ -40,9 +47,9 @@ def test_pool_drops_exact_and_near_duplicates_and_counts_rejections():
         "The right half of the image is brighter than the left half.",
     ):
         assert pool.add(text, {}) is not None  # same words, opposite rules
-    assert pool.rejected == {"exact duplicate": 1, "near duplicate": 1, "length": 1}
-    with pytest.raises(RubricParseError):
-        pool.add_answer("garbage", {})
+    assert pool.rejected == {"exact duplicate": 1, "paraphrase": 1, "length": 1}
+    added, errors = pool.add_answers(["garbage", '["A cat is visible."]'], [{}, {}])
+    assert [r.text for r in added] == ["A cat is visible."] and len(errors) == 1
     assert pool.rejected["unparseable answer"] == 1
 
 
