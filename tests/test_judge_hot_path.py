@@ -151,6 +151,34 @@ class _Same:
         return b"same"
 
 
+def test_packed_forward_returns_only_the_answer_rows_and_no_cache(qwen3):
+    """Packed mode asks the model for the logits at each question's last token only (images with
+    different rubric sets in one chunk, so the rows read different columns), keeps no cache, and
+    scores as one forward per question does."""
+    model, processor = qwen3
+    images = [Image.fromarray(noise(k, 32, 32 + 16 * k)) for k in range(3)]
+    items = [
+        JudgeItem(image, f"A photo {k}.", q)
+        for k, image in enumerate(images)
+        for q in (QUESTIONS[k:] if k != 1 else QUESTIONS[::-1])
+    ]
+    packed = TransformersJudge(model=model, processor=processor, progress=False)
+    outputs = []
+    handle = model.register_forward_hook(lambda _, __, out: outputs.append(out))
+    try:
+        probs = packed.yes_prob(items).probs
+    finally:
+        handle.remove()
+    assert [tuple(out.logits.shape) for out in outputs] == [
+        (len(items), model.get_output_embeddings().out_features)
+    ]
+    assert outputs[0].cache is None
+    naive = TransformersJudge(model=model, processor=processor, shared_prefix="none")
+    want = naive.yes_prob(items).probs
+    torch.testing.assert_close(probs, want, atol=1e-5, rtol=0)
+    assert want.max() - want.min() > 0.01
+
+
 # ---------------------------------------------------------------- tensor input and prefetch
 @pytest.mark.parametrize("mode", ["none", "kv_cache", "packed"])
 def test_tensor_images_score_exactly_like_their_pil_images(qwen3, mode):

@@ -210,8 +210,9 @@ def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 class QuestionLayout:
     """The questions of one rubric set tokenized once and laid out back to back.
 
-    ``ids``, ``offset`` (position after the prefix) and ``block`` (k + 1 for question k) have one
-    entry per token; ``last`` is the index of each question's last token.
+    ``ids``, ``offset`` (position after the prefix), ``block`` (k + 1 for question k) and
+    ``last`` (True at each question's last token, where its answer is read) have one entry per
+    token.
     """
 
     ids: torch.Tensor
@@ -224,7 +225,8 @@ class QuestionLayout:
         ids = torch.tensor([t for s in suffixes for t in s], dtype=torch.long)
         offset = torch.cat([torch.arange(len(s)) for s in suffixes])
         block = torch.cat([torch.full((len(s),), k + 1) for k, s in enumerate(suffixes)])
-        last = torch.tensor([len(s) for s in suffixes]).cumsum(0) - 1
+        last = torch.zeros(len(ids), dtype=torch.bool)
+        last[torch.tensor([len(s) for s in suffixes]).cumsum(0) - 1] = True
         return QuestionLayout(ids, offset, block, last)
 
 
@@ -392,13 +394,14 @@ class PrefixScorer:
         q_ids = torch.full((n_rows, width), self.pad_id, dtype=torch.long)
         q_offset = torch.zeros((n_rows, width), dtype=torch.long)
         q_block = torch.full((n_rows, width), -1, dtype=torch.long)
+        # True where an answer is read: each question's last token, row by row in question order,
+        # which is the order of the items (and of the model's output for a boolean mask).
+        read = torch.zeros((n_rows, prefix_len + width), dtype=torch.bool)
         for b, lay in enumerate(layouts):
             n = len(lay.ids)
             q_ids[b, :n], q_offset[b, :n], q_block[b, :n] = lay.ids, lay.offset, lay.block
-        read_rows = torch.cat([torch.full((len(lay.last),), b) for b, lay in enumerate(layouts)])
-        read_cols = torch.cat([lay.last for lay in layouts]) + prefix_len
-        q = {"ids": q_ids, "offset": q_offset, "block": q_block}
-        q |= {"rows": read_rows, "cols": read_cols}
+            read[b, prefix_len : prefix_len + n] = lay.last
+        q = {"ids": q_ids, "offset": q_offset, "block": q_block, "read": read}
         q = {k: _to_device(v, self.device) for k, v in q.items()}
         q_pos = (prefix["next_position"][:, None] + q["offset"]).masked_fill(q["block"] < 0, 0)
         block = torch.cat([prefix["attention_mask"].long() - 1, q["block"]], dim=1)
@@ -414,8 +417,7 @@ class PrefixScorer:
             "pixel_values": prefix["pixel_values"],
             "image_grid_thw": prefix["image_grid_thw"],
         }
-        extra = {"rows": q["rows"], "cols": q["cols"]}
-        return Prepared("packed", inputs, _item_indices(groups), extra)
+        return Prepared("packed", inputs, _item_indices(groups), {"read": q["read"]})
 
     def _kv_cache_budget(self) -> float:
         if self.kv_cache_memory_gb is not None:
@@ -437,13 +439,16 @@ class PrefixScorer:
                 tensor.record_stream(stream)
         model, inputs = self.model, prepared.inputs
         if prepared.mode == "none":
-            return model(**inputs, logits_to_keep=1).logits[:, -1].float()
+            return model(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1].float()
         if prepared.mode == "kv_cache":
             return self._run_kv_cache(inputs, prepared.extra)
         check_packed_attention(model)
-        hidden = model.model(**inputs).last_hidden_state
-        picked = hidden[prepared.extra["rows"], prepared.extra["cols"]]
-        return model.get_output_embeddings()(picked).float()
+        # The model projects only the answer positions (``logits_to_keep`` as a boolean mask gives
+        # them flattened, row by row), so the hidden states of the whole packed batch never leave
+        # the forward; no cache, as nothing reuses the keys (it would copy every layer's keys and
+        # values of the whole batch, then free them).
+        read = prepared.extra["read"]
+        return model(**inputs, use_cache=False, logits_to_keep=read).logits.float()
 
     def _run_kv_cache(self, prefix: dict, questions: dict) -> torch.Tensor:
         model = self.model
