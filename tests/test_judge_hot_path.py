@@ -81,6 +81,15 @@ def test_prefix_ids_equal_the_processors_tokenization(qwen3):
         assert processor(images=[image], text=[text])["input_ids"][0] == ids
 
 
+def test_left_padding_equals_the_tokenizers(qwen3):
+    _, processor = qwen3
+    tokenizer = processor.tokenizer
+    rows = [[5, 6, 7], [], [8], [9, 10, 11, 12, 13], [14, 15]]
+    ids, mask = prefix_scoring._left_pad(rows, tokenizer.pad_token_id)
+    want = tokenizer.pad({"input_ids": rows}, padding_side="left", return_tensors="pt")
+    assert torch.equal(ids, want["input_ids"]) and torch.equal(mask, want["attention_mask"])
+
+
 # ---------------------------------------------------------------- M-RoPE positions
 @pytest.mark.parametrize("arch", ["qwen3_vl", "qwen2_5_vl"])
 def test_host_mrope_positions_equal_the_models_get_rope_index(arch):

@@ -477,15 +477,17 @@ def _item_indices(groups: Sequence[PrefixGroup]) -> torch.Tensor:
 
 
 def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token id lists to one length: ``(ids [N, L], mask [N, L])`` on the CPU."""
-    length = max(len(r) for r in rows)
+    """Left-pad token id lists to one length: ``(ids [N, L], mask [N, L])`` on the CPU.
+
+    One write for all rows (the mask's True entries, row by row, are the tokens in order), not
+    one per row: mode kv_cache pads a row per question.
+    """
+    lengths = torch.tensor([len(r) for r in rows])
+    length = int(lengths.max())
+    mask = torch.arange(length) >= (length - lengths)[:, None]
     ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, length - len(r) :] = torch.as_tensor(r)
-            mask[i, length - len(r) :] = 1
-    return ids, mask
+    ids[mask] = torch.tensor([t for r in rows for t in r], dtype=torch.long)
+    return ids, mask.long()
 
 
 def mrope_prefix_positions(
