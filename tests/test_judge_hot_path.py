@@ -268,6 +268,25 @@ def test_kv_cache_estimate_is_the_size_of_the_real_cache(qwen3):
     assert kv_cache_bytes(model, prefix_len, len(groups), 2 * len(QUESTIONS)) == real
 
 
+def test_repeated_cache_writes_the_questions_into_its_room(qwen3):
+    """The per-question copies are gathered once into buffers with room for the questions, which
+    the next update fills in place; the keys then equal the concatenation a plain cache makes."""
+    model, _ = qwen3
+    generator = torch.Generator().manual_seed(0)
+    prefix = [(torch.randn(2, 2, 5, 4, generator=generator),) * 2 for _ in range(2)]
+    rows = torch.tensor([0, 0, 1, 1, 1])
+    plain = repeated_cache(prefix, rows, model.config)
+    roomy = repeated_cache(prefix, rows, model.config, room=3)
+    new = torch.randn(5, 2, 3, 4, generator=generator)
+    start = roomy.layers[0].keys.data_ptr()
+    keys, values = roomy.update(new, new, 0)
+    assert torch.equal(keys, torch.cat([prefix[0][0][rows], new], dim=2)) and keys.is_contiguous()
+    assert keys.data_ptr() == start  # written in place: no copy of the gathered rows
+    assert torch.equal(keys, plain.update(new, new, 0)[0])
+    more = torch.randn(5, 2, 1, 4, generator=generator)  # past the room: concatenated
+    assert torch.equal(roomy.update(more, more, 0)[0], torch.cat([keys, more], dim=2))
+
+
 def test_kv_cache_over_its_memory_falls_back_to_packed_or_refuses(qwen3, caplog):
     model, processor = qwen3
     items = items_for([Image.fromarray(noise(k, 32, 32)) for k in range(2)])

@@ -43,6 +43,7 @@ import psutil
 import torch
 from PIL import Image
 from transformers import DynamicCache, PreTrainedModel, ProcessorMixin
+from transformers.cache_utils import DynamicLayer
 
 from rewards.judges.base import judge_text
 from rewards.judges.image_prep import DeviceImageProcessor
@@ -456,7 +457,7 @@ class PrefixScorer:
         inputs = {k: v for k, v in prefix.items() if k != "next_position"}
         out = model(**inputs, use_cache=True, logits_to_keep=1)
         rows = questions["rows"]
-        cache = repeated_cache(out.cache, rows, model.config)
+        cache = repeated_cache(out.cache, rows, model.config, room=questions["input_ids"].shape[1])
         text_pos = next_position[rows][:, None] + questions["offset"]
         text_pos = text_pos.masked_fill(questions["attention_mask"] == 0, 0)
         attention_mask = torch.cat(
@@ -564,11 +565,63 @@ def kv_cache_bytes(
     return per_token * model.dtype.itemsize * prefix_len * (n_prefixes + n_questions)
 
 
-def repeated_cache(cache, rows: torch.Tensor, config) -> DynamicCache:
-    """A cache whose row ``i`` is row ``rows[i]`` of ``cache`` (a copy per question)."""
-    return DynamicCache(
-        ddp_cache_data=[(keys[rows], values[rows]) for keys, values, *_ in cache], config=config
-    )
+def repeated_cache(cache, rows: torch.Tensor, config, room: int = 0) -> DynamicCache:
+    """A cache whose row ``i`` is row ``rows[i]`` of ``cache`` (a copy per question), with room
+    for ``room`` more tokens per layer (see :class:`GatheredLayer`)."""
+    repeated = DynamicCache(config=config)
+    for index, (keys, values, *_) in enumerate(cache):
+        layer = repeated.layers[index]
+        if type(layer) is DynamicLayer:
+            repeated.layers[index] = GatheredLayer(keys, values, rows, room)
+        else:  # a layer type with its own update rule (e.g. a sliding window): copied through it
+            layer.update(keys[rows], values[rows])
+    return repeated
+
+
+class GatheredLayer(DynamicLayer):
+    """A full-attention cache layer whose row ``i`` is row ``rows[i]`` of a prefix cache layer,
+    gathered once into a buffer with ``room`` more positions.
+
+    The next update writes its keys and values into that room, where a :class:`DynamicLayer`
+    would concatenate (allocating and copying every row again); once the room is full the keys
+    are the whole buffer, the tensor concatenation would have given. Without room (or past it) it
+    concatenates as a :class:`DynamicLayer` does.
+    """
+
+    def __init__(
+        self, keys: torch.Tensor, values: torch.Tensor, rows: torch.Tensor, room: int
+    ) -> None:
+        super().__init__()
+        self.keys, self._key_buffer = _gather_rows(keys, rows, room)
+        self.values, self._value_buffer = _gather_rows(values, rows, room)
+        self.device = keys.device
+        self.is_initialized = True
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        start = self.keys.shape[-2]
+        end = start + key_states.shape[-2]
+        fits = end <= self._key_buffer.shape[-2]
+        if not fits or self.keys.data_ptr() != self._key_buffer.data_ptr():
+            return super().update(key_states, value_states, *args, **kwargs)
+        self._key_buffer[..., start:end, :] = key_states
+        self._value_buffer[..., start:end, :] = value_states
+        self.keys = self._key_buffer[..., :end, :]
+        self.values = self._value_buffer[..., :end, :]
+        return self.keys, self.values
+
+
+def _gather_rows(
+    states: torch.Tensor, rows: torch.Tensor, room: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(states[rows], buffer)``: the first a view of the second, which has ``room`` more
+    positions along dimension -2; the rows are gathered straight into the buffer."""
+    *_, length, dim = states.shape
+    buffer = states.new_empty((len(rows), *states.shape[1:-2], length + room, dim))
+    gathered = buffer[..., :length, :]
+    torch.index_select(states, 0, rows, out=gathered)
+    return gathered, buffer
 
 
 def check_shared_prefix_support(model: PreTrainedModel) -> None:
