@@ -9,7 +9,8 @@ form the *suffix*. Three ways to get the logits of the token after each prompt:
   every question), positions computed by the model: the reference.
 - ``kv_cache``: one forward over each prefix (vision tower included) keeps its key/value cache;
   the questions then run as a batch against that cache, each row pointing at its image's prefix.
-  The cache is copied once per question, so its size is estimated first (:func:`kv_cache_bytes`);
+  The cache is copied once per question (gathered straight into buffers with room for the
+  question's tokens, :class:`GatheredLayer`), so its size is estimated first (:func:`kv_cache_bytes`);
   a chunk that would not fit is scored in mode ``packed`` (with a log line) or refused.
 - ``packed``: one sequence per image, the prefix followed by all its questions back to back. A
   block attention mask lets each question see the prefix and itself only, and each question's
@@ -585,7 +586,8 @@ class GatheredLayer(DynamicLayer):
     The next update writes its keys and values into that room, where a :class:`DynamicLayer`
     would concatenate (allocating and copying every row again); once the room is full the keys
     are the whole buffer, the tensor concatenation would have given. Without room (or past it) it
-    concatenates as a :class:`DynamicLayer` does.
+    concatenates as a :class:`DynamicLayer` does, and so it does once its keys no longer view the
+    buffer (rows selected or repeated after the gather).
     """
 
     def __init__(
