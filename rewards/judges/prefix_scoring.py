@@ -10,8 +10,9 @@ form the *suffix*. Three ways to get the logits of the token after each prompt:
 - ``kv_cache``: one forward over each prefix (vision tower included) keeps its key/value cache;
   the questions then run as a batch against that cache, each row pointing at its image's prefix.
   The cache is copied once per question (gathered straight into buffers with room for the
-  question's tokens, :class:`GatheredLayer`), so its size is estimated first (:func:`kv_cache_bytes`);
-  a chunk that would not fit is scored in mode ``packed`` (with a log line) or refused.
+  question's tokens, :class:`GatheredLayer`), so its size is estimated first
+  (:func:`kv_cache_bytes`); a chunk that would not fit is scored in mode ``packed`` (with a log
+  line) or refused.
 - ``packed``: one sequence per image, the prefix followed by all its questions back to back. A
   block attention mask lets each question see the prefix and itself only, and each question's
   positions restart where the prefix ends, so every question sees exactly what it would alone.
