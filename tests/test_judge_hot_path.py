@@ -81,6 +81,15 @@ def test_prefix_ids_equal_the_processors_tokenization(qwen3):
         assert processor(images=[image], text=[text])["input_ids"][0] == ids
 
 
+def test_left_padding_equals_the_tokenizers(qwen3):
+    _, processor = qwen3
+    tokenizer = processor.tokenizer
+    rows = [[5, 6, 7], [], [8], [9, 10, 11, 12, 13], [14, 15]]
+    ids, mask = prefix_scoring._left_pad(rows, tokenizer.pad_token_id)
+    want = tokenizer.pad({"input_ids": rows}, padding_side="left", return_tensors="pt")
+    assert torch.equal(ids, want["input_ids"]) and torch.equal(mask, want["attention_mask"])
+
+
 # ---------------------------------------------------------------- M-RoPE positions
 @pytest.mark.parametrize("arch", ["qwen3_vl", "qwen2_5_vl"])
 def test_host_mrope_positions_equal_the_models_get_rope_index(arch):
@@ -149,6 +158,34 @@ def test_equal_images_share_a_prefix_and_a_fingerprint_collision_is_checked(qwen
 class _Same:
     def digest(self) -> bytes:
         return b"same"
+
+
+def test_packed_forward_returns_only_the_answer_rows_and_no_cache(qwen3):
+    """Packed mode asks the model for the logits at each question's last token only (images with
+    different rubric sets in one chunk, so the rows read different columns), keeps no cache, and
+    scores as one forward per question does."""
+    model, processor = qwen3
+    images = [Image.fromarray(noise(k, 32, 32 + 16 * k)) for k in range(3)]
+    items = [
+        JudgeItem(image, f"A photo {k}.", q)
+        for k, image in enumerate(images)
+        for q in (QUESTIONS[k:] if k != 1 else QUESTIONS[::-1])
+    ]
+    packed = TransformersJudge(model=model, processor=processor, progress=False)
+    outputs = []
+    handle = model.register_forward_hook(lambda _, __, out: outputs.append(out))
+    try:
+        probs = packed.yes_prob(items).probs
+    finally:
+        handle.remove()
+    assert [tuple(out.logits.shape) for out in outputs] == [
+        (len(items), model.get_output_embeddings().out_features)
+    ]
+    assert outputs[0].cache is None
+    naive = TransformersJudge(model=model, processor=processor, shared_prefix="none")
+    want = naive.yes_prob(items).probs
+    torch.testing.assert_close(probs, want, atol=1e-5, rtol=0)
+    assert want.max() - want.min() > 0.01
 
 
 # ---------------------------------------------------------------- tensor input and prefetch
@@ -229,6 +266,25 @@ def test_kv_cache_estimate_is_the_size_of_the_real_cache(qwen3):
     real = sum(t.nbytes for cache in (out.cache, copies) for k, v, *_ in cache for t in (k, v))
     prefix_len = prepared.inputs["input_ids"].shape[1]
     assert kv_cache_bytes(model, prefix_len, len(groups), 2 * len(QUESTIONS)) == real
+
+
+def test_repeated_cache_writes_the_questions_into_its_room(qwen3):
+    """The per-question copies are gathered once into buffers with room for the questions, which
+    the next update fills in place; the keys then equal the concatenation a plain cache makes."""
+    model, _ = qwen3
+    generator = torch.Generator().manual_seed(0)
+    prefix = [(torch.randn(2, 2, 5, 4, generator=generator),) * 2 for _ in range(2)]
+    rows = torch.tensor([0, 0, 1, 1, 1])
+    plain = repeated_cache(prefix, rows, model.config)
+    roomy = repeated_cache(prefix, rows, model.config, room=3)
+    new = torch.randn(5, 2, 3, 4, generator=generator)
+    start = roomy.layers[0].keys.data_ptr()
+    keys, values = roomy.update(new, new, 0)
+    assert torch.equal(keys, torch.cat([prefix[0][0][rows], new], dim=2)) and keys.is_contiguous()
+    assert keys.data_ptr() == start  # written in place: no copy of the gathered rows
+    assert torch.equal(keys, plain.update(new, new, 0)[0])
+    more = torch.randn(5, 2, 1, 4, generator=generator)  # past the room: concatenated
+    assert torch.equal(roomy.update(more, more, 0)[0], torch.cat([keys, more], dim=2))
 
 
 def test_kv_cache_over_its_memory_falls_back_to_packed_or_refuses(qwen3, caplog):

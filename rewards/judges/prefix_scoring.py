@@ -9,8 +9,10 @@ form the *suffix*. Three ways to get the logits of the token after each prompt:
   every question), positions computed by the model: the reference.
 - ``kv_cache``: one forward over each prefix (vision tower included) keeps its key/value cache;
   the questions then run as a batch against that cache, each row pointing at its image's prefix.
-  The cache is copied once per question, so its size is estimated first (:func:`kv_cache_bytes`);
-  a chunk that would not fit is scored in mode ``packed`` (with a log line) or refused.
+  The cache is copied once per question (gathered straight into buffers with room for the
+  question's tokens, :class:`GatheredLayer`), so its size is estimated first
+  (:func:`kv_cache_bytes`); a chunk that would not fit is scored in mode ``packed`` (with a log
+  line) or refused.
 - ``packed``: one sequence per image, the prefix followed by all its questions back to back. A
   block attention mask lets each question see the prefix and itself only, and each question's
   positions restart where the prefix ends, so every question sees exactly what it would alone.
@@ -43,6 +45,7 @@ import psutil
 import torch
 from PIL import Image
 from transformers import DynamicCache, PreTrainedModel, ProcessorMixin
+from transformers.cache_utils import DynamicLayer
 
 from rewards.judges.base import judge_text
 from rewards.judges.image_prep import DeviceImageProcessor
@@ -210,8 +213,9 @@ def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 class QuestionLayout:
     """The questions of one rubric set tokenized once and laid out back to back.
 
-    ``ids``, ``offset`` (position after the prefix) and ``block`` (k + 1 for question k) have one
-    entry per token; ``last`` is the index of each question's last token.
+    ``ids``, ``offset`` (position after the prefix), ``block`` (k + 1 for question k) and
+    ``last`` (True at each question's last token, where its answer is read) have one entry per
+    token.
     """
 
     ids: torch.Tensor
@@ -224,7 +228,8 @@ class QuestionLayout:
         ids = torch.tensor([t for s in suffixes for t in s], dtype=torch.long)
         offset = torch.cat([torch.arange(len(s)) for s in suffixes])
         block = torch.cat([torch.full((len(s),), k + 1) for k, s in enumerate(suffixes)])
-        last = torch.tensor([len(s) for s in suffixes]).cumsum(0) - 1
+        last = torch.zeros(len(ids), dtype=torch.bool)
+        last[torch.tensor([len(s) for s in suffixes]).cumsum(0) - 1] = True
         return QuestionLayout(ids, offset, block, last)
 
 
@@ -392,13 +397,14 @@ class PrefixScorer:
         q_ids = torch.full((n_rows, width), self.pad_id, dtype=torch.long)
         q_offset = torch.zeros((n_rows, width), dtype=torch.long)
         q_block = torch.full((n_rows, width), -1, dtype=torch.long)
+        # True where an answer is read: each question's last token, row by row in question order,
+        # which is the order of the items (and of the model's output for a boolean mask).
+        read = torch.zeros((n_rows, prefix_len + width), dtype=torch.bool)
         for b, lay in enumerate(layouts):
             n = len(lay.ids)
             q_ids[b, :n], q_offset[b, :n], q_block[b, :n] = lay.ids, lay.offset, lay.block
-        read_rows = torch.cat([torch.full((len(lay.last),), b) for b, lay in enumerate(layouts)])
-        read_cols = torch.cat([lay.last for lay in layouts]) + prefix_len
-        q = {"ids": q_ids, "offset": q_offset, "block": q_block}
-        q |= {"rows": read_rows, "cols": read_cols}
+            read[b, prefix_len : prefix_len + n] = lay.last
+        q = {"ids": q_ids, "offset": q_offset, "block": q_block, "read": read}
         q = {k: _to_device(v, self.device) for k, v in q.items()}
         q_pos = (prefix["next_position"][:, None] + q["offset"]).masked_fill(q["block"] < 0, 0)
         block = torch.cat([prefix["attention_mask"].long() - 1, q["block"]], dim=1)
@@ -414,8 +420,7 @@ class PrefixScorer:
             "pixel_values": prefix["pixel_values"],
             "image_grid_thw": prefix["image_grid_thw"],
         }
-        extra = {"rows": q["rows"], "cols": q["cols"]}
-        return Prepared("packed", inputs, _item_indices(groups), extra)
+        return Prepared("packed", inputs, _item_indices(groups), {"read": q["read"]})
 
     def _kv_cache_budget(self) -> float:
         if self.kv_cache_memory_gb is not None:
@@ -437,13 +442,16 @@ class PrefixScorer:
                 tensor.record_stream(stream)
         model, inputs = self.model, prepared.inputs
         if prepared.mode == "none":
-            return model(**inputs, logits_to_keep=1).logits[:, -1].float()
+            return model(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1].float()
         if prepared.mode == "kv_cache":
             return self._run_kv_cache(inputs, prepared.extra)
         check_packed_attention(model)
-        hidden = model.model(**inputs).last_hidden_state
-        picked = hidden[prepared.extra["rows"], prepared.extra["cols"]]
-        return model.get_output_embeddings()(picked).float()
+        # The model projects only the answer positions (``logits_to_keep`` as a boolean mask gives
+        # them flattened, row by row), so the hidden states of the whole packed batch never leave
+        # the forward; no cache, as nothing reuses the keys (it would copy every layer's keys and
+        # values of the whole batch, then free them).
+        read = prepared.extra["read"]
+        return model(**inputs, use_cache=False, logits_to_keep=read).logits.float()
 
     def _run_kv_cache(self, prefix: dict, questions: dict) -> torch.Tensor:
         model = self.model
@@ -451,7 +459,7 @@ class PrefixScorer:
         inputs = {k: v for k, v in prefix.items() if k != "next_position"}
         out = model(**inputs, use_cache=True, logits_to_keep=1)
         rows = questions["rows"]
-        cache = repeated_cache(out.cache, rows, model.config)
+        cache = repeated_cache(out.cache, rows, model.config, room=questions["input_ids"].shape[1])
         text_pos = next_position[rows][:, None] + questions["offset"]
         text_pos = text_pos.masked_fill(questions["attention_mask"] == 0, 0)
         attention_mask = torch.cat(
@@ -472,15 +480,17 @@ def _item_indices(groups: Sequence[PrefixGroup]) -> torch.Tensor:
 
 
 def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token id lists to one length: ``(ids [N, L], mask [N, L])`` on the CPU."""
-    length = max(len(r) for r in rows)
+    """Left-pad token id lists to one length: ``(ids [N, L], mask [N, L])`` on the CPU.
+
+    One write for all rows (the mask's True entries, row by row, are the tokens in order), not
+    one per row: mode kv_cache pads a row per question.
+    """
+    lengths = torch.tensor([len(r) for r in rows])
+    length = int(lengths.max())
+    mask = torch.arange(length) >= (length - lengths)[:, None]
     ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, length - len(r) :] = torch.as_tensor(r)
-            mask[i, length - len(r) :] = 1
-    return ids, mask
+    ids[mask] = torch.tensor([t for r in rows for t in r], dtype=torch.long)
+    return ids, mask.long()
 
 
 def mrope_prefix_positions(
@@ -557,11 +567,64 @@ def kv_cache_bytes(
     return per_token * model.dtype.itemsize * prefix_len * (n_prefixes + n_questions)
 
 
-def repeated_cache(cache, rows: torch.Tensor, config) -> DynamicCache:
-    """A cache whose row ``i`` is row ``rows[i]`` of ``cache`` (a copy per question)."""
-    return DynamicCache(
-        ddp_cache_data=[(keys[rows], values[rows]) for keys, values, *_ in cache], config=config
-    )
+def repeated_cache(cache, rows: torch.Tensor, config, room: int = 0) -> DynamicCache:
+    """A cache whose row ``i`` is row ``rows[i]`` of ``cache`` (a copy per question), with room
+    for ``room`` more tokens per layer (see :class:`GatheredLayer`)."""
+    repeated = DynamicCache(config=config)
+    for index, (keys, values, *_) in enumerate(cache):
+        layer = repeated.layers[index]
+        if type(layer) is DynamicLayer:
+            repeated.layers[index] = GatheredLayer(keys, values, rows, room)
+        else:  # a layer type with its own update rule (e.g. a sliding window): copied through it
+            layer.update(keys[rows], values[rows])
+    return repeated
+
+
+class GatheredLayer(DynamicLayer):
+    """A full-attention cache layer whose row ``i`` is row ``rows[i]`` of a prefix cache layer,
+    gathered once into a buffer with ``room`` more positions.
+
+    The next update writes its keys and values into that room, where a :class:`DynamicLayer`
+    would concatenate (allocating and copying every row again); once the room is full the keys
+    are the whole buffer, the tensor concatenation would have given. Without room (or past it) it
+    concatenates as a :class:`DynamicLayer` does, and so it does once its keys no longer view the
+    buffer (rows selected or repeated after the gather).
+    """
+
+    def __init__(
+        self, keys: torch.Tensor, values: torch.Tensor, rows: torch.Tensor, room: int
+    ) -> None:
+        super().__init__()
+        self.keys, self._key_buffer = _gather_rows(keys, rows, room)
+        self.values, self._value_buffer = _gather_rows(values, rows, room)
+        self.device = keys.device
+        self.is_initialized = True
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        start = self.keys.shape[-2]
+        end = start + key_states.shape[-2]
+        fits = end <= self._key_buffer.shape[-2]
+        if not fits or self.keys.data_ptr() != self._key_buffer.data_ptr():
+            return super().update(key_states, value_states, *args, **kwargs)
+        self._key_buffer[..., start:end, :] = key_states
+        self._value_buffer[..., start:end, :] = value_states
+        self.keys = self._key_buffer[..., :end, :]
+        self.values = self._value_buffer[..., :end, :]
+        return self.keys, self.values
+
+
+def _gather_rows(
+    states: torch.Tensor, rows: torch.Tensor, room: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(states[rows], buffer)``: the first a view of the second, which has ``room`` more
+    positions along dimension -2; the rows are gathered straight into the buffer."""
+    *_, length, dim = states.shape
+    buffer = states.new_empty((len(rows), *states.shape[1:-2], length + room, dim))
+    gathered = buffer[..., :length, :]
+    torch.index_select(states, 0, rows, out=gathered)
+    return gathered, buffer
 
 
 def check_shared_prefix_support(model: PreTrainedModel) -> None:
