@@ -16,7 +16,12 @@ from rewards.images import to_pil
 from rewards.judges import prefix_scoring, transformers_judge
 from rewards.judges.base import JudgeItem
 from rewards.judges.image_prep import DeviceImageProcessor, pil_resize
-from rewards.judges.prefix_scoring import ChatPrompt, kv_cache_bytes, repeated_cache
+from rewards.judges.prefix_scoring import (
+    ChatPrompt,
+    cache_argument,
+    kv_cache_bytes,
+    repeated_cache,
+)
 from rewards.judges.tiny_vlm import SIZES, build_image_processor, build_tiny_vlm
 from rewards.judges.transformers_judge import TransformersJudge
 from rewards.rubric import RubricReward
@@ -161,9 +166,9 @@ class _Same:
 
 
 def test_packed_forward_returns_only_the_answer_rows_and_no_cache(qwen3):
-    """Packed mode asks the model for the logits at each question's last token only (images with
-    different rubric sets in one chunk, so the rows read different columns), keeps no cache, and
-    scores as one forward per question does."""
+    """Packed mode projects only each question's last token to logits (images with different
+    rubric sets in one chunk, so the rows read different columns), keeps no cache, and scores as
+    one forward per question does."""
     model, processor = qwen3
     images = [Image.fromarray(noise(k, 32, 32 + 16 * k)) for k in range(3)]
     items = [
@@ -172,16 +177,21 @@ def test_packed_forward_returns_only_the_answer_rows_and_no_cache(qwen3):
         for q in (QUESTIONS[k:] if k != 1 else QUESTIONS[::-1])
     ]
     packed = TransformersJudge(model=model, processor=processor, progress=False)
-    outputs = []
-    handle = model.register_forward_hook(lambda _, __, out: outputs.append(out))
+    decoded, projected = [], []
+    hooks = [
+        model.model.register_forward_hook(lambda _, __, out: decoded.append(out)),
+        model.get_output_embeddings().register_forward_hook(
+            lambda _, args, __: projected.append(args[0])
+        ),
+    ]
     try:
         probs = packed.yes_prob(items).probs
     finally:
-        handle.remove()
-    assert [tuple(out.logits.shape) for out in outputs] == [
-        (len(items), model.get_output_embeddings().out_features)
-    ]
-    assert outputs[0].cache is None
+        for hook in hooks:
+            hook.remove()
+    hidden_size = model.config.get_text_config().hidden_size
+    assert [tuple(rows.shape) for rows in projected] == [(len(items), hidden_size)]
+    assert len(decoded) == 1 and getattr(decoded[0], cache_argument(model)) is None
     naive = TransformersJudge(model=model, processor=processor, shared_prefix="none")
     want = naive.yes_prob(items).probs
     torch.testing.assert_close(probs, want, atol=1e-5, rtol=0)
@@ -262,10 +272,14 @@ def test_kv_cache_estimate_is_the_size_of_the_real_cache(qwen3):
     inputs = {k: v for k, v in prepared.inputs.items() if k != "next_position"}
     with torch.no_grad():
         out = model(**inputs, use_cache=True, logits_to_keep=1)
-    copies = repeated_cache(out.cache, prepared.extra["rows"], model.config)
-    real = sum(t.nbytes for cache in (out.cache, copies) for k, v, *_ in cache for t in (k, v))
+    prefix_cache = getattr(out, cache_argument(model))
+    room = prepared.extra["input_ids"].shape[1]
+    copies = repeated_cache(prefix_cache, prepared.extra["rows"], model.config, room=room)
+    real = sum(k.nbytes + v.nbytes for k, v, *_ in prefix_cache) + sum(
+        layer._key_buffer.nbytes + layer._value_buffer.nbytes for layer in copies.layers
+    )
     prefix_len = prepared.inputs["input_ids"].shape[1]
-    assert kv_cache_bytes(model, prefix_len, len(groups), 2 * len(QUESTIONS)) == real
+    assert kv_cache_bytes(model, prefix_len, len(groups), 2 * len(QUESTIONS), room) == real
 
 
 def test_repeated_cache_writes_the_questions_into_its_room(qwen3):

@@ -37,6 +37,7 @@ ids are passed as ``[3, B, L]``.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -365,7 +366,11 @@ class PrefixScorer:
     def _prepare_kv_cache(self, groups: Sequence[PrefixGroup]) -> Prepared:
         prefix = self._prefix(groups)
         questions = sum(len(g.questions) for g in groups)
-        needed = kv_cache_bytes(self.model, prefix["input_ids"].shape[1], len(groups), questions)
+        suffixes = [self.prompt.suffix_ids(q) for g in groups for q in g.questions]
+        ids, mask = _left_pad(suffixes, self.pad_id)
+        needed = kv_cache_bytes(
+            self.model, prefix["input_ids"].shape[1], len(groups), questions, ids.shape[1]
+        )
         budget = self._kv_cache_budget()
         if needed > budget:
             message = (
@@ -377,8 +382,6 @@ class PrefixScorer:
                 raise MemoryError(message + " (kv_cache_fallback='raise')")
             log.warning("%s: scoring these %d images in mode packed", message, len(groups))
             return self._prepare_packed(groups, prefix)
-        suffixes = [self.prompt.suffix_ids(q) for g in groups for q in g.questions]
-        ids, mask = _left_pad(suffixes, self.pad_id)
         # Question token j (of n) sits at next_position + j; left padding shifts it right.
         pads = ids.shape[1] - mask.sum(1)
         offset = (torch.arange(ids.shape[1])[None] - pads[:, None]).clamp(min=0)
@@ -446,12 +449,13 @@ class PrefixScorer:
         if prepared.mode == "kv_cache":
             return self._run_kv_cache(inputs, prepared.extra)
         check_packed_attention(model)
-        # The model projects only the answer positions (``logits_to_keep`` as a boolean mask gives
-        # them flattened, row by row), so the hidden states of the whole packed batch never leave
-        # the forward; no cache, as nothing reuses the keys (it would copy every layer's keys and
-        # values of the whole batch, then free them).
-        read = prepared.extra["read"]
-        return model(**inputs, use_cache=False, logits_to_keep=read).logits.float()
+        # Only the answer positions (the boolean mask picks them row by row, in item order) go
+        # through the output projection; no cache, as nothing reuses the keys (it would copy
+        # every layer's keys and values of the whole batch, then free them). The decoder is
+        # called directly because a boolean ``logits_to_keep`` needs transformers >= 5.2x, and
+        # vLLM's CPU wheel pins an older one.
+        hidden = model.model(**inputs, use_cache=False).last_hidden_state
+        return model.get_output_embeddings()(hidden[prepared.extra["read"]]).float()
 
     def _run_kv_cache(self, prefix: dict, questions: dict) -> torch.Tensor:
         model = self.model
@@ -459,7 +463,10 @@ class PrefixScorer:
         inputs = {k: v for k, v in prefix.items() if k != "next_position"}
         out = model(**inputs, use_cache=True, logits_to_keep=1)
         rows = questions["rows"]
-        cache = repeated_cache(out.cache, rows, model.config, room=questions["input_ids"].shape[1])
+        cache_arg = cache_argument(model)
+        cache = repeated_cache(
+            getattr(out, cache_arg), rows, model.config, room=questions["input_ids"].shape[1]
+        )
         text_pos = next_position[rows][:, None] + questions["offset"]
         text_pos = text_pos.masked_fill(questions["attention_mask"] == 0, 0)
         attention_mask = torch.cat(
@@ -469,8 +476,8 @@ class PrefixScorer:
             input_ids=questions["input_ids"],
             attention_mask=attention_mask,
             position_ids=text_pos[None].expand(3, -1, -1),
-            cache=cache,
             logits_to_keep=1,
+            **{cache_arg: cache},
         ).logits
         return logits[:, -1].float()
 
@@ -557,14 +564,27 @@ def check_packed_attention(model: PreTrainedModel) -> None:
         )
 
 
+def cache_argument(model: PreTrainedModel) -> str:
+    """The name of a model's cache, as its forward's argument and output field: ``cache`` in
+    recent transformers, ``past_key_values`` in those before (such as the one vLLM's CPU wheel
+    pins), so the judge runs beside either."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def kv_cache_bytes(
-    model: PreTrainedModel, prefix_len: int, n_prefixes: int, n_questions: int
+    model: PreTrainedModel,
+    prefix_len: int,
+    n_prefixes: int,
+    n_questions: int,
+    question_len: int = 0,
 ) -> int:
-    """Bytes of mode kv_cache's prefix caches: one per prefix plus one copy per question."""
+    """Bytes of mode kv_cache's caches: one per prefix, plus one copy per question with room for
+    its ``question_len`` (padded) tokens."""
     text = model.config.get_text_config()
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     per_token = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim
-    return per_token * model.dtype.itemsize * prefix_len * (n_prefixes + n_questions)
+    tokens = prefix_len * n_prefixes + (prefix_len + question_len) * n_questions
+    return per_token * model.dtype.itemsize * tokens
 
 
 def repeated_cache(cache, rows: torch.Tensor, config, room: int = 0) -> DynamicCache:
