@@ -38,6 +38,7 @@ Flow, as the official scripts (CodeGoat24/UniGenBench ``eval/``) lay it out:
 from __future__ import annotations
 
 import ast
+import csv
 import json
 import logging
 import math
@@ -328,8 +329,9 @@ def judge_images(
             rows += [r for r in _judge_generate(judge, chunk, asking, streak) if r is not None]
         else:
             rows.append(_judge_yes_prob(judge, *chunk[0]))
-        with atomic_write(csv_path) as tmp:
-            pd.DataFrame(rows, columns=CSV_COLUMNS).to_csv(tmp, index=False)
+        with atomic_write(csv_path) as tmp:  # every field quoted: a judge's answer may hold a
+            # lone carriage return, which unquoted would split its row when read back
+            pd.DataFrame(rows, columns=CSV_COLUMNS).to_csv(tmp, index=False, quoting=csv.QUOTE_ALL)
     return len(todo)
 
 

@@ -293,6 +293,30 @@ def test_a_failed_judge_call_leaves_the_image_out_and_a_rerun_asks_again(tmp_pat
         run_unigenbench(None, down, many, tmp_path / "d", "m", TINY_GEN, opts)
 
 
+class CarriageReturnJudge(ScriptedJudge):
+    """Answers with a lone carriage return and no comma or quote (nothing else would make the CSV
+    writer quote the field), as a random model's noise once did."""
+
+    def generate(self, images, text, max_new_tokens=512, *, temperature=0.0, system=None):
+        self.calls.append((text, temperature, max_new_tokens))
+        return "no analysis\rno score"
+
+
+def test_an_answer_with_a_carriage_return_keeps_its_row(tmp_path):
+    """Such an answer survives the results CSV: one row per image, the answer verbatim, read back
+    as the official calculator reads it (unparsed, not lost), and a rerun asks nothing again."""
+    cases, _ = load_unigenbench(FIX)
+    make_images(tmp_path / "images" / "en" / "m", cases[:1], ".png")
+    opts = JudgeOptions(batch_size=4, retries=0)
+    s = run_unigenbench(None, CarriageReturnJudge(), cases[:1], tmp_path, "m", TINY_GEN, opts)
+    rows = pd.read_csv(tmp_path / "results" / "m_en.csv")
+    assert len(rows) == 4 and (rows["output"] == "no analysis\rno score").all()
+    assert s["coverage"]["unparsed"] == 4 and s["coverage"]["no_result"] == 0
+    again = CarriageReturnJudge()
+    run_unigenbench(None, again, cases[:1], tmp_path, "m", TINY_GEN, opts)
+    assert again.calls == []
+
+
 def test_command_tiny_model_tiny_vlm_judge(tmp_path, capsys):
     """The command line offline: tiny SD3, tiny random Qwen3-VL writing free text with the
     official template. Its noise never parses, so both images are left out (re-asked once,
