@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from eval.after_checkpoint import evaluate_pipeline
 from eval.common import check_entry, check_resume_settings
-from eval.generation import build_pipeline, resolve_device
+from eval.generation import build_pipeline, load_lora, resolve_device
 from rl.checkpoint import CHECKPOINT_DIR, MARKER, checkpoint_name
 from rl.metrics import read_rows
 
@@ -123,7 +123,7 @@ def evaluate_checkpoints(cfg: DictConfig) -> list[dict[str, Any]]:
         pipe = build_pipeline(model_cfg, None, resolve_device(cfg.device))
     for epoch, lora in todo:
         if lora is not None:
-            pipe.load_lora_weights(str(lora))
+            load_lora(pipe, lora)
         metrics = evaluate_pipeline(pipe, cfg.eval_hook, out / checkpoint_name(epoch), epoch)
         if lora is not None:
             pipe.unload_lora_weights()

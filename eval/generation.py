@@ -105,12 +105,22 @@ def build_pipeline(model_cfg: Mapping[str, Any], lora_dir: str | Path | None, de
 
     pipe = load_pipeline(model_cfg)
     if lora_dir:
-        lora_dir = Path(lora_dir)
-        if not lora_dir.is_dir():
-            raise FileNotFoundError(f"LoRA checkpoint folder not found: {lora_dir}")
-        pipe.load_lora_weights(str(lora_dir))
+        load_lora(pipe, lora_dir)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def load_lora(pipe, lora_dir: str | Path) -> None:
+    """Load the LoRA checkpoint folder ``lora_dir`` into ``pipe``. The weights file is named
+    when it is ours (diffusers 0.39 refuses to guess a name offline); any other folder
+    is left to diffusers' own search."""
+    from rl.lora import LORA_WEIGHTS_NAME
+
+    lora_dir = Path(lora_dir)
+    if not lora_dir.is_dir():
+        raise FileNotFoundError(f"LoRA checkpoint folder not found: {lora_dir}")
+    named = (lora_dir / LORA_WEIGHTS_NAME).is_file()
+    pipe.load_lora_weights(str(lora_dir), **({"weight_name": LORA_WEIGHTS_NAME} if named else {}))
 
 
 def model_name_for(cfg: Any) -> str:

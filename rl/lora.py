@@ -161,7 +161,7 @@ Flow-GRPO online reinforcement learning against the reward `{reward}` for {epoch
 from diffusers import StableDiffusion3Pipeline
 
 pipe = StableDiffusion3Pipeline.from_pretrained("<local {base_model} folder>")
-pipe.load_lora_weights("<this folder>")
+pipe.load_lora_weights("<this folder>", weight_name="{LORA_WEIGHTS_NAME}")
 image = pipe("a photo of a red apple", num_inference_steps=40, guidance_scale=4.5).images[0]
 ```
 

@@ -90,7 +90,7 @@ def test_exported_lora_loads_in_diffusers_and_changes_the_images(short_run):
     from safetensors.torch import load_file
 
     from rl.checkpoint import ADAPTER_FILE
-    from rl.lora import LoraSettings, load_lora_state_dict, make_trainable
+    from rl.lora import LORA_WEIGHTS_NAME, LoraSettings, load_lora_state_dict, make_trainable
     from rl.tiny import build_tiny_sd3
 
     run_dir, _ = short_run
@@ -100,7 +100,7 @@ def test_exported_lora_loads_in_diffusers_and_changes_the_images(short_run):
                   latents=latents, output_type="pt")  # fmt: skip
     pipe = build_tiny_sd3(seed=cfg.model.seed)
     before = pipe(**kwargs).images
-    pipe.load_lora_weights(run_dir / "lora")
+    pipe.load_lora_weights(run_dir / "lora", weight_name=LORA_WEIGHTS_NAME)  # as its card says
     after = pipe(**kwargs).images
     assert (after - before).abs().max() > 1e-3
 
