@@ -223,8 +223,8 @@ class FlowGRPOTrainer:
                 sum(p.numel() for p in self.params),
                 *(str(d).removeprefix("torch.") for d in vars(self.precision).values()),
                 t.mixed_precision,
-                "" if t.mixed_precision == "no" or acc.device.type != "cpu" else
-                " (accelerate runs no autocast on the CPU: float32 compute)",
+                "" if t.mixed_precision != "fp16" or acc.device.type != "cpu" else
+                " (accelerate runs no fp16 autocast on the CPU: float32 compute)",
             )  # fmt: skip
             r = self.cfg.rollout
             if self.cache_mode == "all":
