@@ -56,6 +56,17 @@ def judge_text(context: str, question: str) -> str:
     return f"{context}\n{question}" if context else question
 
 
+def image_major(items: Sequence[JudgeItem]) -> tuple[dict[int, int], list[int]]:
+    """Where each distinct image object first appears (``id(image)`` -> item index), and the
+    item indices image-major: every question about an image together, images in first-seen
+    order, so a server's prefix cache shares each image."""
+    first_seen: dict[int, int] = {}
+    for i, item in enumerate(items):
+        first_seen.setdefault(id(item.image), i)
+    order = sorted(range(len(items)), key=lambda i: first_seen[id(items[i].image)])
+    return first_seen, order
+
+
 class JudgeError(RuntimeError):
     """The judge cannot work at all (server down, model misconfigured): fail, don't NaN."""
 

@@ -53,7 +53,14 @@ import requests
 import torch
 from PIL import Image
 
-from rewards.judges.base import Judge, JudgeError, JudgeItem, JudgeResult, judge_text
+from rewards.judges.base import (
+    Judge,
+    JudgeError,
+    JudgeItem,
+    JudgeResult,
+    image_major,
+    judge_text,
+)
 from rewards.rubric_set import check_scoring
 
 log = logging.getLogger(__name__)
@@ -106,6 +113,15 @@ def yes_no_mass(top_logprobs: Sequence[dict[str, Any]]) -> tuple[float, float]:
         elif word == "no":
             p_no += math.exp(float(entry["logprob"]))
     return p_yes, p_no
+
+
+def yes_prob_from_top(top_logprobs: Sequence[dict[str, Any]], scoring: str) -> float | None:
+    """P(yes) from the top tokens by ``scoring`` (``normalized``: yes / (yes + no); ``raw``:
+    the yes mass); None when neither spelling is among them."""
+    p_yes, p_no = yes_no_mass(top_logprobs)
+    if p_yes + p_no == 0.0:
+        return None
+    return p_yes / (p_yes + p_no) if scoring == "normalized" else p_yes
 
 
 class _Failure(Exception):
@@ -299,21 +315,17 @@ class OpenAIJudge(Judge):
                 "that returns logprobs/top_logprobs (vLLM: --max-logprobs >= top_logprobs)"
             )
         try:
-            p_yes, p_no = yes_no_mass(logprobs["content"][0]["top_logprobs"])
+            p = yes_prob_from_top(logprobs["content"][0]["top_logprobs"], self.scoring)
         except (KeyError, IndexError, TypeError, ValueError) as err:
             raise _Failure(MALFORMED, f"unreadable top_logprobs ({err})") from err
-        if p_yes + p_no == 0.0:
+        if p is None:
             raise _Failure(NO_YES_NO_TOKEN, f"top tokens: {logprobs['content'][0]}")
-        return p_yes / (p_yes + p_no) if self.scoring == "normalized" else p_yes
+        return p
 
     def yes_prob(self, items: Sequence[JudgeItem]) -> JudgeResult:
-        first_seen: dict[int, int] = {}  # id(image) -> index of its first item
-        for i, item in enumerate(items):
-            first_seen.setdefault(id(item.image), i)
+        first_seen, order = image_major(items)
         distinct = [items[i].image for i in first_seen.values()]
         parts = dict(zip(first_seen, self._pool.map(self._image_part, distinct)))
-        # Image-major: every question about an image goes out together, in first-seen order.
-        order = sorted(range(len(items)), key=lambda i: first_seen[id(items[i].image)])
         submitted = {
             i: self._pool.submit(self._ask, items[i], parts[id(items[i].image)]) for i in order
         }

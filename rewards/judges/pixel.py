@@ -54,7 +54,6 @@ the grammar gets NaN with the reason ``"unknown statement"``.
 from __future__ import annotations
 
 import functools
-import hashlib
 import itertools
 import math
 import re
@@ -67,7 +66,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rewards.images import LUMA_WEIGHTS, to_float_array
+from rewards.images import LUMA_WEIGHTS, image_hash, to_float_array
 from rewards.judges.base import Judge, JudgeItem, JudgeResult
 
 UNKNOWN_STATEMENT = "unknown statement"
@@ -159,17 +158,6 @@ def region_rects(region: str, height: int, width: int) -> tuple[Rect, Rect | Non
         return (rows.start, rows.stop, cols.start, cols.stop), None
     known = ", ".join(("image", *REGIONS, *GRID_REGIONS))
     raise ValueError(f"unknown region {region!r}; known: {known}")
-
-
-def region_mask(region: str, height: int, width: int) -> np.ndarray:
-    """Boolean ``[H, W]`` mask of a named region (see the module docstring)."""
-    (y0, y1, x0, x1), hole = region_rects(region, height, width)
-    mask = np.zeros((height, width), dtype=bool)
-    mask[y0:y1, x0:x1] = True
-    if hole is not None:
-        hy0, hy1, hx0, hx1 = hole
-        mask[hy0:hy1, hx0:hx1] = False
-    return mask
 
 
 @dataclass(frozen=True)
@@ -392,9 +380,7 @@ class PixelJudge(Judge):
     def _measures(self, image: Image.Image) -> ImageMeasures:
         """Measures of ``image`` with the region statistics of its last ``remembered_images``
         (by content) reused: rubric learning asks hundreds of questions about one image."""
-        digest = hashlib.blake2b(image.tobytes(), digest_size=16)
-        digest.update(f"{image.mode}{image.size}".encode())
-        key = digest.hexdigest()
+        key = image_hash(image)
         with self._lock:
             stats = self._stats.pop(key, None)
             stats = {} if stats is None else stats

@@ -7,9 +7,9 @@ about an image next to each other), each asking for one new token with its top `
 log-probabilities; each distinct image carries a content-derived id (``multi_modal_uuids``), so
 the engine processes and hashes it once. P(yes) is read from those top tokens exactly as
 :class:`rewards.judges.openai_server.OpenAIJudge` reads a server's answer (the same
-:func:`~rewards.judges.openai_server.yes_no_mass`): every spelling of "yes" against every spelling
-of "no" (``scoring="normalized"``) or the "yes" mass alone (``"raw"``); an answer without a yes/no
-token among the top tokens is NaN with the reason ``"no yes/no token"``.
+:func:`~rewards.judges.openai_server.yes_prob_from_top`): every spelling of "yes" against every
+spelling of "no" (``scoring="normalized"``) or the "yes" mass alone (``"raw"``); an answer without
+a yes/no token among the top tokens is NaN with the reason ``"no yes/no token"``.
 
 The prompt text is the local judge's: the model's chat template rendered by
 :class:`rewards.judges.prefix_scoring.ChatPrompt` (image, then context and question), so the
@@ -26,7 +26,6 @@ a CPU engine for the tests); it is imported when the judge is built.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,9 +33,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from rewards.images import to_pil
-from rewards.judges.base import Judge, JudgeError, JudgeItem, JudgeResult
-from rewards.judges.openai_server import NO_YES_NO_TOKEN, yes_no_mass
+from rewards.images import image_hash, to_pil
+from rewards.judges.base import Judge, JudgeError, JudgeItem, JudgeResult, image_major
+from rewards.judges.openai_server import NO_YES_NO_TOKEN, yes_prob_from_top
 from rewards.judges.prefix_scoring import ChatPrompt
 from rewards.rubric_set import check_scoring
 
@@ -111,9 +110,7 @@ class VLLMJudge(Judge):
 
     def requests(self, items: Sequence[JudgeItem]) -> tuple[list[dict[str, Any]], list[int]]:
         """The engine's prompts for ``items`` in image-major order, and that order."""
-        first_seen: dict[int, int] = {}
-        for i, item in enumerate(items):
-            first_seen.setdefault(id(item.image), i)
+        first_seen, order = image_major(items)
         images, ids = {}, {}
         for key, i in first_seen.items():
             image = items[i].image
@@ -121,8 +118,7 @@ class VLLMJudge(Judge):
             if not isinstance(image, Image.Image):
                 raise TypeError(f"item {i}: image is a {type(image).__name__}, not a PIL image")
             images[key] = image.convert("RGB")
-            ids[key] = hashlib.blake2b(images[key].tobytes(), digest_size=16).hexdigest()
-        order = sorted(range(len(items)), key=lambda i: first_seen[id(items[i].image)])
+            ids[key] = image_hash(images[key])
         prompts = [
             {
                 "prompt": self.prompt.full_text(items[i].context, items[i].question),
@@ -144,11 +140,11 @@ class VLLMJudge(Judge):
         for i, output in zip(order, outputs):
             top = output.outputs[0].logprobs[0]
             entries = [{"token": lp.decoded_token, "logprob": lp.logprob} for lp in top.values()]
-            p_yes, p_no = yes_no_mass(entries)
-            if p_yes + p_no == 0.0:
+            p = yes_prob_from_top(entries, self.scoring)
+            if p is None:
                 reasons[i] = NO_YES_NO_TOKEN
             else:
-                probs[i] = p_yes / (p_yes + p_no) if self.scoring == "normalized" else p_yes
+                probs[i] = p
         return JudgeResult(probs, reasons)
 
     def _wake(self) -> None:
