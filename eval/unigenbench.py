@@ -20,9 +20,10 @@ Flow, as the official scripts (CodeGoat24/UniGenBench ``eval/``) lay it out:
 3. Ask the judge about every image with all its testpoints (``judging.prompt=official``: the
    official template with its testpoint definitions). The answer parses as in the official
    ``eval_common.parse_evaluation_response``: ``<analysis>`` and ``<score>`` both present,
-   each a Python list with one entry per testpoint. An answer that does not parse, or a
-   failed judge call, is asked again (``judging.retries``, official: 10), then the image is
-   left out, as the official script leaves it out. Rows go to the official CSV
+   each a Python list with one entry per testpoint. An answer that does not parse is asked
+   again (``judging.retries``, official: 10), then the image is left out, as the official
+   script leaves it out; a failed judge call leaves the image without a row, asked again by a
+   rerun. Rows go to the official CSV
    ``results/<model_name>_<category>.csv`` (``index, prompt, testpoint, output, result_json,
    img_path``; a left-out image's ``result_json`` is ``null``, as the official script writes
    it); images already in it are not judged again (resume).
@@ -363,11 +364,13 @@ def official_scores(counts: dict[str, dict[str, list[int]]]) -> dict[str, Any]:
 
 
 def summarize(
-    frame: pd.DataFrame, cases: Sequence[UgbCase] | None = None, scoring: str = "official"
+    frame: pd.DataFrame,
+    cases: Sequence[tuple[UgbCase, Path]] | None = None,
+    scoring: str = "official",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(our summary, the official per-model JSON) of a results CSV read as a frame. With
-    ``cases`` (as ``(case, image path)`` of the expected images) only their rows count and
-    the images without a row are known."""
+    ``cases`` (``(case, image path)`` of every expected image) only their rows count and the
+    images without a row are known."""
     if scoring not in SCORINGS:
         raise BenchmarkInputError(f"scoring must be one of {sorted(SCORINGS)}, got {scoring!r}")
     if scoring == "strict" and cases is None:

@@ -11,10 +11,11 @@ truck" / "a blue car and a red truck".
 
 1. lower case, ``n't`` -> ``not``, words (letters and digits; ``top-left`` = ``top left``) with
    commas and semicolons kept as clause marks;
-2. multi-word spellings rewritten (``colour saturation`` -> ``saturation``), then single words:
-   British/American spellings and synonyms to one spelling (:data:`SYNONYMS`, extendable), and
-   filler dropped -- articles, the copula and its stand-ins (``appears``, ``looks``), possession
-   (``has``, ``contains``, ``shows``) and hedges (``clearly``, ``visibly``) (:data:`FILLER`);
+2. single words to one spelling: British/American spellings and synonyms (:data:`SYNONYMS`,
+   extendable); then multi-word spellings rewritten (``colour saturation`` -> ``saturation``,
+   :data:`PHRASES`), and filler dropped -- articles, the copula and its stand-ins (``appears``,
+   ``looks``), possession (``has``, ``contains``, ``shows``) and hedges (``clearly``,
+   ``visibly``) (:data:`FILLER`);
 3. each remaining word stemmed with the Snowball English stemmer (``snowballstemmer``), so
    ``spelled`` / ``spelling``, ``fingers`` / ``finger``, ``highly`` / ``high`` agree;
 4. split into clauses at ``and``, ``but``, ``while``, commas and semicolons; the key is the sorted

@@ -256,8 +256,8 @@ class PrefixScorer:
     current one runs.
 
     Args:
-        model: a Qwen-VL family model (multimodal RoPE) for the shared modes, any image-text
-            model with ``replace_image_token`` support for mode ``none``.
+        model: a Qwen-VL family model (multimodal RoPE, the Qwen2-VL image processor's
+            patches and one image token), in every mode.
         processor: its processor.
         device: where the model runs.
         image_preprocessing: ``"device"`` or ``"processor"`` (see :class:`ImageEncoder`).

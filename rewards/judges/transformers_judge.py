@@ -205,8 +205,9 @@ def group_items(items: Sequence[JudgeItem]) -> list[PrefixGroup]:
 def _content_index(
     pixels: torch.Tensor, contents: list[torch.Tensor], by_fingerprint: dict[tuple, list[int]]
 ) -> int:
-    """Index of ``pixels`` in ``contents`` (appended when new): a hash of a 32 x 32 sample of the
-    pixels finds candidates, ``torch.equal`` decides."""
+    """Index of ``pixels`` in ``contents`` (appended when new): a hash of a sample of the pixels
+    (every ``max(1, side // 32)``-th row and column) finds candidates, ``torch.equal``
+    decides."""
     height, width = pixels.shape[1:]
     sample = pixels[:, :: max(1, height // 32), :: max(1, width // 32)]
     digest = hashlib.blake2b(sample.cpu().numpy().tobytes(), digest_size=16).digest()
