@@ -287,8 +287,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     flops = forward_flops(pipe, cache, prompts, rollout_cfg, device)
     params = make_trainable(transformer, LoraSettings())
     optimizer = torch.optim.AdamW(params, lr=3e-4, betas=(0.9, 0.999), weight_decay=1e-4)
-    initial = [p.detach().clone() for p in params]
-    reference = fixed_noise_rollout(pipe, cache, prompts, rollout_cfg, args)
+    if not args.no_compile:  # what the compiled run starts from, and the rollout it must repeat
+        initial = [p.detach().clone() for p in params]
+        reference = fixed_noise_rollout(pipe, cache, prompts, rollout_cfg, args)
     eager = measure(pipe, cache, prompts, rollout_cfg, optimizer, flops, args)
     report = {
         "bench": "rollout",
