@@ -102,7 +102,7 @@ class RolloutConfig:
                 "set either rollout.sde_window (one fixed window) or rollout.sde_window_size "
                 "(a random window per batch), not both"
             )
-        low, high = self.sde_window_range or (0, self.num_steps)
+        low, high = self.window_bounds
         if self.sde_window_size > high - low:
             raise ValueError(
                 f"rollout.sde_window_size={self.sde_window_size} does not fit in "
@@ -133,6 +133,11 @@ class RolloutConfig:
         return self.sde_window_size > 0
 
     @property
+    def window_bounds(self) -> tuple[int, int]:
+        """``[low, high)``: the steps a random window is drawn in (all of them by default)."""
+        return self.sde_window_range or (0, self.num_steps)
+
+    @property
     def num_train_steps(self) -> int:
         """How many denoising steps of each rollout are trained."""
         if self.random_window:
@@ -147,7 +152,7 @@ class RolloutConfig:
         ``sde_window``, or None (no window: every step is SDE)."""
         if not self.random_window:
             return self.sde_window
-        low, high = self.sde_window_range or (0, self.num_steps)
+        low, high = self.window_bounds
         choices = high - self.sde_window_size - low + 1
         start = low + int(torch.randint(choices, (1,), generator=generator))
         return start, start + self.sde_window_size
@@ -163,11 +168,13 @@ class RolloutConfig:
                 "window=cfg.draw_window(generator) to sample()"
             )
         window = tuple(int(s) for s in window)
-        low, high = self.sde_window_range or (0, self.num_steps)
-        fits = self.random_window and low <= window[0] and window[1] <= high
-        if window != self.sde_window and not (
-            fits and window[1] - window[0] == self.sde_window_size
-        ):
+        if self.random_window:
+            low, high = self.window_bounds
+            drawable = low <= window[0] and window[1] <= high
+            drawable = drawable and window[1] - window[0] == self.sde_window_size
+        else:
+            drawable = window == self.sde_window
+        if not drawable:
             raise ValueError(f"window {list(window)} is not one that this rollout config draws")
         return window
 
