@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,15 @@ class BenchmarkInputError(ValueError):
 
 class MissingInputError(BenchmarkInputError, FileNotFoundError):
     """A benchmark file or folder that is not there."""
+
+
+def check_scoring(scoring: str, scorings: Mapping[str, str], needs: str | None = None) -> None:
+    """Refuse a ``scoring`` policy not in ``scorings``, and ``strict`` when the expected images
+    are unknown (``needs`` then names the setting that would list them; None: they are known)."""
+    if scoring not in scorings:
+        raise BenchmarkInputError(f"scoring must be one of {sorted(scorings)}, got {scoring!r}")
+    if scoring == "strict" and needs is not None:
+        raise BenchmarkInputError(f"scoring=strict needs {needs} (to know every image)")
 
 
 @contextmanager

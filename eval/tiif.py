@@ -55,6 +55,7 @@ from eval.common import (
     BenchmarkInputError,
     MissingInputError,
     check_entry,
+    check_scoring,
     exit_on_input_error,
     fmt,
     markdown_table,
@@ -369,12 +370,7 @@ def summarize(
     result files of ``results_dir/<model_name>/``. With ``cases`` only their images count
     and coverage is known (images without a result are ``no_result``); without, every result
     file there counts, as the official summary reads them."""
-    if scoring not in SCORINGS:
-        raise BenchmarkInputError(f"scoring must be one of {sorted(SCORINGS)}, got {scoring!r}")
-    if scoring == "strict" and cases is None:
-        raise BenchmarkInputError(
-            "scoring=strict needs data.prompt_dir and data.eval_dir (to know every image)"
-        )
+    check_scoring(scoring, SCORINGS, "data.prompt_dir and data.eval_dir" if cases is None else None)
     keys = [d.split("_")[0] for d in descriptions]
     unparsed_dir = results_dir.parent / UNPARSED_DIR
     per_type: dict[str, dict[str, dict]] = {}
@@ -507,8 +503,7 @@ def run_tiif(
     bad = set(descriptions) - set(DESCRIPTIONS)
     if bad:
         raise ValueError(f"descriptions must be among {DESCRIPTIONS}, got {sorted(bad)}")
-    if scoring not in SCORINGS:
-        raise BenchmarkInputError(f"scoring must be one of {sorted(SCORINGS)}, got {scoring!r}")
+    check_scoring(scoring, SCORINGS)
     asking = opts.asking("tiif")
     asking.check_placeholders([question_placeholder(asking)])
     images_dir, results_dir = out_dir / "images", out_dir / RESULTS_DIR

@@ -63,6 +63,7 @@ from eval.common import (
     MissingInputError,
     atomic_write,
     check_entry,
+    check_scoring,
     exit_on_input_error,
     markdown_table,
     nan_to_none,
@@ -371,10 +372,7 @@ def summarize(
     """(our summary, the official per-model JSON) of a results CSV read as a frame. With
     ``cases`` (``(case, image path)`` of every expected image) only their rows count and the
     images without a row are known."""
-    if scoring not in SCORINGS:
-        raise BenchmarkInputError(f"scoring must be one of {sorted(SCORINGS)}, got {scoring!r}")
-    if scoring == "strict" and cases is None:
-        raise BenchmarkInputError("scoring=strict needs data.csv (to know every image)")
+    check_scoring(scoring, SCORINGS, "data.csv" if cases is None else None)
     expected = None if cases is None else {path.stem: case for case, path in cases}
     if expected is not None:
         frame = frame[frame["img_path"].map(lambda p: Path(str(p)).stem).isin(set(expected))]

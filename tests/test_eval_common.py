@@ -7,7 +7,14 @@ import json
 
 import pytest
 
-from eval.common import SETTINGS_FILE, atomic_write, check_resume_settings, write_json
+from eval.common import (
+    SETTINGS_FILE,
+    BenchmarkInputError,
+    atomic_write,
+    check_resume_settings,
+    check_scoring,
+    write_json,
+)
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
@@ -36,3 +43,13 @@ def test_settings_stamp_locks_only_a_folder_that_holds_results(tmp_path):
     with pytest.raises(ValueError, match=r"other \['judge'\] settings.*pick another folder"):
         check_resume_settings(tmp_path, {"judge": "a"}, "pick another folder", results)
     check_resume_settings(tmp_path, {"judge": "b", "batch_size": 3}, "-", results)
+
+
+def test_scoring_policy_checks_name_the_choices_and_what_strict_needs():
+    policies = {"official": "left out", "strict": "counted wrong"}
+    check_scoring("official", policies, "data.csv")  # official needs no list of images
+    check_scoring("strict", policies)  # the expected images are known
+    with pytest.raises(BenchmarkInputError, match=r"\['official', 'strict'\], got 'lenient'"):
+        check_scoring("lenient", policies)
+    with pytest.raises(BenchmarkInputError, match="scoring=strict needs data.csv"):
+        check_scoring("strict", policies, "data.csv")
