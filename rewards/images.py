@@ -27,8 +27,7 @@ LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
 def to_pil(images: ImageBatch) -> list[Image.Image]:
     """Return the batch as a list of RGB PIL images."""
     if isinstance(images, torch.Tensor):
-        if images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"expected an image tensor [B, 3, H, W], got {tuple(images.shape)}")
+        _check_batch_shape(images)
         arr = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
         if arr.shape[-1] == 1:
             arr = np.repeat(arr, 3, axis=-1)
@@ -53,12 +52,19 @@ def _rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _tensor_problem(sample: torch.Tensor) -> str | None:
-    if sample.is_floating_point() and not bool(torch.isfinite(sample).all()):
-        return "non-finite pixel values"
-    if sample.shape[-1] == 0 or sample.shape[-2] == 0:
-        return "empty image"
-    return None
+def _check_batch_shape(images: torch.Tensor) -> None:
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected an image tensor [B, 3, H, W], got {tuple(images.shape)}")
+
+
+def _tensor_batch_problems(images: torch.Tensor) -> dict[int, str]:
+    """The rows of an image batch that cannot be scored, with why (one device read)."""
+    if images.shape[-1] == 0 or images.shape[-2] == 0:
+        return {i: "empty image" for i in range(images.shape[0])}
+    if images.is_floating_point():
+        finite = torch.isfinite(images.detach()).flatten(1).all(dim=1).tolist()
+        return {i: "non-finite pixel values" for i, ok in enumerate(finite) if not ok}
+    return {}
 
 
 def _pil_problem(image: Image.Image) -> str | None:
@@ -84,7 +90,7 @@ def read_images(
     """
     if isinstance(images, torch.Tensor):
         pil = to_pil(images)
-        problems = {i: p for i, x in enumerate(images) if (p := _tensor_problem(x)) is not None}
+        problems = _tensor_batch_problems(images)
     else:
         pil = [_checked_pil(i, im) for i, im in enumerate(images)]
         problems = {i: p for i, im in enumerate(pil) if (p := _pil_problem(im)) is not None}
@@ -118,14 +124,8 @@ def read_tensor_batch(images: torch.Tensor) -> tuple[torch.Tensor, dict[int, str
     values are reported (one device read for the whole batch) and the pixels are rounded as
     :func:`to_pil` rounds them; corrupt rows are still in the tensor (the caller drops them).
     """
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"expected an image tensor [B, 3, H, W], got {tuple(images.shape)}")
-    problems: dict[int, str] = {}
-    if images.shape[-1] == 0 or images.shape[-2] == 0:
-        problems = {i: "empty image" for i in range(images.shape[0])}
-    elif images.is_floating_point():
-        finite = torch.isfinite(images.detach()).flatten(1).all(dim=1).tolist()
-        problems = {i: "non-finite pixel values" for i, ok in enumerate(finite) if not ok}
+    _check_batch_shape(images)
+    problems = _tensor_batch_problems(images)
     pixels = to_uint8(images)
     return (pixels.expand(-1, 3, -1, -1) if pixels.shape[1] == 1 else pixels), problems
 
