@@ -321,30 +321,41 @@ class PrefixScorer:
             return self._prepare_kv_cache(groups)
         return self._prepare_packed(groups)
 
-    def _prefix(self, groups: Sequence[PrefixGroup]) -> dict:
-        """Image + context prefixes, left padded: ids, mask, pixels, grids, M-RoPE positions."""
+    def _encoded_prefixes(
+        self, groups: Sequence[PrefixGroup]
+    ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+        """Each group's image as patches on the device, its grid, and its prefix's token ids."""
         pixel_values, grids = self.images([g.image for g in groups], self.device)
-        merge = self.images.merge_size
-        counts = (grids.prod(dim=1) // merge**2).tolist()
-        rows = self.prompt.prefix_ids([g.context for g in groups], counts)
+        counts = (grids.prod(dim=1) // self.images.merge_size**2).tolist()
+        return pixel_values, grids, self.prompt.prefix_ids([g.context for g in groups], counts)
+
+    def _token_inputs(self, rows: list[list[int]], grids: torch.Tensor) -> dict:
+        """Token rows left padded, with their mask, image-token types and image grids."""
         ids, mask = _left_pad(rows, self.pad_id)
-        out = {
+        return {
             "input_ids": ids,
             "attention_mask": mask,
             "mm_token_type_ids": (ids == self.prompt.image_token_id).to(torch.int32),
             "image_grid_thw": grids,
         }
+
+    def _prefix(self, groups: Sequence[PrefixGroup]) -> dict:
+        """Image + context prefixes, left padded: ids, mask, pixels, grids, M-RoPE positions."""
+        pixel_values, grids, rows = self._encoded_prefixes(groups)
+        out = self._token_inputs(rows, grids)
         out["position_ids"], out["next_position"] = mrope_prefix_positions(
-            [len(r) for r in rows], self.prompt.tokens_before_image, grids, merge, ids.shape[1]
+            [len(r) for r in rows],
+            self.prompt.tokens_before_image,
+            grids,
+            self.images.merge_size,
+            out["input_ids"].shape[1],
         )
         out = {k: _to_device(v, self.device) for k, v in out.items()}
         out["pixel_values"] = pixel_values
         return out
 
     def _prepare_none(self, groups: Sequence[PrefixGroup]) -> Prepared:
-        pixel_values, grids = self.images([g.image for g in groups], self.device)
-        counts = (grids.prod(dim=1) // self.images.merge_size**2).tolist()
-        prefixes = self.prompt.prefix_ids([g.context for g in groups], counts)
+        pixel_values, grids, prefixes = self._encoded_prefixes(groups)
         rows, patch_rows, grid_rows = [], [], []
         starts = [0] + grids.prod(dim=1).cumsum(0).tolist()
         for b, g in enumerate(groups):
@@ -352,13 +363,7 @@ class PrefixScorer:
                 rows.append(prefixes[b] + self.prompt.suffix_ids(q))
                 patch_rows.append(torch.arange(starts[b], starts[b + 1]))
                 grid_rows.append(b)
-        ids, mask = _left_pad(rows, self.pad_id)
-        host = {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "mm_token_type_ids": (ids == self.prompt.image_token_id).to(torch.int32),
-            "image_grid_thw": grids[grid_rows],
-        }
+        host = self._token_inputs(rows, grids[grid_rows])
         inputs = {k: _to_device(v, self.device) for k, v in host.items()}
         inputs["pixel_values"] = pixel_values[_to_device(torch.cat(patch_rows), self.device)]
         return Prepared("none", inputs, _item_indices(groups))
