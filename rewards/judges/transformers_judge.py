@@ -414,7 +414,9 @@ class TransformersJudge(Judge):
         answers: list[str] = []
         tokenizer = self.processor.tokenizer
         head = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
-        sampling = {"do_sample": True, "temperature": temperature} if temperature else {}
+        sampling = (
+            {"do_sample": True, "temperature": temperature} if temperature else {"do_sample": False}
+        )
         for start in range(0, len(requests), self.batch_size):
             chunk = requests[start : start + self.batch_size]
             texts = [
@@ -436,7 +438,7 @@ class TransformersJudge(Judge):
             out = self.model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,
-                **(sampling or {"do_sample": False}),
+                **sampling,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
             )
