@@ -74,11 +74,11 @@ def make_items(processor, args: argparse.Namespace) -> list[JudgeItem]:
     rng = np.random.default_rng(0)
     size = (args.image_size, args.image_size)
     pixels = rng.integers(0, 256, (args.images, *size, 3), dtype=np.uint8)
-    if getattr(args, "input", "tensor") == "pil":
+    if args.input == "pil":
         images = [Image.fromarray(array) for array in pixels]
     else:
         batch = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
-        images = list(batch.to(getattr(args, "device", "cpu")))
+        images = list(batch.to(args.device))
     prompts = [
         text_of_tokens(processor, args.prompt_tokens, rng, "A photo of", ".") for _ in images
     ]
@@ -202,7 +202,7 @@ def time_modes(judges: dict[str, TransformersJudge], items: list[JudgeItem], rep
 
 def token_counts(processor, item: JudgeItem) -> dict[str, int]:
     prompt = ChatPrompt(processor)
-    image = item.image if isinstance(item.image, Image.Image) else to_pil(item.image[None].cpu())[0]
+    image = item.image if isinstance(item.image, Image.Image) else to_pil(item.image[None])[0]
     prefix = processor(images=[image], text=[prompt.prefix_text(item.context)])
     merge = processor.image_processor.merge_size
     image_tokens = int(np.prod(prefix["image_grid_thw"][0])) // merge**2
