@@ -12,7 +12,8 @@ Acceptance lines (the ``passes`` column, and the mean row for ``synthetic_discov
 
 - ``synthetic``: test >= 0.9 x oracle, every hidden rule kept, distractors kept <= 20% of offered;
 - ``synthetic_discovery`` (averaged over the seeds): test >= 0.95 x oracle, round 0 alone
-  <= 0.85 x oracle, distractors <= 10% of the kept rubrics.
+  <= 0.85 x oracle, distractors <= 10% of the kept rubrics; without ``--round0`` the verdict
+  stays open ("- (needs --round0)") unless another part already fails.
 """
 
 from __future__ import annotations
@@ -59,19 +60,23 @@ def figures(result: dict[str, Any], round0: dict[str, Any] | None) -> dict[str, 
     return out
 
 
-def passes(experiment: str, result: dict[str, Any], fig: dict[str, float]) -> bool:
-    """The acceptance line of ``experiment`` for one seed (or for the means)."""
+def passes(experiment: str, result: dict[str, Any], fig: dict[str, float]) -> bool | None:
+    """The acceptance line of ``experiment`` for one seed (or for the means); None when it
+    depends on the round-0 figure and the sweep ran without ``--round0``."""
     if experiment == "synthetic":
         return (
             fig["ratio"] >= 0.9
             and result["hidden_kept"] == result["hidden_rules"]
             and result["distractors_kept"] <= 0.2 * result["distractors_offered"]
         )
-    return (
-        fig["ratio"] >= 0.95
-        and fig.get("round0_ratio", 0.0) <= 0.85
-        and fig["distractor_share"] <= 0.10
-    )
+    if fig["ratio"] < 0.95 or fig["distractor_share"] > 0.10:
+        return False
+    return fig["round0_ratio"] <= 0.85 if "round0_ratio" in fig else None
+
+
+def verdict(passed: bool | None) -> str:
+    """The ``passes`` column's text."""
+    return {True: "yes", False: "NO", None: "- (needs --round0)"}[passed]
 
 
 def table(experiment: str, results: dict[int, tuple[dict, dict | None]]) -> str:
@@ -92,16 +97,16 @@ def table(experiment: str, results: dict[int, tuple[dict, dict | None]]) -> str:
             f"| {round0} | {r['hidden_offered']} / {r['hidden_kept']} / {r['hidden_rules']} "
             f"| {r['distractors_kept']} of {len_kept(r)} ({fig['distractor_share']:.0%}) "
             f"| {r['judge_budget_used']} | {r['best_round']} "
-            f"| {'yes' if passes(experiment, r, fig) else 'NO'} |"
+            f"| {verdict(passes(experiment, r, fig))} |"
         )
     mean = {k: float(np.mean([f[k] for f in all_figs])) for k in all_figs[0]}
     round0 = f"{mean['round0_ratio']:.3f}" if "round0_ratio" in mean else "-"
-    verdict = "-"  # the first world's acceptance is per seed
+    mean_verdict = "-"  # the first world's acceptance is per seed
     if experiment == "synthetic_discovery":
-        verdict = "yes" if passes(experiment, {}, mean) else "NO"
+        mean_verdict = verdict(passes(experiment, {}, mean))
     lines.append(
         f"| mean | | {mean['ratio']:.3f} | {round0} | | ({mean['distractor_share']:.0%}) | | "
-        f"| {verdict} |"
+        f"| {mean_verdict} |"
     )
     return "\n".join(lines)
 
