@@ -173,12 +173,8 @@ class RubricPool:
         key = self.key(text)
         known = self._keys.get(key)
         if known is not None:
-            if any(known is r for r in self.dropped):
-                self.rejected["previously dropped"] += 1
-            elif normalise(known.text) == normalise(text):
-                self.rejected["exact duplicate"] += 1
-            else:
-                self.rejected["paraphrase"] += 1
+            dropped = any(known is r for r in self.dropped)
+            self.rejected["previously dropped" if dropped else _repeat_kind(known.text, text)] += 1
             return None
         if self.budget_spent:
             self.rejected["judge budget"] += 1
@@ -210,10 +206,8 @@ class RubricPool:
             rubric = self.add(text, {**provenance, "votes": len(group)})
             if rubric is not None:
                 added.append(rubric)
-            for text, _ in group[1:]:  # the others are duplicates or paraphrases of the first
-                self.rejected[
-                    "exact duplicate" if normalise(text) == normalise(group[0][0]) else "paraphrase"
-                ] += 1
+            for other, _ in group[1:]:  # the others are duplicates or paraphrases of the first
+                self.rejected[_repeat_kind(text, other)] += 1
         return added
 
     def add_answers(
@@ -246,3 +240,8 @@ class RubricPool:
 def synthesis_requests(pairs: Sequence[PreferencePair]) -> list[tuple[list[Image.Image], str]]:
     """(images, text) generation requests, one per pair, images opened in A, B order."""
     return [(pair_images(p), synthesis_prompt(p.prompt, p.label)) for p in pairs]
+
+
+def _repeat_kind(first: str, other: str) -> str:
+    """How ``other`` repeats ``first`` (their keys are equal): word for word or in other words."""
+    return "exact duplicate" if normalise(first) == normalise(other) else "paraphrase"
