@@ -72,6 +72,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 
 def find_image(path: Path) -> Path | None:
     """``path`` or, failing that, the same name with another image extension (any case)."""
+    if path.is_file():
+        return path
     for ext in IMAGE_EXTENSIONS:
         for suffix in (ext, ext.upper()):
             candidate = path.with_suffix(suffix)

@@ -85,6 +85,7 @@ from rewards.judges.base import Judge
 log = logging.getLogger(__name__)
 
 CATEGORIES = ("en", "en_long", "zh", "zh_long")  # the official --category values
+_CATEGORY = "|".join(sorted(CATEGORIES, key=len, reverse=True))  # en_long tried before en
 YES_PROB_QUESTION = "Does the image show {description} ({testpoint}: {definition})?"
 MALFORMED_POLICIES = ("skip", "error")
 CSV_COLUMNS = ["index", "prompt", "testpoint", "output", "result_json", "img_path"]
@@ -143,7 +144,7 @@ def primary_dimension(testpoint: str) -> str:
 def category_of(csv_path: str | Path, category: str | None = None) -> str:
     """``category`` if given, else the one in ``test_prompts_<category>.csv``, else ``en``."""
     if category is None:
-        match = re.search(r"_(en_long|zh_long|en|zh)$", Path(csv_path).stem)
+        match = re.search(rf"_({_CATEGORY})$", Path(csv_path).stem)
         category = match.group(1) if match else "en"
     if category not in CATEGORIES:
         raise BenchmarkInputError(f"data.category must be one of {CATEGORIES}, got {category!r}")
@@ -539,9 +540,9 @@ def summarize_existing(cfg: DictConfig, out: Path) -> dict[str, Any]:
         raise BenchmarkInputError(
             "summarize_only=true needs results_csv=<results/<model>_<category>.csv>"
         )
-    match = re.fullmatch(r"(.+)_(en_long|zh_long|en|zh)", csv_path.stem)
-    model_name, category = match.groups() if match else (csv_path.stem, None)
-    category = cfg.data.get("category") or category or "en"
+    match = re.fullmatch(rf"(.+)_({_CATEGORY})", csv_path.stem)
+    model_name = match.group(1) if match else csv_path.stem
+    category = category_of(csv_path, cfg.data.get("category"))
     expected, skipped = None, []
     if cfg.data.get("csv"):
         cases, skipped = load_unigenbench(cfg.data.csv, cfg.data.malformed_rows, cfg.data.limit)
