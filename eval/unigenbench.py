@@ -404,7 +404,7 @@ def summarize(
         for key in missing:
             add(expected[key].testpoints, [0] * len(expected[key].testpoints))
     official = official_scores(counts)
-    primary = _stripped(official["primary_dimensions"])
+    primary = _by_primary(counts["sub"])
     sub = {k: _accuracy(*v) for k, v in sorted(counts["sub"].items())}
     correct = sum(c for c, _ in counts["sub"].values())
     total = sum(t for _, t in counts["sub"].values())
@@ -432,12 +432,13 @@ def _accuracy(correct: int, total: int) -> dict[str, Any]:
     return {"correct": correct, "total": total, "accuracy": correct / total if total else math.nan}
 
 
-def _stripped(primary: dict[str, dict]) -> dict[str, dict]:
-    """Official primary keys ("Attribute ") as names ("Attribute"), unrounded, sorted."""
+def _by_primary(sub_counts: dict[str, list[int]]) -> dict[str, dict]:
+    """The testpoints' counts summed per primary dimension ("Attribute", the official key without
+    its trailing space), unrounded, sorted."""
     merged: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for key, v in primary.items():
-        merged[key.strip()][0] += v["correct"]
-        merged[key.strip()][1] += v["total"]
+    for testpoint, (correct, total) in sub_counts.items():
+        merged[primary_dimension(testpoint)][0] += correct
+        merged[primary_dimension(testpoint)][1] += total
     return {k: _accuracy(*v) for k, v in sorted(merged.items())}
 
 
