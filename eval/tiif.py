@@ -30,7 +30,9 @@ Flow, as the official scripts (A113N-W3I/TIIF-Bench ``eval/``) lay it out:
    type's score is rounded to 4 decimals (the official summary passes it through a 4-decimal
    spreadsheet cell) before its group averages it; the 9 groups carry their official names;
    Overall = the mean of the 9 groups; short and long separately (``summary.json``,
-   ``summary.md``). ``scoring=strict`` instead counts every question of an image without a
+   ``summary.md``, whose group and overall cells round as the official printout does: numpy's
+   half-to-even ``round(4)``). A result file the official script cannot read (not JSON, or a
+   top-level list) is skipped as it skips it, and counted as unreadable. ``scoring=strict`` instead counts every question of an image without a
    parsed result (missing image, unparseable answer, failed judge call) as wrong.
 """
 
@@ -46,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
@@ -318,11 +321,19 @@ def count_result(path: Path) -> tuple[int, int] | None:
     """(correct, questions) of one result file, by the official ``summary_results.py`` rule:
     the pairs of ``gt_answers`` and ``model_pred`` (zipped), compared stripped and
     lower-cased; a pair that is not two strings ends the file's count (the official script's
-    error there stops reading it after counting that question). None: unreadable file."""
+    error there stops reading it after counting that question). None: a file the official
+    script skips with an error line (unreadable, not JSON, or JSON whose top level is not an
+    object, e.g. a list); it is named in a warning and counted as ``unreadable``."""
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        log.warning("unreadable TIIF result %s: %s", path, err)
+        log.warning("unreadable TIIF result %s (skipped, as officially): %s", path, err)
+        return None
+    if not isinstance(record, dict):
+        log.warning(
+            "TIIF result %s holds a JSON %s, not an object (skipped, as officially)",
+            path, type(record).__name__,
+        )  # fmt: skip
         return None
     correct = total = 0
     for gt, pred in zip(record.get("gt_answers", []), record.get("model_pred", [])):
@@ -339,13 +350,26 @@ def official_round(score: float) -> float:
     return score if math.isnan(score) else float(f"{score:.4f}")
 
 
+def displayed(score: float) -> float:
+    """A score as the official ``summary_dimension_results.py`` prints it: pandas'
+    ``round(4)``, i.e. numpy's rounding of ``score * 1e4`` half to even (0.71665 -> 0.7166,
+    where Python's ``f"{0.71665:.4f}"`` gives 0.7167)."""
+    return score if math.isnan(score) else float(np.round(score, 4))
+
+
 def _mean(values: Sequence[float]) -> float:
     values = [v for v in values if not math.isnan(v)]
     return sum(values) / len(values) if values else float("nan")
 
 
+COVERAGE_COUNTS = ("images", "scored", "unparsed", "unreadable", "no_result")
+
+
 def _new_row() -> dict[str, Any]:
-    return {"correct": 0, "total": 0, "images": 0, "scored": 0, "unparsed": 0, "no_result": 0}
+    return {
+        "correct": 0, "total": 0, "images": 0, "scored": 0, "unparsed": 0, "unreadable": 0,
+        "no_result": 0,
+    }  # fmt: skip
 
 
 def _files_on_disk(results_dir: Path, model_name: str, keys: Sequence[str]):
@@ -384,7 +408,10 @@ def summarize(
             row["correct"] += counted[0]
             row["total"] += counted[1]
             return
-        row["unparsed" if unparsed else "no_result"] += 1
+        if path.is_file() and not unparsed:
+            row["unreadable"] += 1
+        else:
+            row["unparsed" if unparsed else "no_result"] += 1
         if scoring == "strict":
             row["total"] += questions
 
@@ -426,7 +453,7 @@ def summarize(
     coverage = {}
     for key in keys:
         rows = [r[key] for r in per_type.values() if key in r]
-        total = {k: sum(r[k] for r in rows) for k in ("images", "scored", "unparsed", "no_result")}
+        total = {k: sum(r[k] for r in rows) for k in COVERAGE_COUNTS}
         total["fraction_scored"] = total["scored"] / total["images"] if total["images"] else 0.0
         coverage[key] = total
     return {
@@ -453,18 +480,18 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     for key, c in summary["coverage"].items():
         text += (
             f"- {key}: {c['scored']}/{c['images']} images scored, {c['unparsed']} unparseable, "
-            f"{c['no_result']} without a result\n"
+            f"{c['unreadable']} unreadable result files, {c['no_result']} without a result\n"
         )
     rows = []
     for level, (title, prefix) in LEVEL_TITLES.items():
-        rows.append([f"{title} - Overall", *(summary["levels"][level][k] for k in keys)])
+        rows.append([f"{title} - Overall", *(displayed(summary["levels"][level][k]) for k in keys)])
         rows += [
-            [f"{prefix}_{name} - {name}", *(summary["groups"][name][k] for k in keys)]
+            [f"{prefix}_{name} - {name}", *(displayed(summary["groups"][name][k]) for k in keys)]
             for name, (lv, _) in GROUPS.items()
             if lv == level
         ]
     rows.append(["**Overall average score of 9 sub-attributes**",
-                 *(summary["overall"][k] for k in keys)])  # fmt: skip
+                 *(displayed(summary["overall"][k]) for k in keys)])  # fmt: skip
     text += "\n" + markdown_table(["group", *keys], rows) + "\n"
     type_rows = [
         [t, *(_type_cell(v[k]) if k in v else "-" for k in keys)]

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -22,6 +23,7 @@ from eval.generation import GenerationConfig, build_pipeline
 from eval.judging import JudgeOptions, load_prompt
 from eval.tiif import (
     GROUPS,
+    LEVEL_TITLES,
     UNPARSED_DIR,
     evaluate,
     load_tiif,
@@ -29,6 +31,7 @@ from eval.tiif import (
     result_path,
     run_tiif,
     summarize,
+    summary_markdown,
 )
 from rewards.judges.base import Judge, JudgeResult
 
@@ -170,8 +173,8 @@ def test_summary_worked_by_hand_from_the_official_rules(tmp_path):
     assert s["overall"]["long"] == pytest.approx(official["long"], abs=1e-12)
     assert s["overall"]["short"] == 1.0
     assert s["levels"]["advanced"]["long"] == pytest.approx((0.75 + 0.6667) / 2, abs=1e-12)
-    assert s["coverage"]["long"] == {"images": 4, "scored": 3, "unparsed": 1, "no_result": 0,
-                                     "fraction_scored": 0.75}  # fmt: skip
+    assert s["coverage"]["long"] == {"images": 4, "scored": 3, "unparsed": 1, "unreadable": 0,
+                                     "no_result": 0, "fraction_scored": 0.75}  # fmt: skip
     assert s["scoring"].startswith("official")
     # Without prompt files (an official folder): the same numbers from the files alone.
     files_only = summarize(tmp_path / "eval_results", "m")
@@ -187,6 +190,42 @@ def test_summary_worked_by_hand_from_the_official_rules(tmp_path):
     again = summarize(tmp_path / "eval_results", "m", cases)
     assert again["types"]["color+2d"]["long"]["no_result"] == 1
     assert again["overall"] == s["overall"]
+
+
+def test_a_result_file_holding_a_list_is_skipped_and_counted_as_officially(tmp_path, caplog):
+    """The official summary_results.py reads each file with ``data.get(...)`` inside a
+    try/except that prints the error and goes on: a top-level JSON list (or broken JSON) adds
+    nothing. Here the same: skipped, named in a warning, counted as unreadable."""
+    cases = hand_folder(tmp_path)
+    before = summarize(tmp_path / "eval_results", "m")
+    folder = tmp_path / "eval_results" / "m" / "shape+color" / "long"
+    (folder / "7.json").write_text(json.dumps([{"gt_answers": ["yes"], "model_pred": ["no"]}]))
+    (folder / "8.json").write_text('{"gt_answers": ["yes"], "model_pr')
+    after = summarize(tmp_path / "eval_results", "m")
+    assert after["overall"] == before["overall"]
+    assert after["coverage"]["long"]["unreadable"] == 2
+    assert after["coverage"]["long"]["images"] == before["coverage"]["long"]["images"] + 2
+    assert "7.json holds a JSON list" in caplog.text and "8.json" in caplog.text
+    assert "2 unreadable result files" in summary_markdown(after)
+    # With the prompt files, the cases' own result files are read: nothing changes there.
+    assert summarize(tmp_path / "eval_results", "m", cases)["overall"] == before["overall"]
+
+
+def test_tables_round_as_the_official_printout():
+    """summary_dimension_results.py prints ``df.round(4)``: numpy rounds 0.71665 (stored just
+    above it, 0.7166500000000000092..) as 7166.5 -> 7166, half to even, where Python's
+    ``f"{x:.4f}"`` rounds the stored value up to 0.7167. The official call itself decides."""
+    value = 0.71665
+    official_printout = str(pd.DataFrame({"long": [value]}).round(4))
+    assert "0.7166" in official_printout and f"{value:.4f}" == "0.7167"
+    summary = {
+        "model_name": "m", "metric": "", "scoring": "official", "coverage": {},
+        "overall": {"long": value}, "types": {},
+        "levels": {lv: {"long": value} for lv in LEVEL_TITLES},
+        "groups": {name: {"long": value} for name in GROUPS},
+    }  # fmt: skip
+    table = summary_markdown(summary)
+    assert "| 0.7166 |" in table and "0.7167" not in table
 
 
 def test_end_to_end_tiny_sd3_retries_and_resume(tmp_path):
@@ -293,8 +332,8 @@ def test_command_pixel_judge_yes_prob_resume_guard_and_summary_only(tmp_path):
     evaluate(compose_tiif(overrides), tmp_path)  # what `python -m eval.tiif` runs
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["types"]["text"]["short"] == {
-        "correct": 0, "total": 0, "images": 1, "scored": 0, "unparsed": 1, "no_result": 0,
-        "score": None,
+        "correct": 0, "total": 0, "images": 1, "scored": 0, "unparsed": 1, "unreadable": 0,
+        "no_result": 0, "score": None,
     }  # fmt: skip
     assert (tmp_path / "images/text/tiny/short_description/0.png").is_file()
     # Resuming into this folder with other sampling settings would mix images: refused. A
