@@ -32,8 +32,9 @@ Flow, as the official scripts (A113N-W3I/TIIF-Bench ``eval/``) lay it out:
    Overall = the mean of the 9 groups; short and long separately (``summary.json``,
    ``summary.md``, whose group and overall cells round as the official printout does: numpy's
    half-to-even ``round(4)``). A result file the official script cannot read (not JSON, or a
-   top-level list) is skipped as it skips it, and counted as unreadable. ``scoring=strict`` instead counts every question of an image without a
-   parsed result (missing image, unparseable answer, failed judge call) as wrong.
+   top-level list) is skipped as it skips it, and counted as unreadable. ``scoring=strict``
+   instead counts every question of an image without a parsed result (missing image,
+   unparseable answer, failed judge call) as wrong.
 """
 
 from __future__ import annotations
