@@ -221,10 +221,13 @@ def format_judge_prompt(template: str, case: UgbCase) -> str:
     return _FIELD.sub(lambda m: fields[m.group(1)], template)
 
 
-def parse_scores(text: str | None, num_testpoints: int) -> tuple[list, list] | None:
-    """``(analysis, scores)`` by the official rule: ``<analysis>`` and ``<score>`` both
-    present, each a Python literal list with one entry per testpoint; None otherwise. Scores
-    are kept as written (only a score equal to 1 counts as met)."""
+def parse_scores(text: str | None, num_testpoints: int) -> tuple[Any, Any] | None:
+    """``(analysis, scores)`` by the official ``parse_evaluation_response``: ``<analysis>`` and
+    ``<score>`` both present, each a Python literal whose length equals the number of
+    testpoints; None otherwise. As lenient as the official rule: the values are kept as written,
+    whatever their type (a string or a tuple of the right length parses too; only a ``score``
+    that is a list of 1s counts later, as the official ``calculate_scores`` reads it). A
+    literal without a length (a number), on which the official worker raises, is None here."""
     analysis_match = _ANALYSIS.search(text or "")
     score_match = _SCORE.search(text or "")
     if analysis_match is None or score_match is None:
@@ -232,13 +235,11 @@ def parse_scores(text: str | None, num_testpoints: int) -> tuple[list, list] | N
     try:
         analysis = ast.literal_eval(analysis_match.group(1).strip())
         scores = ast.literal_eval(score_match.group(1).strip())
+        if len(analysis) != num_testpoints or len(scores) != num_testpoints:
+            return None
     except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
         return None
-    if not all(isinstance(v, list | tuple) for v in (analysis, scores)):
-        return None
-    if len(analysis) != num_testpoints or len(scores) != num_testpoints:
-        return None
-    return list(analysis), list(scores)
+    return analysis, scores
 
 
 def _row(case: UgbCase, img_path: Path, output: str | None, parsed: tuple | None) -> dict:
@@ -257,7 +258,8 @@ def _row(case: UgbCase, img_path: Path, output: str | None, parsed: tuple | None
         "prompt": case.prompt,
         "testpoint": str(list(case.testpoints)),
         "output": output,
-        "result_json": json.dumps(result, ensure_ascii=False, indent=4),
+        # default=repr: a parsed value JSON cannot hold (a set) is kept as its Python text
+        "result_json": json.dumps(result, ensure_ascii=False, indent=4, default=repr),
         "img_path": str(img_path),
     }
 
@@ -464,13 +466,26 @@ def summary_markdown(summary: dict[str, Any], title: str) -> str:
 
 
 def read_results(csv_path: Path) -> pd.DataFrame:
-    """A results CSV as the official calculator reads it (``pd.read_csv``)."""
+    """A results CSV as the official calculator reads it (``pd.read_csv``). A file pandas cannot
+    read, or one with two rows for an image (the official calculator would count it twice),
+    ends the command with one line naming the file and the rows."""
     if not csv_path.is_file():
         raise MissingInputError(f"UniGenBench results CSV not found: {csv_path}")
-    frame = pd.read_csv(csv_path)
+    try:
+        frame = pd.read_csv(csv_path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise UniGenBenchDataError(f"{csv_path}: not a readable results CSV: {err}") from None
     missing = {"testpoint", "result_json", "img_path"} - set(frame.columns)
     if missing:
         raise UniGenBenchDataError(f"{csv_path}: missing column(s) {sorted(missing)}")
+    repeated = frame["img_path"].duplicated(keep=False)
+    if repeated.any():
+        first = frame.loc[repeated, "img_path"].iloc[0]
+        lines = [i + 2 for i in frame.index[frame["img_path"] == first]]  # + header, 1-based
+        raise UniGenBenchDataError(
+            f"{csv_path}: image {first} has {len(lines)} rows (lines {lines}); "
+            f"{int(repeated.sum())} rows repeat an image, which would count it more than once"
+        )
     return frame
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ast
 import json
 import shutil
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from eval.unigenbench import (
     load_unigenbench,
     parse_scores,
     primary_dimension,
+    read_results,
     run_unigenbench,
 )
 from rewards.judges.base import Judge, JudgeError, JudgeResult
@@ -80,6 +83,20 @@ def test_parse_scores_is_the_official_rule():
     assert parse_scores("<analysis>['a', 'b']</analysis><score>[1, 2]</score>", 2)[1] == [1, 2]
     assert parse_scores("<analysis>x y</analysis><score>[1]</score>", 1) is None  # not literal
     assert parse_scores(None, 1) is None
+
+
+def test_parse_scores_is_as_lenient_as_the_official_parser():
+    """CodeGoat24/UniGenBench eval/src/eval_common.py (49d0bce) ``parse_evaluation_response``
+    checks only that both literals have one entry per testpoint (``len``): an analysis that
+    is one string of that length, a tuple or a dict parses there, so here too; a literal with
+    no length (the official worker raises TypeError) is None."""
+    two = "<analysis>{}</analysis><score>{}</score>"
+    assert parse_scores(two.format("'ab'", "[1, 0]"), 2) == ("ab", [1, 0])
+    assert parse_scores(two.format("('x', 'y')", "(1, 1)"), 2) == (("x", "y"), (1, 1))
+    assert parse_scores(two.format("{'a': 1, 'b': 2}", "[1, 1]"), 2)[0] == {"a": 1, "b": 2}
+    assert parse_scores(two.format("'abc'", "[1, 0]"), 2) is None  # 3 characters, 2 testpoints
+    assert parse_scores(two.format("7", "[1, 0]"), 2) is None
+    assert parse_scores(two.format("['x', 'y']", "5"), 2) is None
 
 
 def test_primary_dimension_and_category_names():
@@ -253,6 +270,36 @@ def test_yes_prob_csv_read_by_the_official_rules_and_summary_only(tmp_path):
     assert only["model_name"] == "m" and only["category"] == "en_long"
     written = json.loads((tmp_path / "o" / "results" / "m_en_long.json").read_text())
     assert written == official and (tmp_path / "o" / "scores.md").is_file()
+
+
+def test_a_corrupt_or_repeated_results_csv_ends_in_one_line_naming_the_rows(tmp_path):
+    """A results CSV with an image twice would have it counted twice by the official
+    calculator (0.75 became 0.90): refused, naming the image and its lines. A CSV pandas
+    cannot read (a ragged row, an empty file) is named with pandas' own reason. Through the
+    command line: one line, exit 1, no traceback."""
+    cases, _ = load_unigenbench(FIX)
+    make_images(tmp_path / "run" / "images" / "en" / "m", cases, ".png")
+    run_unigenbench(None, ScriptedJudge(), cases, tmp_path / "run", "m", TINY_GEN, JudgeOptions())
+    csv = tmp_path / "run" / "results" / "m_en.csv"
+    frame = pd.read_csv(csv)
+    repeated = tmp_path / "repeated.csv"
+    frame.iloc[[0, 1, 2, 0]].to_csv(repeated, index=False)
+    with pytest.raises(UniGenBenchDataError, match=r"repeated.csv: image .*0_0.png has 2 rows "
+                       r"\(lines \[2, 5\]\)"):  # fmt: skip
+        read_results(repeated)
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text(csv.read_text() + '"1","2","3","4","5","6","7","8"\n')
+    with pytest.raises(UniGenBenchDataError, match="ragged.csv: not a readable results CSV"):
+        read_results(ragged)
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(UniGenBenchDataError, match="empty.csv: not a readable results CSV"):
+        read_results(tmp_path / "empty.csv")
+    cmd = [sys.executable, "-m", "eval.unigenbench", "summarize_only=true",
+           f"results_csv={repeated}", f"hydra.run.dir={tmp_path / 'h'}"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("eval.unigenbench: ")
+    assert "has 2 rows" in proc.stderr
 
 
 class FailingJudge(ScriptedJudge):
