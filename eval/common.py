@@ -29,11 +29,13 @@ def check_scoring(scoring: str, scorings: Mapping[str, str], needs: str | None =
 
 
 @contextmanager
-def exit_on_input_error(command: str) -> Iterator[None]:
-    """End the command with one line (exit status 1) on a :class:`BenchmarkInputError`."""
+def exit_on_input_error(command: str, *known: type[Exception]) -> Iterator[None]:
+    """End the command with one line (exit status 1) on a :class:`BenchmarkInputError`, or on
+    one of the ``known`` error types the command raises for bad input (a malformed file, a
+    wrong setting), instead of a traceback."""
     try:
         yield
-    except BenchmarkInputError as err:
+    except (BenchmarkInputError, *known) as err:
         raise SystemExit(f"{command}: {err}") from None
 
 
@@ -148,7 +150,7 @@ def check_resume_settings(
             k for k in settings.keys() | saved.keys() if settings.get(k) != saved.get(k)
         )
         if changed:
-            raise ValueError(
+            raise BenchmarkInputError(
                 f"{folder} holds results made with other {changed} settings (see {path}); {hint}"
             )
         return

@@ -32,7 +32,8 @@ LEAKAGE_POLICIES = ("exclude", "refuse", "ignore")
 
 
 class LeakageError(ValueError):
-    """The benchmark holds pairs that a rubric set in the reward learned from."""
+    """The benchmark holds pairs that a rubric set in the reward learned from (or the leakage
+    policy is unknown)."""
 
 
 def rubric_set_paths(node: Any) -> list[str]:
@@ -74,7 +75,7 @@ def apply_leakage_policy(
 ) -> tuple[list[PreferencePair], dict[str, Any]]:
     """The pairs to evaluate under ``policy``, and what the check found (for the report)."""
     if policy not in LEAKAGE_POLICIES:
-        raise ValueError(f"leakage.policy must be one of {LEAKAGE_POLICIES}, got {policy!r}")
+        raise LeakageError(f"leakage.policy must be one of {LEAKAGE_POLICIES}, got {policy!r}")
     report: dict[str, Any] = {"policy": policy, "rubric_sets": {}, "excluded": 0}
     if not rubric_sets:
         report["summary"] = "no rubric set in the reward: nothing to check"

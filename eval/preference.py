@@ -22,8 +22,13 @@ on MMRB2, whose official flow leaves it out (its strict figure counts it wrong).
   the accuracy and counted, the usual choice) or ``half`` (every decision on a tie earns 0.5;
   an invalid one, with a NaN score, earns nothing).
 
-Outputs in the run folder: ``results.json``, ``results.md`` (a table per source),
-``predictions.jsonl`` (one line per pair with both scores).
+Outputs in the run folder (``output_dir``, else the Hydra run folder): ``results.json``,
+``results.md`` (a table per source), ``predictions.jsonl`` (one line per pair with both
+scores). ``predictions.jsonl`` grows batch by batch while the pairs are scored, so a crash loses
+at most one batch: the same command with ``output_dir=<that folder>`` keeps the pairs it holds
+with both scores and scores only the others (a pair with a NaN score is asked again); a torn
+last line is skipped with a warning. A folder holding scores of other settings (benchmark,
+data, reward, judge) is refused.
 """
 
 from __future__ import annotations
@@ -43,7 +48,11 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from eval.common import (
+    BenchmarkInputError,
+    atomic_write,
     check_entry,
+    check_resume_settings,
+    exit_on_input_error,
     fmt,
     markdown_table,
     nan_to_none,
@@ -51,11 +60,12 @@ from eval.common import (
     run_dir,
     write_json,
 )
-from eval.leakage import check_leakage
+from eval.leakage import LeakageError, check_leakage
 from rewards.base import Reward
 from rubric_learning.pairs import (
     TIE,
     CorruptImageError,
+    PairDataError,
     PreferencePair,
     load_hpdv3,
     load_jsonl,
@@ -68,6 +78,7 @@ log = logging.getLogger(__name__)
 
 TIE_POLICIES = ("drop", "half")
 UNREADABLE_IMAGE = "unreadable image"
+PREDICTIONS = "predictions.jsonl"
 
 
 @dataclass
@@ -115,14 +126,48 @@ def _load_batch(pairs: Sequence[PreferencePair]) -> tuple[list, list[int], Count
     return images, bad, failures
 
 
+def _prediction_line(result: PairResult) -> str:
+    return json.dumps(nan_to_none(asdict(result) | {"judgement": result.judgement})) + "\n"
+
+
+def read_scored(path: Path, pairs: Sequence[PreferencePair]) -> dict[str, PairResult]:
+    """The pairs of ``pairs`` that a predictions file of an earlier run scored on both sides
+    (the last line of a pair wins). A line that does not read (a crash tore the last one) is
+    skipped with a warning; a pair with a missing score is left to be scored again."""
+    wanted = {p.id: p for p in pairs}
+    scored: dict[str, PairResult] = {}
+    if not path.is_file():
+        return scored
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            row = json.loads(line)
+            pair = wanted.get(row["id"]) if isinstance(row, dict) else None
+            a, b = (math.nan if row[k] is None else float(row[k]) for k in ("score_a", "score_b"))
+        except (ValueError, KeyError, TypeError) as err:
+            log.warning("%s line %d does not read (%s): skipped, its pair is scored again",
+                        path, number, err)  # fmt: skip
+            continue
+        if pair is not None and math.isfinite(a) and math.isfinite(b):
+            scored[pair.id] = PairResult(pair.id, pair.source, pair.label, a, b)
+    return scored
+
+
 def score_pairs(
-    reward: Reward, pairs: Sequence[PreferencePair], batch_size: int = 8
+    reward: Reward,
+    pairs: Sequence[PreferencePair],
+    batch_size: int = 8,
+    progress: Path | None = None,
 ) -> tuple[list[PairResult], Counter]:
-    """Score both images of every pair with ``reward`` (``batch_size`` pairs per call)."""
-    results: list[PairResult] = []
+    """Score both images of every pair with ``reward`` (``batch_size`` pairs per call). With
+    ``progress`` (a predictions file), the pairs it already holds scored are kept, and each
+    scored batch is appended to it at once, so a crash loses at most one batch."""
+    done = read_scored(progress, pairs) if progress is not None else {}
+    if done:
+        log.info("%d of %d pairs already scored in %s: kept", len(done), len(pairs), progress)
+    todo = [p for p in pairs if p.id not in done]
     failures: Counter = Counter()
-    for start in tqdm(range(0, len(pairs), batch_size), desc="scoring pairs", unit="batch"):
-        batch = pairs[start : start + batch_size]
+    for start in tqdm(range(0, len(todo), batch_size), desc="scoring pairs", unit="batch"):
+        batch = todo[start : start + batch_size]
         images, bad, load_failures = _load_batch(batch)
         failures += load_failures
         prompts = [p.prompt for p in batch for _ in (0, 1)]
@@ -135,13 +180,15 @@ def score_pairs(
             )
             scores[keep] = out.scores.float().cpu()
             failures += out.failures
-        for k, pair in enumerate(batch):
-            results.append(
-                PairResult(
-                    pair.id, pair.source, pair.label, float(scores[2 * k]), float(scores[2 * k + 1])
-                )
-            )
-    return results, failures
+        new = [
+            PairResult(p.id, p.source, p.label, float(scores[2 * k]), float(scores[2 * k + 1]))
+            for k, p in enumerate(batch)
+        ]
+        done.update((r.id, r) for r in new)
+        if progress is not None:
+            with open(progress, "a", encoding="utf-8") as f:
+                f.writelines(_prediction_line(r) for r in new)
+    return [done[p.id] for p in pairs], failures
 
 
 def mmrb2_predictions(results: Sequence[PairResult], evaluator: str) -> dict[str, Any]:
@@ -202,7 +249,9 @@ def mmrb2_accuracy(predictions: dict[str, Any], pairs: Sequence[PreferencePair])
 def pairwise_accuracy(results: Sequence[PairResult], tie_policy: str = "drop") -> dict[str, dict]:
     """Pair accuracy per source and overall; human ties follow ``tie_policy``."""
     if tie_policy not in TIE_POLICIES:
-        raise ValueError(f"benchmark.tie_policy must be one of {TIE_POLICIES}, got {tie_policy!r}")
+        raise BenchmarkInputError(
+            f"benchmark.tie_policy must be one of {TIE_POLICIES}, got {tie_policy!r}"
+        )
     rows: dict[str, dict] = defaultdict(_empty_row)
     for r in results:
         judgement = r.judgement
@@ -238,11 +287,19 @@ def evaluate_pairs(
     tie_policy: str = "drop",
     batch_size: int = 8,
     evaluator: str = "reward",
+    progress: Path | None = None,
 ) -> dict[str, Any]:
-    """Score every pair and compute the benchmark's accuracy; returns the full report."""
+    """Score every pair and compute the benchmark's accuracy; returns the full report.
+    ``progress``: the predictions file that keeps scored pairs as they come (resume)."""
     if not pairs:
-        raise ValueError(f"{benchmark}: no pairs to evaluate")
-    results, failures = score_pairs(reward, pairs, batch_size)
+        raise BenchmarkInputError(f"{benchmark}: no pairs to evaluate")
+    repeated = [i for i, n in Counter(p.id for p in pairs).items() if n > 1]
+    if repeated:
+        raise BenchmarkInputError(
+            f"{benchmark}: {len(repeated)} pair id(s) appear more than once (e.g. "
+            f"{repeated[0]!r}); each pair must be counted once"
+        )
+    results, failures = score_pairs(reward, pairs, batch_size, progress)
     report: dict[str, Any] = {
         "benchmark": benchmark,
         "num_pairs": len(pairs),
@@ -271,9 +328,8 @@ def write_report(report: dict[str, Any], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     results = report.pop("results")
     preds = report.pop("mmrb2_predictions", None)
-    with open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
-        for r in results:
-            f.write(json.dumps(nan_to_none(asdict(r) | {"judgement": r.judgement})) + "\n")
+    with atomic_write(out_dir / PREDICTIONS) as tmp:
+        tmp.write_text("".join(_prediction_line(r) for r in results), encoding="utf-8")
     if preds is not None:
         write_json(out_dir / "mmrb2_predictions.json", preds)
     write_json(out_dir / "results.json", report)
@@ -307,7 +363,7 @@ def load_pairs(benchmark_cfg: Any, data_cfg: Any) -> list[PreferencePair]:
     set of loaders of the project) and keep the first ``data.limit`` pairs."""
     name, path, root = benchmark_cfg.name, data_cfg.get("path"), data_cfg.get("image_root")
     if not path:
-        raise ValueError(f"benchmark={name} needs data.path=<file>")
+        raise BenchmarkInputError(f"benchmark={name} needs data.path=<file>")
     if name == "mmrb2":
         pairs = load_mmrb2(path, image_root=root, prompts_path=data_cfg.get("prompts_path"))
     elif name == "hpdv3":
@@ -317,7 +373,9 @@ def load_pairs(benchmark_cfg: Any, data_cfg: Any) -> list[PreferencePair]:
     elif name == "jsonl":
         pairs = load_jsonl(path, image_root=root)
     else:
-        raise ValueError(f"unknown benchmark {name!r}; choose mmrb2, hpdv3, pickapic or jsonl")
+        raise BenchmarkInputError(
+            f"unknown benchmark {name!r}; choose mmrb2, hpdv3, pickapic or jsonl"
+        )
     limit = data_cfg.get("limit")
     pairs = pairs[:limit] if limit else pairs
     _check_first_images(pairs, name)
@@ -334,20 +392,25 @@ def _check_first_images(pairs: Sequence[PreferencePair], name: str) -> None:
             )
 
 
-@hydra.main(config_path="../conf", config_name="preference", version_base=None)
-def main(cfg: DictConfig) -> dict[str, Any]:
-    """Entry point: load the pairs, build the reward, score, write the report."""
+RESUME_KEYS = ("benchmark", "data", "reward", "judge", "leakage")
+
+
+def evaluate(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """The whole command for a composed ``preference`` config, written to ``out``."""
     from rewards import build_reward
 
     check_entry(cfg, "preference")
     pairs, leakage = check_leakage(load_pairs(cfg.benchmark, cfg.data), cfg)
+    settings = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg.get(k))
+                else cfg.get(k) for k in RESUME_KEYS}  # fmt: skip
+    check_resume_settings(out, settings, "pick a new output_dir", results=(PREDICTIONS,))
     reward = build_reward(cfg.reward)
     evaluator = OmegaConf.select(cfg, "reward._target_", default="reward")
     report = evaluate_pairs(
-        reward, pairs, cfg.benchmark.name, cfg.benchmark.tie_policy, cfg.batch_size, evaluator
-    )
+        reward, pairs, cfg.benchmark.name, cfg.benchmark.tie_policy, cfg.batch_size, evaluator,
+        progress=out / PREDICTIONS,
+    )  # fmt: skip
     report["leakage"] = leakage
-    out = run_dir()
     write_report(report, out)
     overall = report["accuracy"]["overall"]
     strict = f" (strict {overall['strict_accuracy']:.4f})" if "strict_accuracy" in overall else ""
@@ -355,6 +418,15 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         out / "results.md", f"overall accuracy {overall['accuracy']:.4f}{strict}; results in {out}"
     )
     return report
+
+
+@hydra.main(config_path="../conf", config_name="preference", version_base=None)
+def main(cfg: DictConfig) -> None:
+    """Entry point: load the pairs, build the reward, score, write the report into
+    ``output_dir`` (resumed) or the Hydra run folder; bad input ends in one line."""
+    out = Path(cfg.output_dir) if cfg.get("output_dir") else run_dir()
+    with exit_on_input_error("eval.preference", PairDataError, LeakageError, FileNotFoundError):
+        evaluate(cfg, out)
 
 
 if __name__ == "__main__":

@@ -202,3 +202,61 @@ def test_official_mmrb2_file_parses(tmp_path):
     assert len(pairs) == 1000
     assert {p.source for p in pairs} == {"evalmuse", "oneigbench", "r2ibench", "wise",
                                          "realunify_ueg"}  # fmt: skip
+
+
+class CrashingRedReward(RedReward):
+    """RedReward that counts the images it scores and dies (as a killed process would) after
+    ``calls`` calls."""
+
+    def __init__(self, calls: int | None = None):
+        super().__init__()
+        self.calls, self.scored = calls, 0
+
+    def score(self, images, prompts, metadata):
+        if self.calls is not None and self.calls == 0:
+            raise KeyboardInterrupt("killed")
+        self.calls = None if self.calls is None else self.calls - 1
+        self.scored += len(images)
+        return super().score(images, prompts, metadata)
+
+
+def test_scores_are_written_as_they_come_and_a_rerun_resumes(tmp_path):
+    """A run that dies after two batches has written those two batches; the rerun into the
+    same file scores only the rest (a NaN pair again, a torn last line skipped) and ends with
+    the report of a run that never stopped."""
+    pairs = _load("jsonl", "pairs.jsonl")
+    clean = evaluate_pairs(RedReward(), pairs, "jsonl", batch_size=1)
+    progress = tmp_path / "predictions.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_pairs(CrashingRedReward(calls=2), pairs, "jsonl", batch_size=1, progress=progress)
+    written = progress.read_text().splitlines()
+    assert [json.loads(line)["id"] for line in written] == [p.id for p in pairs[:2]]
+    progress.write_text(written[0] + "\n" + written[1][:20])  # the second line torn mid-write
+    rerun = CrashingRedReward()
+    report = evaluate_pairs(rerun, pairs, "jsonl", batch_size=1, progress=progress)
+    assert rerun.scored == 2 * (len(pairs) - 1)  # every pair but the first, both images
+    assert report["accuracy"] == clean["accuracy"]
+    with pytest.raises(ValueError, match="appear more than once"):
+        evaluate_pairs(RedReward(), [pairs[0], pairs[0]], "jsonl")
+
+
+def test_command_resumes_into_output_dir_and_bad_input_is_one_line(tmp_path):
+    base = [sys.executable, "-m", "eval.preference", "benchmark=jsonl", "reward=rubric",
+            "judge=pixel", f"reward.rubric_set={FIX / 'red_rubric.json'}",
+            f"hydra.run.dir={tmp_path / 'h'}"]  # fmt: skip
+    cmd = [*base, f"data.path={FIX / 'pairs.jsonl'}", f"output_dir={tmp_path / 'o'}"]
+    first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = (tmp_path / "o" / "results.json").read_text()
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "3 of 3 pairs already scored" in again.stdout + again.stderr
+    assert (tmp_path / "o" / "results.json").read_text() == results
+    other = subprocess.run([*cmd, "benchmark.tie_policy=half"], cwd=REPO, capture_output=True,
+                           text=True, timeout=300)  # fmt: skip
+    assert other.returncode == 1 and "Traceback" not in other.stderr
+    assert "other ['benchmark'] settings" in other.stderr.strip().splitlines()[-1]
+    missing = subprocess.run([*base, f"data.path={tmp_path / 'nope.jsonl'}"], cwd=REPO,
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    last = missing.stderr.strip().splitlines()[-1]
+    assert last.startswith("eval.preference: ") and "nope.jsonl" in last
