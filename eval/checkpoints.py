@@ -28,7 +28,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from eval.after_checkpoint import evaluate_pipeline
-from eval.common import check_entry, check_resume_settings
+from eval.common import check_entry, check_resume_settings, exit_on_input_error
 from eval.generation import build_pipeline, load_lora, resolve_device
 from rl.checkpoint import CHECKPOINT_DIR, MARKER, checkpoint_name
 from rl.metrics import read_rows
@@ -158,9 +158,11 @@ def log_to_wandb(rows: list[dict[str, Any]], cfg: DictConfig) -> None:
 
 @hydra.main(config_path="../conf", config_name="checkpoints", version_base=None)
 def main(cfg: DictConfig) -> list[dict[str, Any]]:
-    """Entry point: evaluate, write metrics.jsonl and checkpoints.png, optionally log to wandb."""
-    check_entry(cfg, "checkpoints")
-    rows = evaluate_checkpoints(cfg)
+    """Entry point: evaluate, write metrics.jsonl and checkpoints.png, optionally log to wandb;
+    bad input (a wrong benchmark setting, a missing folder) ends in one line."""
+    with exit_on_input_error("eval.checkpoints", FileNotFoundError):
+        check_entry(cfg, "checkpoints")
+        rows = evaluate_checkpoints(cfg)
     if cfg.wandb.enabled:
         log_to_wandb(rows, cfg)
     for row in rows:

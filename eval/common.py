@@ -43,7 +43,7 @@ def check_entry(cfg: Any, expected: str) -> None:
     """Fail with one message when an experiment preset meant for another entry was selected."""
     entry = cfg.get("entry")
     if entry != expected:
-        raise ValueError(
+        raise BenchmarkInputError(
             f"this config is a preset for {entry!r}, not for eval.{expected} "
             f"(pick an experiment whose 'entry' is {expected!r})"
         )

@@ -618,7 +618,7 @@ def evaluate(cfg: DictConfig, out: Path) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     """Entry point: everything goes to ``output_dir`` or else the Hydra run folder; bad
     benchmark input ends the command with one line."""
-    with exit_on_input_error("eval.tiif"):
+    with exit_on_input_error("eval.tiif", FileNotFoundError):
         evaluate(cfg, output_dir(cfg))
 
 

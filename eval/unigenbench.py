@@ -601,7 +601,7 @@ def evaluate(cfg: DictConfig, out: Path) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     """Entry point: everything goes to ``output_dir`` or else the Hydra run folder; bad
     benchmark input ends the command with one line."""
-    with exit_on_input_error("eval.unigenbench"):
+    with exit_on_input_error("eval.unigenbench", FileNotFoundError):
         evaluate(cfg, output_dir(cfg))
 
 

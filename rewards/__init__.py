@@ -6,7 +6,23 @@ from typing import Any
 
 from rewards.base import Reward, RewardOutput
 
-__all__ = ["Reward", "RewardOutput", "build_reward"]
+__all__ = ["Reward", "RewardOutput", "build_reward", "instantiate"]
+
+
+def instantiate(cfg: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, except that an error the built object's own constructor
+    raises (a missing file, a malformed one) comes out as itself, not wrapped in Hydra's
+    ``InstantiationException``, so a command can tell bad input from a bug and end with its
+    one line."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
+    try:
+        return hydra_instantiate(cfg, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, Exception):
+            raise err.__cause__ from None
+        raise
 
 
 def build_reward(cfg: Any) -> Reward:
@@ -15,8 +31,8 @@ def build_reward(cfg: Any) -> Reward:
     A required field left at ``???`` fails with the override that sets it. The judge of a rubric
     reward is the root ``judge`` node pulled in by interpolation, so Hydra reports it as
     ``reward.judge.model_path``; the message names ``judge.model_path``, what the user types.
+    An error the reward's own constructor raises comes out as itself (:func:`instantiate`).
     """
-    from hydra.utils import instantiate
     from omegaconf.errors import MissingMandatoryValue
 
     try:

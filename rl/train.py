@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from rewards import Reward, RewardOutput, build_reward
 from rewards.async_reward import AsyncReward
+from rewards.rubric_set import RubricSetError
 from rl.advantages import PromptStatTracker
 from rl.checkpoint import (
     CheckpointManager,
@@ -633,7 +634,10 @@ def gather_failures(accelerator: Accelerator, failures: Counter) -> Counter:
     return total
 
 
-USER_ERRORS = (ConfigError, LaunchError, SamplerConfigError, ModelFolderError, FileNotFoundError)
+USER_ERRORS = (
+    ConfigError, LaunchError, SamplerConfigError, ModelFolderError, FileNotFoundError,
+    RubricSetError,
+)  # fmt: skip
 
 register_resolvers()
 

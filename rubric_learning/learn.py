@@ -34,16 +34,16 @@ from typing import Any
 import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from rewards import build_reward
+from rewards import build_reward, instantiate
 from rewards.judges.base import Judge
-from rewards.rubric_set import DEFAULT_TEMPLATE, Rubric
+from rewards.rubric_set import DEFAULT_TEMPLATE, Rubric, RubricSetError
 from rubric_learning.cache import JudgeCache, make_key
 from rubric_learning.failures import diagnosis_requests, extraction_requests
 from rubric_learning.mining import HardPairMiner
 from rubric_learning.pairs import (
+    PairDataError,
     PreferencePair,
     Splits,
     drop_ties,
@@ -66,10 +66,14 @@ class EmptyWorkingSetError(RuntimeError):
     """No rubric statement survived synthesis, so there is nothing to score or fit."""
 
 
+class EntryError(ValueError):
+    """An experiment preset for another entry (e.g. a training preset) was chosen."""
+
+
 def check_entry(cfg: DictConfig, experiment: str | None) -> None:
     """Fail with one message when an experiment preset for another entry was chosen."""
     if cfg.get("entry") != ENTRY:
-        raise ValueError(
+        raise EntryError(
             f"experiment={experiment} is a preset for {cfg.get('entry')}, not rubric_learning.learn"
         )
 
@@ -405,11 +409,19 @@ def learn(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     return RubricLearner(cfg, out_dir).run()
 
 
+# A mistake in the input (a missing or malformed file, a preset for another entry): the
+# command ends with its message in one line, not a traceback.
+USER_ERRORS = (PairDataError, RubricSetError, FileNotFoundError, EntryError)
+
+
 @hydra.main(config_path="../conf", config_name="learn", version_base=None)
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
-    check_entry(cfg, hydra_cfg.runtime.choices.get("experiment"))
-    learn(cfg, Path(hydra_cfg.runtime.output_dir))
+    try:
+        check_entry(cfg, hydra_cfg.runtime.choices.get("experiment"))
+        learn(cfg, Path(hydra_cfg.runtime.output_dir))
+    except USER_ERRORS as err:
+        raise SystemExit(f"rubric_learning.learn: {type(err).__name__}: {err}") from None
 
 
 if __name__ == "__main__":
