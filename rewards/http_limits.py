@@ -388,7 +388,12 @@ class LimitedHTTPServer(ThreadingHTTPServer):
             if not full:
                 self._deadlines[request] = time.monotonic() + self.limits.request_deadline_s
         if not full:
-            return super().process_request(request, client_address)
+            try:
+                return super().process_request(request, client_address)
+            except BaseException:  # no thread started: the connection is not open any more
+                with self._deadline_lock:
+                    self._deadlines.pop(request, None)
+                raise
         self.refused_connections += 1
         _refuse_connection(request, self.limits.retry_after_s)
         self.shutdown_request(request)
