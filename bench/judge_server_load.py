@@ -203,9 +203,16 @@ def run(args: argparse.Namespace) -> dict:
     answer_times: list[float] = []
     stop = threading.Event()
 
+    errors: dict[str, int] = {}
+
     def add(name: str, n: int = 1) -> None:
         with lock:
             counts[name] += n
+
+    def error(kind: str) -> None:
+        with lock:
+            counts["client_errors"] += 1
+            errors[kind] = errors.get(kind, 0) + 1
 
     with ServerProcess(server_args) as server:
         endpoint = f"{server.url}/chat/completions"
@@ -219,8 +226,8 @@ def run(args: argparse.Namespace) -> dict:
                 k += 7
                 try:
                     answer = session.post(endpoint, json=chat_body(urls[i], q), timeout=60)
-                except requests.RequestException:
-                    add("client_errors")
+                except requests.RequestException as err:
+                    error(type(err).__name__)
                     session = requests.Session()
                     stop.wait(0.5)
                     continue
@@ -228,7 +235,7 @@ def run(args: argparse.Namespace) -> dict:
                     add("busy")
                     stop.wait(float(answer.headers.get("Retry-After") or 1))
                 elif answer.status_code != 200:
-                    add("client_errors")
+                    error(f"HTTP {answer.status_code}")
                 elif abs(p_yes_of(answer.json()) - want[(i, q)]) > 1e-5:
                     add("wrong")
                 else:
@@ -287,7 +294,7 @@ def run(args: argparse.Namespace) -> dict:
         for thread in threads:
             thread.daemon = True
             thread.start()
-        stop.wait(args.duration)
+        stop.wait(max(0.0, start + args.duration - time.monotonic()))
         stop.set()
         elapsed = time.monotonic() - start
         for thread in threads:
@@ -319,6 +326,7 @@ def run(args: argparse.Namespace) -> dict:
         "wrong_answers": counts["wrong"],
         "busy_503": counts["busy"],
         "client_errors": counts["client_errors"],
+        "client_error_kinds": errors,
         "bombs_sent": counts["bombs_sent"],
         "bombs_refused_413": counts["bombs_refused"],
         "bombs_accepted": counts["bombs_accepted"],
