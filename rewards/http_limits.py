@@ -340,7 +340,7 @@ def client_gone(sock: socket.socket) -> bool:
         return True
 
 
-def wait_for_client(future: Future, gone: Callable[[], bool] | None, poll_s: float = 0.05) -> Any:
+def wait_for_client(future: Future, gone: Callable[[], bool] | None, poll_s: float = 0.1) -> Any:
     """``future``'s result, or :class:`ClientGone` after cancelling it once ``gone()`` says the
     client left (work not yet started is then never run; work already running ends unread)."""
     while True:
@@ -469,6 +469,13 @@ class LimitedHandler(BaseHTTPRequestHandler):
         self.timeout = self.server.limits.read_timeout_s  # every socket read and write
         super().setup()
 
+    def handle_one_request(self) -> None:
+        """One request; then the connection's next one must arrive within the deadline."""
+        try:
+            super().handle_one_request()
+        finally:
+            self.server.set_deadline(self.connection, running=False)
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
         log.debug("%s - %s", self.address_string(), format % args)
 
@@ -549,8 +556,6 @@ class LimitedHandler(BaseHTTPRequestHandler):
         except ClientGone:
             self.close_connection = True
             log.debug("client %s left before its answer", self.address_string())
-        finally:
-            self.server.set_deadline(self.connection, running=False)
 
 
 # ------------------------------------------------------------------------------------- CLI

@@ -229,13 +229,15 @@ def _parse_messages(messages: Any) -> tuple[list[dict[str, Any]], list[str]]:
     return images, texts
 
 
-def _int_field(body: dict[str, Any], name: str, default: int, most: int) -> int:
-    """An optional integer field of the request in ``[1, most]`` (400 otherwise)."""
+def _int_field(body: dict[str, Any], name: str, default: int, least: int, most: int) -> int:
+    """An optional integer field of the request in ``[least, most]`` (400 otherwise)."""
     value = body.get(name)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
-        raise Rejected(400, f"{name} must be an integer in [1, {most}], got {str(value)[:40]!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+        raise Rejected(
+            400, f"{name} must be an integer in [{least}, {most}], got {str(value)[:40]!r}"
+        )
     return value
 
 
@@ -359,8 +361,8 @@ class JudgeServer:
         yes_no = bool(body.get("logprobs"))
         if yes_no and (len(parts) != 1 or not texts):
             raise Rejected(400, "a yes/no request needs one image and a question")
-        wanted = _int_field(body, "top_logprobs", 1, 100)
-        max_tokens = _int_field(body, "max_tokens", 512, MAX_TOKENS)
+        wanted = max(1, _int_field(body, "top_logprobs", 1, 0, 100))
+        max_tokens = _int_field(body, "max_tokens", 512, 1, MAX_TOKENS)
         images = self._decode_images(parts)
         if yes_no:
             context, _, question = "\n".join(texts).rpartition("\n")
