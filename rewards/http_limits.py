@@ -262,6 +262,7 @@ class ImageCache:
         try:
             with self._decodes:
                 image = decode()
+            with self._lock:
                 self.decoded += 1
             pending.set_result(image)
             return image
