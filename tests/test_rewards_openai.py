@@ -188,14 +188,14 @@ def _recording(server: JudgeServer) -> tuple[list, dict]:
     lock = threading.Lock()
     original = server.chat_completion
 
-    def chat_completion(body):
+    def chat_completion(body, **kwargs):
         part = body["messages"][-1]["content"][0]
         with lock:
             seen.append((part.get("uuid"), body["messages"][-1]["content"][-1]["text"]))
             state["now"] += 1
             state["most"] = max(state["most"], state["now"])
         try:
-            return original(body)
+            return original(body, **kwargs)
         finally:
             with lock:
                 state["now"] -= 1

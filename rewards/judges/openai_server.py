@@ -19,9 +19,10 @@ Reliability:
   is vLLM or ``rewards.judges.serve``);
 * requests run on a thread pool of ``concurrency`` workers, each with ``timeout_s`` (read) and
   ``connect_timeout_s``;
-* 5xx answers, timeouts, connection and other transport errors are retried ``max_retries``
-  times with exponential backoff (``backoff_s * 2**attempt``, capped at ``max_backoff_s``);
-  4xx answers and malformed bodies are not retried;
+* 5xx answers (but 501), 408, 429, timeouts, connection and other transport errors are retried
+  ``max_retries`` times with exponential backoff (``backoff_s * 2**attempt``, or the answer's
+  ``Retry-After`` when longer, capped at ``max_backoff_s``); other 4xx answers (the request's
+  own fault: malformed, too large, unauthorized) and malformed bodies are not retried;
 * once retries run out, ``on_error="nan"`` gives NaN with a counted reason (``"timeout"``,
   ``"HTTP 503"``, ``"connection error"``, ``"malformed response"``, ...) and ``"raise"`` raises
   :class:`JudgeError`; if EVERY item of a call failed to connect, the server is down and a
@@ -122,6 +123,20 @@ def yes_prob_from_top(top_logprobs: Sequence[dict[str, Any]], scoring: str) -> f
     if p_yes + p_no == 0.0:
         return None
     return p_yes / (p_yes + p_no) if scoring == "normalized" else p_yes
+
+
+def retryable_status(status: int) -> bool:
+    """Whether an HTTP error is worth asking again: 5xx but 501 (the server cannot do it), 408
+    (request timeout) and 429 (too many requests). Any other 4xx is the request's own fault."""
+    return status in (408, 429) or (status >= 500 and status != 501)
+
+
+def retry_after_s(header: str | None) -> float:
+    """The seconds of a ``Retry-After: <seconds>`` header (0 when absent or a date)."""
+    try:
+        return max(0.0, float(header)) if header else 0.0
+    except ValueError:
+        return 0.0
 
 
 class _Failure(Exception):
@@ -253,6 +268,7 @@ class OpenAIJudge(Judge):
         """POST a chat completion with retries; returns the parsed JSON or raises _Failure."""
         url = f"{self.base_url}/chat/completions"
         for attempt in range(self.max_retries + 1):
+            wait_s = 0.0
             try:
                 answer = self._session().post(url, json=body, timeout=self.timeout)
             except requests.Timeout as err:
@@ -270,10 +286,12 @@ class OpenAIJudge(Judge):
                             MALFORMED, f"body is not JSON: {answer.text[:200]!r}"
                         ) from err
                 failure = _Failure(f"HTTP {answer.status_code}", answer.text[:300])
-                if answer.status_code < 500:
+                if not retryable_status(answer.status_code):
                     raise failure
+                wait_s = retry_after_s(answer.headers.get("Retry-After"))
             if attempt < self.max_retries:
-                time.sleep(min(self.max_backoff_s, self.backoff_s * 2**attempt))
+                backoff = max(self.backoff_s * 2**attempt, wait_s)
+                time.sleep(min(self.max_backoff_s, backoff))
         raise failure
 
     def _messages(

@@ -24,52 +24,79 @@ Requests from all connections go through ONE worker thread that batches waiting 
 (up to ``max_batch``, waiting at most ``batch_wait_s`` for more) into one ``yes_prob`` call, so a
 batched local judge keeps its batching and is never called from two threads at once. ``max_batch``
 defaults to the number of requests :class:`~rewards.judges.openai_server.OpenAIJudge` keeps in
-flight, so one client call of up to that many questions becomes one batch. Each distinct image is
-decoded once: by the part's ``uuid`` when the client sends one, else by a hash of its data URL;
-the questions about one image then share one image object, which the local judge's shared-prefix
-scoring groups by.
+flight, so one client call of up to that many questions becomes one batch.
+
+Every request is untrusted (:mod:`rewards.http_limits` does the checks, in this order): connection
+cap, socket read timeouts and a whole-request deadline; the API key (``--api-key`` or
+``$JUDGE_API_KEY``, the variable the client config reads); body size from ``Content-Length``;
+admission (503 + ``Retry-After`` when ``max_active`` requests are in); then the request's shape and
+image count, all checked before any image is decoded; then each image's pixel count from its header
+before it is decoded. A malformed request gets a 4xx, never a 500 (500 means the judge failed).
+Each distinct image is decoded once: the cache is keyed by a hash of its data URL (a part's
+``uuid`` is only a hint, ignored unless it equals that hash), concurrent questions about one image
+wait for one decode and share one image object, which the local judge's shared-prefix scoring
+groups by, and an image is cached only once its request has been accepted whole. A client that
+disconnects while its question waits for the worker has its question cancelled: a question not yet
+in a batch is never judged; a batch already running finishes and the answer is dropped.
+
+The server listens on 127.0.0.1 unless ``--host`` says otherwise, and refuses a non-loopback host
+without an API key unless ``--allow-no-auth`` is given.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
 import math
 import queue
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from rewards.http_limits import (
+    ClientGone,
+    ImageCache,
+    LimitedHandler,
+    LimitedHTTPServer,
+    Limits,
+    Rejected,
+    add_limit_arguments,
+    check_exposure,
+    content_key,
+    decode_image_data_url,
+    limits_from_args,
+    resolve_api_key,
+    wait_for_client,
+)
 from rewards.judges.base import Judge, JudgeItem
-from rewards.judges.openai_server import DEFAULT_CONCURRENCY, decode_data_url
+from rewards.judges.openai_server import DEFAULT_CONCURRENCY
 
 log = logging.getLogger(__name__)
 CONF_JUDGE = Path(__file__).resolve().parents[2] / "conf" / "judge"
+API_KEY_ENV = "JUDGE_API_KEY"  # the variable conf/judge/openai.yaml reads for the client
 MAX_CACHED_IMAGES = 256  # decoded images kept for the questions still to come about them
+MAX_TOKENS = 1 << 16  # largest max_tokens a free-text request may ask for
 
 
 @dataclass
 class Faults:
     """Faults to inject, by the 1-based number of the chat-completions request (for tests).
 
-    Requests ``1..fail_first`` get HTTP ``fail_status``; requests ``1..slow_first`` are answered
-    after ``slow_s`` seconds; requests ``1..malformed_first`` get a 200 whose body is not JSON;
-    ``drop_logprobs`` answers every request without logprobs; ``unhealthy`` makes ``/health`` and
-    ``/v1/models`` answer 503.
+    Requests ``1..fail_first`` get HTTP ``fail_status`` (with ``Retry-After: retry_after_s`` when
+    that is not None); requests ``1..slow_first`` are answered after ``slow_s`` seconds; requests
+    ``1..malformed_first`` get a 200 whose body is not JSON; ``drop_logprobs`` answers every
+    request without logprobs; ``unhealthy`` makes ``/health`` and ``/v1/models`` answer 503.
     """
 
     fail_first: int = 0
     fail_status: int = 503
+    retry_after_s: float | None = None
     slow_first: int = 0
     slow_s: float = 0.0
     malformed_first: int = 0
@@ -85,7 +112,11 @@ class _Task:
 
 
 class _Worker:
-    """The one thread that calls the judge: batches yes/no items, runs generations one by one."""
+    """The one thread that calls the judge: batches yes/no items, runs generations one by one.
+
+    A task whose future was cancelled (its client left) before the worker took it is skipped
+    (counted in ``cancelled``); ``set_running_or_notify_cancel`` makes that race-free.
+    """
 
     def __init__(self, judge: Judge, max_batch: int, batch_wait_s: float) -> None:
         self.judge = judge
@@ -93,6 +124,7 @@ class _Worker:
         self.batch_wait_s = batch_wait_s
         self.tasks: queue.Queue[_Task | None] = queue.Queue()
         self.batch_sizes: list[int] = []
+        self.cancelled = 0
         self.thread = threading.Thread(target=self._run, name="judge-worker", daemon=True)
         self.thread.start()
 
@@ -105,14 +137,20 @@ class _Worker:
         self.tasks.put(None)
         self.thread.join(timeout=10)
 
+    def _take(self, task: _Task) -> bool:
+        if task.future.set_running_or_notify_cancel():
+            return True
+        self.cancelled += 1
+        return False
+
     def _run(self) -> None:
         while True:
             first = self.tasks.get()
             if first is None:
                 return
-            batch = [first]
+            batch = [first] if self._take(first) else []
             deadline = time.monotonic() + self.batch_wait_s
-            while len(batch) < self.max_batch:
+            while batch and len(batch) < self.max_batch:
                 try:
                     task = self.tasks.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
@@ -120,7 +158,8 @@ class _Worker:
                 if task is None:
                     self.tasks.put(None)
                     break
-                batch.append(task)
+                if self._take(task):
+                    batch.append(task)
             self._answer_yes([t for t in batch if t.kind == "yes"])
             for task in batch:
                 if task.kind == "generate":
@@ -160,37 +199,54 @@ def _top_logprobs(p_yes: float, other_mass: float) -> list[dict[str, Any]]:
     return sorted(entries, key=lambda e: -e["logprob"])
 
 
-def _parse_messages(
-    messages: Any, decode: Callable[[dict], Image.Image]
-) -> tuple[list[Image.Image], list[str]]:
-    """Images (each ``image_url`` part through ``decode``) and texts of the LAST user message."""
+def _parse_messages(messages: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    """The ``image_url`` parts (not decoded) and the texts of the LAST user message; a malformed
+    message is :class:`Rejected` (400)."""
     if not isinstance(messages, list) or not messages:
-        raise ValueError("'messages' must be a non-empty list")
+        raise Rejected(400, "'messages' must be a non-empty list")
     users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
     if not users:
-        raise ValueError("no user message")
+        raise Rejected(400, "no user message")
     content = users[-1].get("content")
     if isinstance(content, str):
         return [], [content]
     if not isinstance(content, list):
-        raise ValueError("user content must be a string or a list of parts")
+        raise Rejected(400, "user content must be a string or a list of parts")
     images, texts = [], []
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "image_url":
-            images.append(decode(part))
-        elif kind == "text":
-            texts.append(str(part["text"]))
+            image_url = part.get("image_url")
+            if not isinstance(image_url, dict) or not isinstance(image_url.get("url"), str):
+                raise Rejected(400, "an image_url part needs image_url.url, a string")
+            images.append(part)
+        elif kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
         else:
-            raise ValueError(f"unsupported content part {kind!r}")
+            raise Rejected(
+                400, f"unsupported content part {str(kind)[:40]!r} (or text not a string)"
+            )
     return images, texts
+
+
+def _int_field(body: dict[str, Any], name: str, default: int, least: int, most: int) -> int:
+    """An optional integer field of the request in ``[least, most]`` (400 otherwise)."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+        raise Rejected(
+            400, f"{name} must be an integer in [{least}, {most}], got {str(value)[:40]!r}"
+        )
+    return value
 
 
 class JudgeServer:
     """An OpenAI-compatible HTTP front for ``judge`` (see the module docstring).
 
     ``start()`` serves from a background thread (tests); ``serve_forever()`` blocks (CLI).
-    ``url`` is the API root to give :class:`OpenAIJudge` as ``base_url``.
+    ``url`` is the API root to give :class:`OpenAIJudge` as ``base_url``. ``limits`` and
+    ``api_key`` are those of :mod:`rewards.http_limits`.
     """
 
     def __init__(
@@ -203,27 +259,49 @@ class JudgeServer:
         max_batch: int = DEFAULT_CONCURRENCY,
         batch_wait_s: float = 0.005,
         other_mass: float = 0.0,
+        limits: Limits | None = None,
+        api_key: str | None = None,
     ) -> None:
         if not 0.0 <= other_mass < 1.0:
             raise ValueError(f"other_mass must be in [0, 1), got {other_mass}")
         self.model_name = model_name
         self.faults = faults or Faults()
         self.other_mass = other_mass
+        self.limits = limits or Limits()
         self.worker = _Worker(judge, max_batch, batch_wait_s)
         self.chat_requests = 0
-        self.images_decoded = 0
+        self.uuid_mismatches = 0
         self._count_lock = threading.Lock()
-        self._images: OrderedDict[str, Image.Image] = OrderedDict()
-        self._images_lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer((host, port), self._handler_class())
-        self.httpd.daemon_threads = True
-        self.httpd.block_on_close = False
+        self.images = ImageCache(
+            self.limits.cache_bytes, MAX_CACHED_IMAGES, self.limits.max_decodes
+        )
+        self.httpd = LimitedHTTPServer((host, port), self._handler_class(), self.limits, api_key)
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]
         return f"http://{host}:{port}/v1"
+
+    @property
+    def images_decoded(self) -> int:
+        return self.images.decoded
+
+    def stats(self) -> dict[str, int]:
+        """Counters for ``/health``: requests, decodes, cache, refusals and cancellations."""
+        httpd = self.httpd
+        return {
+            "chat_requests": self.chat_requests,
+            "images_decoded": self.images.decoded,
+            "images_cached": len(self.images),
+            "uuid_mismatches": self.uuid_mismatches,
+            "active_requests": httpd.gate.active,
+            "refused_busy": httpd.gate.refused,
+            "open_connections": httpd.open_connections,
+            "refused_connections": httpd.refused_connections,
+            "expired_connections": httpd.expired_connections,
+            "cancelled_questions": self.worker.cancelled,
+        }
 
     def start(self) -> JudgeServer:
         self._thread = threading.Thread(
@@ -234,7 +312,7 @@ class JudgeServer:
 
     def serve_forever(self) -> None:
         try:
-            self.httpd.serve_forever()
+            self.httpd.serve_forever(poll_interval=0.25)
         finally:
             self.stop()
 
@@ -257,52 +335,70 @@ class JudgeServer:
             self.chat_requests += 1
             return self.chat_requests
 
-    def chat_completion(self, body: dict[str, Any]) -> tuple[int, Any]:
-        """(HTTP status, JSON-able answer or raw ``bytes``) for one chat-completions request."""
+    def chat_completion(
+        self, body: Any, client_gone: Callable[[], bool] | None = None
+    ) -> tuple[int, Any]:
+        """(HTTP status, JSON-able answer or raw ``bytes``) for one chat-completions request;
+        :class:`Rejected` for a malformed or too large one. ``client_gone()`` says whether the
+        client has left (its question is then cancelled, see the module docstring)."""
         number = self._next_request_number()
         faults = self.faults
         if number <= faults.fail_first:
-            return faults.fail_status, _error(f"injected failure {number}", "server_error")
+            raise Rejected(
+                faults.fail_status,
+                f"injected failure {number}",
+                "server_error",
+                faults.retry_after_s,
+            )
         if number <= faults.slow_first:
             time.sleep(faults.slow_s)
         if number <= faults.malformed_first:
             return 200, b'{"choices": [ this is not json'
-        try:
-            images, texts = _parse_messages(body.get("messages"), self._decode_image)
-        except (ValueError, KeyError, TypeError) as err:
-            return 400, _error(f"bad request: {err}", "invalid_request_error")
-        if body.get("logprobs"):
-            if len(images) != 1 or not texts:
-                return 400, _error("a yes/no request needs one image and a question", "invalid")
+        if not isinstance(body, dict):
+            raise Rejected(400, "the body must be a JSON object")
+        parts, texts = _parse_messages(body.get("messages"))
+        self.limits.check_image_count(len(parts))
+        yes_no = bool(body.get("logprobs"))
+        if yes_no and (len(parts) != 1 or not texts):
+            raise Rejected(400, "a yes/no request needs one image and a question")
+        wanted = max(1, _int_field(body, "top_logprobs", 1, 0, 100))
+        max_tokens = _int_field(body, "max_tokens", 512, 1, MAX_TOKENS)
+        images = self._decode_images(parts)
+        if yes_no:
             context, _, question = "\n".join(texts).rpartition("\n")
             item = JudgeItem(images[0], context, question)
-            p_yes = self.worker.submit("yes", item).result()
+            p_yes = wait_for_client(self.worker.submit("yes", item), client_gone)
             top = _top_logprobs(p_yes, self.other_mass)
-            wanted = max(1, int(body.get("top_logprobs") or 1))
             token = {**top[0], "top_logprobs": top[:wanted]}
             logprobs = None if faults.drop_logprobs else {"content": [token]}
             return 200, self._completion(top[0]["token"], logprobs)
-        max_tokens = int(body.get("max_tokens") or 512)
+        task = self.worker.submit("generate", (images, "\n".join(texts), max_tokens))
         try:
-            text = self.worker.submit("generate", (images, "\n".join(texts), max_tokens)).result()
+            text = wait_for_client(task, client_gone)
         except NotImplementedError as err:
             return 501, _error(str(err), "not_implemented")
         return 200, self._completion(text, None)
 
-    def _decode_image(self, part: dict) -> Image.Image:
-        """The image of an ``image_url`` part, decoded once per distinct image (under a lock, so
-        concurrent questions about one image wait for one decode); recent images are kept."""
-        url = part["image_url"]["url"]
-        key = str(part.get("uuid") or hashlib.blake2b(url.encode(), digest_size=16).hexdigest())
-        with self._images_lock:
-            if key in self._images:
-                self._images.move_to_end(key)
-                return self._images[key]
-            image = self._images[key] = decode_data_url(url)
-            self.images_decoded += 1
-            while len(self._images) > MAX_CACHED_IMAGES:
-                self._images.popitem(last=False)
-            return image
+    def _decode_images(self, parts: list[dict[str, Any]]) -> list[Image.Image]:
+        """The images of a request, each decoded once across requests (see the module
+        docstring); they enter the cache only when all of them decoded."""
+        keys = [content_key(part["image_url"]["url"]) for part in parts]
+        for part, key in zip(parts, keys):
+            hint = part.get("uuid")
+            if hint is not None and hint != key:
+                with self._count_lock:
+                    self.uuid_mismatches += 1
+                log.debug("image uuid %r is not its content hash; ignored", str(hint)[:40])
+        images = [
+            self.images.get(key, lambda url=part["image_url"]["url"]: self._decode(url))
+            for part, key in zip(parts, keys)
+        ]
+        for key, image in zip(keys, images):
+            self.images.commit(key, image)
+        return images
+
+    def _decode(self, url: str) -> Image.Image:
+        return decode_image_data_url(url, self.limits)
 
     def _completion(self, content: str, logprobs: dict | None) -> dict[str, Any]:
         return {
@@ -320,52 +416,39 @@ class JudgeServer:
             ],
         }
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+    def _handler_class(self) -> type[LimitedHandler]:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # headers and body go out as two writes
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                log.debug("%s - %s", self.address_string(), format % args)
-
-            def _send(self, status: int, answer: Any) -> None:
-                data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    log.debug("client went away before the answer")
-
+        class Handler(LimitedHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                if self.path.rstrip("/") not in ("/health", "/v1/models"):
-                    return self._send(404, _error(f"no route {self.path}", "not_found"))
+                route = self.path.rstrip("/")
+                if route not in ("/health", "/v1/models"):
+                    return self.send_json(404, _error(f"no route {self.path[:100]}", "not_found"))
                 if server.faults.unhealthy:
-                    return self._send(503, _error("unhealthy", "server_error"))
-                if self.path.startswith("/health"):
-                    return self._send(200, {"status": "ok"})
+                    return self.send_json(503, _error("unhealthy", "server_error"))
+                if route == "/health":  # open to probes: says nothing but counters
+                    return self.send_json(200, {"status": "ok", **server.stats()})
+                try:
+                    self.check_auth()
+                except Rejected as rejected:
+                    return self.send_rejection(rejected)
                 model = {"id": server.model_name, "object": "model", "owned_by": "rewards"}
-                return self._send(200, {"object": "list", "data": [model]})
+                return self.send_json(200, {"object": "list", "data": [model]})
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length)
                 if self.path.rstrip("/") != "/v1/chat/completions":
-                    return self._send(404, _error(f"no route {self.path}", "not_found"))
+                    self.close_connection = True  # the body is not read
+                    return self.send_json(404, _error(f"no route {self.path[:100]}", "not_found"))
+                self.serve_json(self._answer)
+
+            def _answer(self, body: Any, gone: Callable[[], bool]) -> tuple[int, Any]:
                 try:
-                    body = json.loads(raw)
-                except ValueError:
-                    return self._send(400, _error("body is not JSON", "invalid_request_error"))
-                try:
-                    status, answer = server.chat_completion(body)
+                    return server.chat_completion(body, client_gone=gone)
+                except (Rejected, ClientGone):
+                    raise
                 except Exception as err:  # noqa: BLE001 - a judge failure is a 500, not a crash
                     log.exception("judge failed")
-                    status, answer = 500, _error(f"{type(err).__name__}: {err}", "server_error")
-                return self._send(status, answer)
+                    return 500, _error(f"{type(err).__name__}: {err}", "server_error")
 
         return Handler
 
@@ -402,12 +485,21 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="overrides of the judge config's fields",
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (only this machine by default)"
+    )
+    parser.add_argument("--port", type=int, default=8000, help="0: any free port (logged)")
     parser.add_argument("--model-name", default=None, help="name listed by /v1/models")
     parser.add_argument("--max-batch", type=int, default=DEFAULT_CONCURRENCY)
     parser.add_argument("--batch-wait-s", type=float, default=0.005)
+    add_limit_arguments(parser, API_KEY_ENV)
     args = parser.parse_args(argv)
+    api_key = resolve_api_key(args.api_key, API_KEY_ENV)
+    try:
+        limits = limits_from_args(args)
+        check_exposure(args.host, api_key, args.allow_no_auth)
+    except ValueError as err:
+        parser.error(str(err))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     judge = load_judge(args.judge, args.set)
     server = JudgeServer(
@@ -417,8 +509,15 @@ def main(argv: list[str] | None = None) -> None:
         model_name=args.model_name or Path(args.judge).stem,
         max_batch=args.max_batch,
         batch_wait_s=args.batch_wait_s,
+        limits=limits,
+        api_key=api_key,
     )
-    log.info("serving %s judge at %s", type(judge).__name__, server.url)
+    log.info(
+        "serving %s judge at %s (%s)",
+        type(judge).__name__,
+        server.url,
+        "API key required" if api_key else "no API key",
+    )
     server.serve_forever()
 
 
