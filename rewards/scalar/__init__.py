@@ -8,6 +8,7 @@ from rewards.scalar.hpsv2 import HPSv2Reward
 from rewards.scalar.hpsv3 import HPSv3Reward
 from rewards.scalar.imagereward import ImageRewardReward
 from rewards.scalar.jpeg import JpegCompressibilityReward, JpegIncompressibilityReward
+from rewards.scalar.ocr import OcrReward
 from rewards.scalar.pickscore import PickScoreReward
 from rewards.scalar.unifiedreward import UnifiedRewardReward
 
@@ -19,6 +20,7 @@ __all__ = [
     "ImageRewardReward",
     "JpegCompressibilityReward",
     "JpegIncompressibilityReward",
+    "OcrReward",
     "PickScoreReward",
     "UnifiedRewardReward",
 ]
