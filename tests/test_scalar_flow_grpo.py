@@ -61,8 +61,7 @@ def _uint8(images: torch.Tensor) -> np.ndarray:
     return (images * 255).round().clamp(0, 255).to(torch.uint8).numpy().transpose(0, 2, 3, 1)
 
 
-@pytest.fixture(scope="module")
-def aesthetic_files(tmp_path_factory):
+def write_aesthetic_files(folder):
     """A tiny CLIP folder projecting to 768 and a random MLP state dict with the released file's
     keys (``layers.{0,2,4,6,7}``), as ``sac+logos+ava1-l14-linearMSE.pth`` holds them."""
     torch.manual_seed(0)
@@ -78,7 +77,6 @@ def aesthetic_files(tmp_path_factory):
     with torch.no_grad():
         for param in model.parameters():
             param.add_(0.1 * torch.randn_like(param))
-    folder = tmp_path_factory.mktemp("tiny_clip_l14")
     model.save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32).save_pretrained(folder)
     sizes = [(768, 1024), (1024, 128), (128, 64), (64, 16), (16, 1)]
@@ -89,6 +87,11 @@ def aesthetic_files(tmp_path_factory):
     mlp = folder / "sac+logos+ava1-l14-linearMSE.pth"
     torch.save(state, mlp)
     return folder, mlp, state
+
+
+@pytest.fixture(scope="module")
+def aesthetic_files(tmp_path_factory):
+    return write_aesthetic_files(tmp_path_factory.mktemp("tiny_clip_l14"))
 
 
 def _reference_aesthetic(folder, state, images) -> np.ndarray:
