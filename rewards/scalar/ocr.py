@@ -57,6 +57,12 @@ def quoted_text(prompt: str) -> str:
     return parts[1]
 
 
+def check_ocr_prompt(prompt: str) -> None:
+    """Refuse a prompt the reward can never score: no double quote, or an empty quoted text."""
+    if not _normalise(quoted_text(prompt)):
+        raise ValueError(f'OCR reward: the quoted text of prompt "{prompt}" is empty')
+
+
 def _normalise(text: str) -> str:
     return text.replace(" ", "").lower()
 
@@ -161,8 +167,7 @@ class OcrReward(Reward):
 
     def check_prompts(self, prompts: Sequence[str], metadata: Sequence[dict[str, Any]]) -> None:
         for prompt in prompts:
-            if not _normalise(quoted_text(prompt)):
-                raise ValueError(f'OCR reward: the quoted text of prompt "{prompt}" is empty')
+            check_ocr_prompt(prompt)
 
     def score(
         self, images: list[Image.Image], prompts: list[str], metadata: list[dict[str, Any]]
