@@ -169,6 +169,10 @@ def test_summary_equals_summary_scores_py(tmp_path):
     done = subprocess.run([sys.executable, str(script), str(results)], capture_output=True,
                           text=True, check=True)  # fmt: skip
     assert summarize_results(results)["text"] == done.stdout
+    fixture = Path(__file__).resolve().parents[1] / "fixtures_eval" / "geneval" / "results.jsonl"
+    done = subprocess.run([sys.executable, str(script), str(fixture)], capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    assert summarize_results(fixture)["text"] == done.stdout  # the default suite's fixture
 
 
 EXPECTED_OK = [True, False, True, True, False, False, True]
