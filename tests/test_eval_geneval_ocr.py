@@ -175,3 +175,16 @@ def read_open_late(image):
 def one_bench(image):
     """A detector that finds one bench (the first hand-written case) in every image."""
     return detector_output(CASES[0][2]), None
+
+
+def test_configs_compose():
+    for name, extra in [
+        ("geneval", ["data.metadata=x"]),
+        ("ocr", ["data.prompts=x"]),
+        ("checkpoints", ["run_dir=x", "eval_hook=geneval"]),
+        ("checkpoints", ["run_dir=x", "eval_hook=ocr"]),
+    ]:
+        assert compose_cfg(name, extra).entry == name
+    served = compose_cfg("serve_reward", ["reward=geneval"])
+    assert served.reward.only_strict and served.host == "127.0.0.1"
+    assert OmegaConf.is_missing(served.reward.detector, "checkpoint")
