@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 # What a recogniser returns for one image: its text lines with their confidences.
 Lines = list[tuple[str, float]]
-PADDLE_MODEL_FILES = ("inference.pdmodel|inference.json", "inference.pdiparams")
+PADDLE_MODEL_FILES = ("inference.pdmodel", "inference.pdiparams")  # what PaddleOCR 2.x looks for
 
 
 def quoted_text(prompt: str) -> str:
