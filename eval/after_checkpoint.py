@@ -12,8 +12,18 @@ it once per saved checkpoint. The hook config (``conf/eval_hook/*.yaml``) names 
   ``category``) -> ``eval/unigenbench_overall``, ``eval/unigenbench_testpoint_accuracy`` (left
   out when no image was scored) and ``eval/unigenbench_coverage``;
 
-plus ``judge`` (a judge node, built once per process and reused), ``judging`` and
-``generation`` (the sampling settings; image seeds are fixed, so epochs compare like for like).
+* ``geneval``: GenEval prompts (``metadata``, ``limit``, ``images_per_prompt``) scored by the
+  hook's ``reward`` (the GenEval reward behind the reward service, served with
+  ``reward.only_strict=false``) -> ``eval/geneval_overall`` (the official score),
+  ``eval/geneval_strict_accuracy`` and ``eval/geneval_reward`` (Flow-GRPO's partial score) and
+  ``eval/geneval_coverage``;
+* ``ocr``: OCR prompts (``prompts``, ``limit``, ``images_per_prompt``) scored by the hook's
+  ``reward`` -> ``eval/ocr_mean``, ``eval/ocr_exact`` and ``eval/ocr_coverage``;
+
+plus ``judge`` (a judge node, built once per process and reused; only the judged benchmarks need
+it), ``judging``, ``reward`` (for GenEval and OCR: one reward node, or ``geneval.reward`` /
+``ocr.reward`` each) and ``generation`` (the sampling settings; image seeds are fixed, so epochs
+compare like for like).
 """
 
 from __future__ import annotations
@@ -26,11 +36,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from eval.command import settings_from_cfg
+from rewards.base import Reward
 from rewards.judges.base import Judge
 
 log = logging.getLogger(__name__)
 
 _JUDGES: dict[str, Judge] = {}
+_REWARDS: dict[str, Reward] = {}
 
 
 def hook_judge(judge_cfg: Any) -> Judge:
@@ -52,15 +64,27 @@ def hook_judge(judge_cfg: Any) -> Judge:
 
 def evaluate_pipeline(pipe, hook_cfg: DictConfig, out_dir: Path, epoch: int) -> dict[str, float]:
     """Run the configured benchmark subset with ``pipe`` as it is; flat ``eval/...`` metrics."""
+    out_dir = Path(out_dir)
+    name = f"epoch_{epoch:06d}"
+    metrics: dict[str, float] = {}
+    metrics.update(_reward_benchmarks(pipe, hook_cfg, out_dir, name))
+    tiif, ugb = hook_cfg.get("tiif"), hook_cfg.get("unigenbench")
+    if tiif or ugb:
+        metrics.update(_judged_benchmarks(pipe, hook_cfg, out_dir, name))
+    metrics = {k: v for k, v in metrics.items() if v == v}  # a level without types is NaN: omit
+    log.info("evaluation after epoch %d: %s", epoch, metrics)
+    return metrics
+
+
+def _judged_benchmarks(pipe, hook_cfg: DictConfig, out_dir: Path, name: str) -> dict[str, float]:
+    """The TIIF-Bench and UniGenBench++ subsets of the hook (those it names), judged by a VLM."""
     from eval.tiif import DESCRIPTIONS, load_tiif, run_tiif
     from eval.unigenbench import category_of, load_unigenbench, run_unigenbench
 
-    out_dir = Path(out_dir)
+    metrics: dict[str, float] = {}
+    tiif, ugb = hook_cfg.get("tiif"), hook_cfg.get("unigenbench")
     gen, opts = settings_from_cfg(hook_cfg)
     judge = hook_judge(hook_cfg.get("judge"))
-    name = f"epoch_{epoch:06d}"
-    metrics: dict[str, float] = {}
-    tiif = hook_cfg.get("tiif")
     if tiif:
         cases = load_tiif(
             tiif.prompt_dir, tiif.eval_dir, tiif.get("types"), tiif.get("limit_per_type")
@@ -72,7 +96,6 @@ def evaluate_pipeline(pipe, hook_cfg: DictConfig, out_dir: Path, epoch: int) -> 
             metrics[f"eval/tiif_{key}_coverage"] = summary["coverage"][key]["fraction_scored"]
             for level, scores in summary["levels"].items():
                 metrics[f"eval/tiif_{key}_{level}"] = scores[key]
-    ugb = hook_cfg.get("unigenbench")
     if ugb:
         cases, skipped = load_unigenbench(
             ugb.csv, ugb.get("malformed_rows", "skip"), ugb.get("limit")
@@ -85,6 +108,56 @@ def evaluate_pipeline(pipe, hook_cfg: DictConfig, out_dir: Path, epoch: int) -> 
         metrics["eval/unigenbench_testpoint_accuracy"] = summary["testpoint_accuracy"]
         metrics["eval/unigenbench_coverage"] = summary["coverage"]["fraction_scored"]
     judge.release()
-    metrics = {k: v for k, v in metrics.items() if v == v}  # a level without types is NaN: omit
-    log.info("evaluation after epoch %d: %s", epoch, metrics)
+    return metrics
+
+
+def hook_reward(reward_cfg: Any, benchmark: str) -> Reward:
+    """The reward of ``reward_cfg``, built on first use and kept for later evaluations."""
+    from rewards import build_reward
+
+    if reward_cfg is None:
+        raise ValueError(
+            f"eval_hook.{benchmark} needs a reward: set eval_hook.reward (e.g. "
+            "{_target_: rewards.remote.RemoteReward, url: http://127.0.0.1:8102})"
+        )
+    key = json.dumps(
+        OmegaConf.to_container(OmegaConf.create(reward_cfg), resolve=True), sort_keys=True
+    )
+    if key not in _REWARDS:
+        _REWARDS[key] = build_reward(reward_cfg)
+    return _REWARDS[key]
+
+
+def _reward_benchmarks(pipe, hook_cfg: DictConfig, out_dir: Path, name: str) -> dict[str, float]:
+    """The GenEval and OCR subsets of the hook (those it names), scored by rewards."""
+    from eval.generation import GenerationConfig
+    from eval.geneval import load_geneval, run_geneval
+    from eval.ocr import load_ocr_prompts, run_ocr
+
+    metrics: dict[str, float] = {}
+    geneval, ocr = hook_cfg.get("geneval"), hook_cfg.get("ocr")
+    if not (geneval or ocr):
+        return metrics
+    gen = GenerationConfig.from_cfg(OmegaConf.to_container(hook_cfg.generation, resolve=True))
+    if geneval:
+        reward = hook_reward(geneval.get("reward") or hook_cfg.get("reward"), "geneval")
+        rows = load_geneval(geneval.metadata, geneval.get("limit"))
+        folder = out_dir / "geneval" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        summary = run_geneval(pipe, reward, rows, folder, gen, geneval.get("images_per_prompt", 4))
+        metrics["eval/geneval_overall"] = summary["overall"]
+        metrics["eval/geneval_strict_accuracy"] = summary["strict_accuracy"]
+        metrics["eval/geneval_reward"] = summary["reward_mean"]
+        coverage = summary["coverage"]
+        metrics["eval/geneval_coverage"] = coverage["scored"] / coverage["images"]
+    if ocr:
+        reward = hook_reward(ocr.get("reward") or hook_cfg.get("reward"), "ocr")
+        prompts = load_ocr_prompts(ocr.prompts, ocr.get("limit"))
+        folder = out_dir / "ocr" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        summary = run_ocr(pipe, reward, prompts, folder, gen, ocr.get("images_per_prompt", 1))
+        metrics["eval/ocr_mean"] = summary["ocr_mean"]
+        metrics["eval/ocr_exact"] = summary["exact"]
+        coverage = summary["coverage"]
+        metrics["eval/ocr_coverage"] = coverage["scored"] / coverage["images"]
     return metrics

@@ -1,6 +1,6 @@
-"""What the generation-benchmark commands (``eval.tiif``, ``eval.unigenbench``) share: turning a
-composed config into the model, the judge, the sampling and judging settings, and the output
-folder, so each command only adds its own data and summary."""
+"""What the generation-benchmark commands (``eval.tiif``, ``eval.unigenbench``, ``eval.geneval``,
+``eval.ocr``) share: turning a composed config into the model, the judge or reward, the sampling
+and judging settings, and the output folder, so each command only adds its own data and summary."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from eval.common import check_resume_settings, run_dir
 from eval.generation import GenerationConfig, build_pipeline, model_name_for, resolve_device
 from eval.judging import JudgeOptions
+from rewards.base import Reward
 from rewards.judges.base import Judge
 
 
@@ -71,3 +72,32 @@ def benchmark_run(cfg: DictConfig, out: Path, results: Sequence[str]) -> Benchma
 def output_dir(cfg: DictConfig) -> Path:
     """``output_dir`` when set (e.g. to resume into a known folder), else the Hydra run folder."""
     return Path(cfg.output_dir) if cfg.get("output_dir") else run_dir()
+
+
+@dataclass(frozen=True)
+class RewardBenchmarkRun:
+    """What a reward-scored benchmark (GenEval, OCR) needs besides its prompts: ``pipe`` is None
+    with ``skip_generation``; ``reward`` is a factory, called once the images exist."""
+
+    pipe: Any
+    reward: Callable[[], Reward]
+    gen: GenerationConfig
+
+
+def reward_benchmark_run(cfg: DictConfig, out: Path, results: Sequence[str]) -> RewardBenchmarkRun:
+    """As :func:`benchmark_run`, for a benchmark scored by a reward (``cfg.reward``) instead of
+    a judge: the resume guard compares the model, LoRA, generation and reward settings."""
+    from rewards import build_reward
+
+    check_resume_settings(
+        out,
+        {k: _plain(cfg.get(k)) for k in ("model", "lora", "generation", "reward")},
+        "pick a new output_dir (to score the same images again, copy images/ there and pass "
+        "skip_generation=true)",
+        results,
+    )
+    gen = GenerationConfig.from_cfg(OmegaConf.to_container(cfg.generation, resolve=True))
+    pipe = None
+    if not cfg.skip_generation:
+        pipe = build_pipeline(cfg.model, cfg.get("lora"), resolve_device(cfg.device))
+    return RewardBenchmarkRun(pipe, partial(build_reward, cfg.reward), gen)

@@ -115,6 +115,13 @@ class Reward(abc.ABC):
         """Score a batch of PIL images (a uint8 ``[B, 3, H, W]`` tensor where
         :attr:`accepts_tensors`) against their prompts."""
 
+    def check_prompts(  # noqa: B027 - optional hook, default is a no-op
+        self, prompts: Sequence[str], metadata: Sequence[dict[str, Any]]
+    ) -> None:
+        """Refuse, with one line naming the first bad entry, prompts or metadata this reward can
+        never score (OCR: no quoted text; GenEval: a row without its tag). The trainer and the
+        evaluation commands call it once on the whole data set at start-up, before sampling."""
+
     def release(self) -> None:  # noqa: B027 - optional hook, default is a no-op
         """Free accelerator memory between phases (models that hold GPU weights override this)."""
 

@@ -70,6 +70,10 @@ class MultiReward(Reward):
             failures.update({f"{key}: {reason}": n for reason, n in out.failures.items()})
         return RewardOutput(total, details, failures)
 
+    def check_prompts(self, prompts, metadata) -> None:
+        for reward in self.rewards.values():
+            reward.check_prompts(prompts, metadata)
+
     def release(self) -> None:
         for reward in self.rewards.values():
             reward.release()

@@ -146,6 +146,7 @@ class FlowGRPOTrainer:
         set_seed(cfg.seed)  # identical LoRA init on every rank
         pipe = load_pipeline(cfg.model)  # checks a model folder before any weights load
         self.reward: Reward = build_reward(cfg.reward)
+        self.reward.check_prompts(self.prompts, self.metadata)  # e.g. OCR: each needs a "text"
         self.precision = precision_plan(t.mixed_precision, cfg.model.get("dtype") or "float32")
         apply_precision(pipe, self.precision)
         pipe.vae.to(acc.device)

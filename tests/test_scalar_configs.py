@@ -14,7 +14,7 @@ from omegaconf.errors import MissingMandatoryValue
 from rewards import build_reward
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "reward"
-SCALAR = ("clipscore", "pickscore", "hpsv2", "imagereward", "hpsv3", "unifiedreward")
+SCALAR = ("clipscore", "pickscore", "hpsv2", "imagereward", "hpsv3", "unifiedreward", "aesthetic")
 
 
 @pytest.mark.parametrize("name", SCALAR)

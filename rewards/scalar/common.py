@@ -19,7 +19,6 @@ import torch
 from PIL import Image
 
 from rewards.base import Reward, RewardOutput
-from rewards.judges.transformers_judge import parse_dtype
 
 TEXTS_DIR = Path(__file__).with_name("texts")
 
@@ -165,6 +164,8 @@ class ScalarReward(Reward):
                 f"choose one of {sorted(self.NORMALIZATIONS)}"
             )
         self.device = torch.device(device)
+        from rewards.judges.transformers_judge import parse_dtype  # keeps transformers lazy
+
         self.dtype = parse_dtype(dtype)
         self.batch_size = int(batch_size)
         self.normalize = normalize

@@ -49,3 +49,17 @@ for requirements in "$here"/requirements/*.txt; do
   if [ -f "$post" ]; then "$env/bin/python" "$post"; fi
   touch "$env/.installed"
 done
+
+# Official code that is no package (GenEval's rules and summary; test_parity_geneval.py runs
+# these files with stand-ins for their detector and CLIP): cloned at pinned commits.
+clone() {
+  local dir="$root/src/$1"
+  if [ "$(git -C "$dir" rev-parse HEAD 2>/dev/null)" != "$3" ]; then
+    echo "parity: cloning $2 at $3"
+    rm -rf "$dir"
+    git clone -q "$2" "$dir"
+    git -C "$dir" checkout -q "$3"
+  fi
+}
+clone geneval https://github.com/djghosh13/geneval.git af4902f24d3ca90ebbb446dd9891a59e0f82725f
+clone reward-server https://github.com/yifan123/reward-server.git 92ac29fb322c028f8840db8f93c950422931710d
