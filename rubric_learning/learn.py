@@ -40,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from rewards import build_reward
 from rewards.judges.base import Judge
 from rewards.rubric_set import DEFAULT_TEMPLATE, Rubric
+from rl.redact import protect_run
 from rubric_learning.cache import JudgeCache, make_key
 from rubric_learning.failures import diagnosis_requests, extraction_requests
 from rubric_learning.mining import HardPairMiner
@@ -409,7 +410,10 @@ def learn(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     check_entry(cfg, hydra_cfg.runtime.choices.get("experiment"))
-    learn(cfg, Path(hydra_cfg.runtime.output_dir))
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    # a judge.api_key=... override leaves argv, Hydra's files and the logs (rl/redact.py)
+    protect_run(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False), out_dir)
+    learn(cfg, out_dir)
 
 
 if __name__ == "__main__":
