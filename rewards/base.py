@@ -30,6 +30,7 @@ from rewards.images import ImageBatch, read_images, read_tensor_batch
 log = logging.getLogger(__name__)
 
 NON_FINITE_SCORE = "non-finite score (infinite in float32)"
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: the largest score
 
 
 @dataclass

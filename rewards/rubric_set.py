@@ -27,9 +27,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rewards.base import FLOAT32_MAX
+
 SCHEMA_VERSION = 1
 SCORING_MODES = ("normalized", "raw")
-FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max: rewards are float32
 
 DEFAULT_TEMPLATE = {
     "context": 'This image was generated from the prompt: "{prompt}".',

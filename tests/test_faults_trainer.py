@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from test_rl_train import ROOT, TINY, compose_train, run_training
 
 from rewards.base import NON_FINITE_SCORE, Reward, RewardOutput
+from rewards.multi import MultiReward
 from rewards.rubric_set import RubricSetError, load_rubric_set
 from rl.checkpoint import MARKER, TRAINER_STATE, UntrustedCheckpointError
 from rl.config import parse_config
@@ -199,6 +200,8 @@ def test_a_reward_infinite_in_float32_is_nan_with_its_reason(tmp_path):
     out = RewardOutput(torch.tensor([1e39, -math.inf, 2.0, math.nan], dtype=torch.float64))
     assert out.scores.dtype == torch.float32 and out.scores[2] == 2.0
     assert torch.isnan(out.scores[[0, 1, 3]]).all() and out.failures == {NON_FINITE_SCORE: 2}
+    with pytest.raises(ValueError, match="weight must be finite in float32"):
+        MultiReward({"o": {"reward": Overflowing(), "weight": 1e39}})
     (row,) = run_training(
         tmp_path, [*QUICK, "train.epochs=1", "~reward", f"+reward._target_={__name__}.Overflowing"]
     )
