@@ -134,6 +134,22 @@ def test_a_judge_killed_mid_run_stops_at_the_last_good_checkpoint(tmp_path):
     assert not (run_dir / "lora").exists()
 
 
+def test_a_judge_that_is_not_up_at_start_up_is_its_own_one_line_error():
+    """Before: Hydra wrapped the JudgeError in an InstantiationException, which rl.train printed
+    as a traceback; now build_reward raises the JudgeError itself, one of rl.train's one-line
+    errors."""
+    from rewards import build_reward
+    from rewards.judges.base import JudgeError
+    from rl.train import USER_ERRORS
+
+    with FaultServer("ok") as server:
+        closed = server.url  # the port is free again once the server stops
+    cfg = compose_train([*QUICK, *JUDGE, f"judge.base_url={closed}", "judge.health_timeout_s=0.5"])
+    with pytest.raises(JudgeError, match="is not healthy after"):
+        build_reward(cfg.reward)
+    assert JudgeError in USER_ERRORS
+
+
 class FailsFirstCall(Reward):
     """NaN for every sample of its first call (a judge outage), then the red mean."""
 

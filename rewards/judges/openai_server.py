@@ -292,6 +292,7 @@ class OpenAIJudge(Judge):
         """POST a chat completion with retries; returns the parsed JSON or raises _Failure."""
         url = f"{self.base_url}/chat/completions"
         for attempt in range(self.max_retries + 1):
+            answer = None
             try:
                 answer = self._session().post(url, json=body, timeout=self.timeout)
             except requests.Timeout as err:
@@ -312,13 +313,13 @@ class OpenAIJudge(Judge):
                 if answer.status_code < 500 and answer.status_code != 429:
                     raise failure  # the server refuses this request: asking again won't help
             if attempt < self.max_retries:
-                time.sleep(min(self.max_backoff_s, self._wait_s(failure, answer, attempt)))
+                time.sleep(min(self.max_backoff_s, self._wait_s(answer, attempt)))
         raise failure
 
-    def _wait_s(self, failure: _Failure, answer: Any, attempt: int) -> float:
+    def _wait_s(self, answer: requests.Response | None, attempt: int) -> float:
         """Seconds before the next attempt: the server's Retry-After (in seconds) on an HTTP
         answer that has one, else exponential backoff."""
-        if failure.reason.startswith("HTTP"):
+        if answer is not None:
             try:
                 return max(0.0, float(answer.headers.get("Retry-After")))
             except (TypeError, ValueError):
