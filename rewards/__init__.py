@@ -20,8 +20,11 @@ def instantiate(cfg: Any, **kwargs: Any) -> Any:
     try:
         return hydra_instantiate(cfg, **kwargs)
     except InstantiationException as err:
-        if isinstance(err.__cause__, Exception):
-            raise err.__cause__ from None
+        cause = err.__cause__
+        while isinstance(cause, InstantiationException):  # nested: a judge inside the reward
+            cause = cause.__cause__
+        if isinstance(cause, Exception):
+            raise cause from None
         raise
 
 
@@ -31,7 +34,8 @@ def build_reward(cfg: Any) -> Reward:
     A required field left at ``???`` fails with the override that sets it. The judge of a rubric
     reward is the root ``judge`` node pulled in by interpolation, so Hydra reports it as
     ``reward.judge.model_path``; the message names ``judge.model_path``, what the user types.
-    An error the reward's own constructor raises comes out as itself (:func:`instantiate`).
+    An error the reward's own constructor raises (an invalid rubric set, a judge that cannot
+    work) comes out as itself (:func:`instantiate`), so an entry point prints its one line.
     """
     from omegaconf.errors import MissingMandatoryValue
 

@@ -6,12 +6,17 @@ did not parse, a server that timed out, a corrupt image). A NaN is never replace
 leaves it out of the group statistics and counts it. ``details`` holds named ``[B]`` tensors, for
 example one per rubric, so a run can be read rule by rule. ``failures`` counts why samples became
 NaN, keyed by a short reason.
+
+Scores are float32, and only finite float32 numbers are scores: a value that is infinite, or that
+only float64 can hold (1e39 becomes inf in float32), is NaN with the reason
+:data:`NON_FINITE_SCORE`, so nothing non-finite reaches the advantages and the weights.
 """
 
 from __future__ import annotations
 
 import abc
 import logging
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +29,9 @@ from rewards.images import ImageBatch, read_images, read_tensor_batch
 
 log = logging.getLogger(__name__)
 
+NON_FINITE_SCORE = "non-finite score (infinite in float32)"
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: the largest score
+
 
 @dataclass
 class RewardOutput:
@@ -34,10 +42,13 @@ class RewardOutput:
     failures: Counter = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
-        self.scores = torch.as_tensor(self.scores, dtype=torch.float32).reshape(-1)
+        self.scores, overflow = _float32_or_nan(self.scores)
+        if overflow:
+            self.failures = Counter(self.failures)
+            self.failures[NON_FINITE_SCORE] += overflow
         batch = self.scores.shape[0]
         for name, value in list(self.details.items()):
-            value = torch.as_tensor(value, dtype=torch.float32).reshape(-1)
+            value, _ = _float32_or_nan(value)
             if value.shape[0] != batch:
                 raise ValueError(
                     f"detail {name!r} has {value.shape[0]} entries but scores have {batch}"
@@ -47,6 +58,16 @@ class RewardOutput:
     @property
     def num_failed(self) -> int:
         return int(torch.isnan(self.scores).sum())
+
+
+def _float32_or_nan(values: Any) -> tuple[torch.Tensor, int]:
+    """``values`` as a flat float32 tensor with every infinity NaN, and how many there were."""
+    values = torch.as_tensor(values).reshape(-1).to(torch.float32)
+    infinite = torch.isinf(values)
+    count = int(infinite.sum())
+    if count:
+        values = values.masked_fill(infinite, math.nan)
+    return values, count
 
 
 class Reward(abc.ABC):

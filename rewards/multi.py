@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from rewards.base import Reward, RewardOutput
+from rewards.base import FLOAT32_MAX, Reward, RewardOutput
 
 
 class MultiReward(Reward):
@@ -51,8 +51,10 @@ class MultiReward(Reward):
             weight = spec.get("weight", 1.0)
             if isinstance(weight, bool) or not isinstance(weight, (int, float)):
                 raise ValueError(f"{name}: component {key!r} weight must be a number: {weight!r}")
-            if not math.isfinite(weight):
-                raise ValueError(f"{name}: component {key!r} weight must be finite: {weight!r}")
+            if not math.isfinite(weight) or abs(weight) > FLOAT32_MAX:
+                raise ValueError(
+                    f"{name}: component {key!r} weight must be finite in float32: {weight!r}"
+                )
             self.rewards[key] = reward
             self.weights[key] = float(weight)
 

@@ -14,6 +14,9 @@ One JSON document::
     }
 
 :func:`load_rubric_set` validates every field and names the field and the file in its error.
+Weights must be finite where they are used: rewards are float32, so each weight, and the largest
+score the set can give (the sum of ``|weight|``, every P(yes) being at most 1), must stay below
+float32's largest value (``1e39`` is finite in float64 but infinite in float32).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from rewards.base import FLOAT32_MAX
 
 SCHEMA_VERSION = 1
 SCORING_MODES = ("normalized", "raw")
@@ -125,12 +130,22 @@ def validate_rubric_set(data: Any, source: str = "<rubric set>") -> RubricSet:
             raise _fail(source, f"{where}.text", "must be a non-empty string")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
             raise _fail(source, f"{where}.weight", f"must be a number, got {weight!r}")
-        if not math.isfinite(weight):
-            raise _fail(source, f"{where}.weight", f"must be finite, got {weight!r}")
+        if not math.isfinite(weight) or abs(weight) > FLOAT32_MAX:
+            raise _fail(
+                source, f"{where}.weight", f"must be finite in float32 (rewards), got {weight!r}"
+            )
         provenance = item.get("provenance", {})
         if not isinstance(provenance, dict):
             raise _fail(source, f"{where}.provenance", "must be an object")
         rubrics.append(Rubric(rid, text.strip(), float(weight), provenance))
+    largest = math.fsum(abs(r.weight) for r in rubrics)
+    if largest > FLOAT32_MAX:
+        raise _fail(
+            source,
+            "rubrics",
+            f"weights sum to {largest:g} in absolute value: a score that large is infinite in "
+            "float32 (rewards)",
+        )
     training = data.get("training", {})
     if not isinstance(training, dict):
         raise _fail(source, "training", "must be an object")

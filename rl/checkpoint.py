@@ -8,7 +8,13 @@ generators and global RNG states, gathered to rank 0), anything the caller adds 
 LoRA) and a ``COMPLETE`` marker written last. Everything is written into
 ``.staging-epoch_NNNNNN/`` first and renamed into place once complete, so a crash leaves either
 the previous checkpoints untouched or a folder that :meth:`CheckpointManager.complete_checkpoints`
-ignores, as it ignores any folder without the marker.
+ignores, as it ignores any folder without the marker. Clean-up (``keep_last``) never deletes the
+checkpoint just written, even when older-numbered ones would sort after it.
+
+A checkpoint is untrusted input: ``trainer_state.pt`` holds only tensors and plain Python data
+and is loaded with ``torch.load(weights_only=True)``; a file that needs pickle to load (it could
+run code) is refused with :class:`UntrustedCheckpointError`. accelerate loads its own files
+(optimizer, RNG states) with ``weights_only=True`` too.
 
 Assumes a file system shared by all processes (DeepSpeed writes per-rank files). Under DeepSpeed
 the engine saves the model and its ZeRO optimizer shards itself; in LoRA mode it is told to leave
@@ -20,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 import time
@@ -40,6 +47,10 @@ MARKER = "COMPLETE"
 TRAINER_STATE = "trainer_state.pt"
 ADAPTER_FILE = "adapter_model.safetensors"
 CHECKPOINT_DIR = re.compile(r"^epoch_(\d+)$")
+
+
+class UntrustedCheckpointError(ValueError):
+    """A checkpoint file that would need pickle (arbitrary code) to load."""
 
 
 def checkpoint_name(epoch: int) -> str:
@@ -121,15 +132,18 @@ class CheckpointManager:
             if final.exists():
                 shutil.rmtree(final)
             os.replace(staging, final)
-            self._prune()
+            self._prune(keep=final)
         acc.wait_for_everyone()
         return final
 
-    def _prune(self) -> None:
+    def _prune(self, keep: Path) -> None:
+        """Delete the oldest complete checkpoints beyond ``keep_last``, never ``keep`` (the one
+        just written: after resuming from an earlier checkpoint, later-numbered ones of the
+        abandoned run would otherwise outrank it)."""
         if not self.keep_last:
             return
-        complete = self.complete_checkpoints()
-        for path in complete[: max(0, len(complete) - self.keep_last)]:
+        others = [path for path in self.complete_checkpoints() if path != keep]
+        for path in others[: max(0, len(others) + 1 - self.keep_last)]:
             shutil.rmtree(path)
 
     def complete_checkpoints(self) -> list[Path]:
@@ -170,8 +184,8 @@ class CheckpointManager:
     def load(self, path: Path) -> dict[str, Any]:
         """Restore accelerate's state from ``path`` and return the trainer state, with
         ``"per_rank"`` replaced by this rank's entry."""
+        state = load_trainer_state(path / TRAINER_STATE)
         self.accelerator.load_state(str(path), **self._deepspeed_kwargs(saving=False))
-        state = torch.load(path / TRAINER_STATE, weights_only=False)
         per_rank = state["per_rank"]
         if per_rank is not None:
             if len(per_rank) != self.accelerator.num_processes:
@@ -181,6 +195,29 @@ class CheckpointManager:
                 )
             state["per_rank"] = per_rank[self.accelerator.process_index]
         return state
+
+
+def load_trainer_state(path: Path) -> dict[str, Any]:
+    """``trainer_state.pt`` loaded without running code: tensors and plain data only, else
+    :class:`UntrustedCheckpointError` naming the file."""
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        # torch's message is a page of advice; keep the part that names what the file needs
+        needs = re.search(r"Unsupported global: GLOBAL \S+", str(err))
+        if needs:
+            raise UntrustedCheckpointError(
+                f"{path} needs pickle to load, which could run code from the file; refused "
+                f"({needs.group(0)}). Resume only from checkpoints this trainer wrote"
+            ) from None
+        detail = re.search(r"Unsupported operand \S+|WeightsUnpickler error: [^\n]+", str(err))
+        detail = detail.group(0) if detail else (str(err).strip().splitlines() or [""])[0]
+        raise UntrustedCheckpointError(
+            f"{path} is not a readable trainer state (corrupt or truncated: {detail[:120]})"
+        ) from None
+    if not isinstance(state, dict):
+        raise UntrustedCheckpointError(f"{path} does not hold a trainer state (a dict)")
+    return state
 
 
 def gather_objects(accelerator: Accelerator, obj: Any) -> list[Any]:

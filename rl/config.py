@@ -69,6 +69,12 @@ class TrainSection:
     shuffle_samples: bool = True  # shuffle the epoch's samples before training
     num_threads: int | None = None  # torch CPU threads during the run (null: torch's default)
     same_latent: bool = False  # one start noise per group (drawn from seed, epoch and prompt)
+    # What stops a run (rl/guards.py). An epoch with more than this share of NaN rewards is a
+    # failed epoch (no update, no checkpoint); the default stops a dead judge in epoch 1.
+    max_failed_reward_share: float = 0.5
+    max_failed_epochs: int = 1  # failed epochs in a row that stop the run (exit 1, one line)
+    reward_timeout_s: float | None = 300.0  # wall-time limit of one reward call (null: none)
+    max_nonfinite_steps: int = 3  # skipped non-finite optimizer steps in a row that stop it
 
 
 @dataclass
@@ -212,6 +218,19 @@ def value_problems(s: dict[str, Any]) -> list[str]:
         (t.clip_range > 0, f"train.clip_range={t.clip_range} must be > 0"),
         (t.adv_clip_max > 0, f"train.adv_clip_max={t.adv_clip_max} must be > 0"),
         (t.beta >= 0, f"train.beta={t.beta} must be >= 0"),
+        (
+            0 <= t.max_failed_reward_share <= 1,
+            f"train.max_failed_reward_share={t.max_failed_reward_share} must be in [0, 1]",
+        ),
+        (t.max_failed_epochs >= 1, f"train.max_failed_epochs={t.max_failed_epochs} must be >= 1"),
+        (
+            t.reward_timeout_s is None or t.reward_timeout_s > 0,
+            f"train.reward_timeout_s={t.reward_timeout_s} must be > 0 or null",
+        ),
+        (
+            t.max_nonfinite_steps >= 1,
+            f"train.max_nonfinite_steps={t.max_nonfinite_steps} must be >= 1",
+        ),
         (
             t.num_threads is None or t.num_threads >= 1,
             f"train.num_threads={t.num_threads} must be >= 1 or null",

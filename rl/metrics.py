@@ -2,7 +2,9 @@
 
 Only rank 0 creates a :class:`RunLogger` that writes; other ranks get one with ``enabled=False``
 whose methods do nothing. ``metrics.jsonl`` has one JSON object per epoch; a resumed run first
-drops the lines of epochs it is about to redo, so the file reads as if the run never stopped.
+drops the lines of epochs it is about to redo, so the file reads as if the run never stopped; a
+torn last line (a process killed while appending it) is dropped with a warning, any other
+unreadable line is an error naming the file and the line.
 wandb runs in the configured mode (online, offline, disabled) and keeps its run id in the run
 folder so a resumed run continues the same wandb run.
 """
@@ -46,7 +48,7 @@ class RunLogger:
         epochs it will redo, and put back the checkpoint's own line (``last_row``) if missing."""
         if not self.enabled:
             return
-        rows = read_rows(self.path) if self.path.exists() else []
+        rows = read_rows(self.path, repair_last=True) if self.path.exists() else []
         kept = [row for row in rows if row["epoch"] <= epoch]
         if not kept or kept[-1]["epoch"] != last_row["epoch"]:
             kept.append(last_row)
@@ -110,9 +112,34 @@ def _init_wandb(run_dir: Path, logger_cfg: dict[str, Any], config: dict[str, Any
     )
 
 
-def read_rows(metrics_path: Path) -> list[dict[str, Any]]:
-    """The rows of a metrics.jsonl file."""
-    return [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+class MetricsFileError(ValueError):
+    """A metrics.jsonl line that is not a JSON object (other than a torn last line)."""
+
+
+def read_rows(metrics_path: Path, repair_last: bool = False) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl file. With ``repair_last``, a last line that does not parse
+    (cut short when the process was killed while writing it) is left out with a warning."""
+    lines = [(n, line) for n, line in enumerate(metrics_path.read_text().splitlines(), 1)]
+    lines = [(n, line) for n, line in lines if line.strip()]
+    rows = []
+    for position, (number, line) in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            if repair_last and position == len(lines) - 1:
+                log.warning(
+                    "%s: last line %d was cut short (%s: ...%r); dropped on resume",
+                    metrics_path,
+                    number,
+                    err.msg,
+                    line[-40:],
+                )
+                break
+            raise MetricsFileError(f"{metrics_path}: line {number} is not JSON ({err})") from None
+        if not isinstance(row, dict) or "epoch" not in row:
+            raise MetricsFileError(f"{metrics_path}: line {number} is not a metrics row")
+        rows.append(row)
+    return rows
 
 
 def sample_grid(images: list[Image.Image], captions: list[str], min_side: int = 128) -> Image.Image:

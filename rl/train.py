@@ -22,7 +22,6 @@ import contextlib
 import logging
 import math
 import random
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -39,12 +38,14 @@ from accelerate.utils import set_seed
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from rewards import Reward, RewardOutput, build_reward
+from rewards import RewardOutput, build_reward
 from rewards.async_reward import AsyncReward
+from rewards.judges.base import JudgeError
 from rewards.rubric_set import RubricSetError
 from rl.advantages import PromptStatTracker
 from rl.checkpoint import (
     CheckpointManager,
+    UntrustedCheckpointError,
     checkpoint_name,
     gather_objects,
     register_lora_hooks,
@@ -59,9 +60,17 @@ from rl.config import (
 )
 from rl.distributed import LaunchError, configure_deepspeed, distributed_state
 from rl.ema import EMA
+from rl.guards import (
+    RewardGuard,
+    StepGuard,
+    TimeLimitedReward,
+    TrainingStopped,
+    check_finite,
+    exit_with,
+)
 from rl.lora import ReferencePolicy, base_model_name, export_lora, make_trainable
 from rl.loss import StepLoss, grpo_step_loss, kl_to_reference
-from rl.metrics import RunLogger
+from rl.metrics import MetricsFileError, RunLogger
 from rl.models import (
     ModelFolderError,
     apply_precision,
@@ -69,6 +78,7 @@ from rl.models import (
     load_pipeline,
     precision_plan,
 )
+from rl.redact import protect_run
 from rl.rollout import PromptCache, Rollout, move_text_encoders, sample, step_log_prob
 from rl.sampler import GroupLayout, GroupSampler, SamplerConfigError, load_prompts
 
@@ -109,6 +119,7 @@ class FlowGRPOTrainer:
             self.run_dir, asdict(self.cfg.logger), self.raw_config, self.is_main
         )
         resume_from = self.checkpoints.resolve(self.cfg.resume)
+        self.last_good: Path | None = resume_from  # named when the run stops itself
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         self._log_plan()
@@ -145,8 +156,10 @@ class FlowGRPOTrainer:
             torch.set_num_threads(t.num_threads)
         set_seed(cfg.seed)  # identical LoRA init on every rank
         pipe = load_pipeline(cfg.model)  # checks a model folder before any weights load
-        self.reward: Reward = build_reward(cfg.reward)
-        self.reward.check_prompts(self.prompts, self.metadata)  # e.g. OCR: each needs a "text"
+        reward = build_reward(cfg.reward)
+        reward.check_prompts(self.prompts, self.metadata)  # e.g. OCR: each needs a "text"
+        # a hung judge costs at most train.reward_timeout_s per call (rl/guards.py)
+        self.reward = TimeLimitedReward(reward, t.reward_timeout_s)
         self.precision = precision_plan(t.mixed_precision, cfg.model.get("dtype") or "float32")
         apply_precision(pipe, self.precision)
         pipe.vae.to(acc.device)
@@ -207,6 +220,10 @@ class FlowGRPOTrainer:
         self.window_gen = torch.Generator().manual_seed(rank_seed(cfg.seed, rank, WINDOW_STREAM))
         self.start_epoch, self.optimizer_step = 0, 0
         self.scorer = AsyncReward(self.reward) if t.reward_in_background else None
+        self.reward_guard = RewardGuard(
+            self.reward.name, t.max_failed_reward_share, t.max_failed_epochs
+        )
+        self.step_guard = StepGuard(t.max_nonfinite_steps)
 
     def _log_plan(self) -> None:
         t, acc = self.cfg.train, self.accelerator
@@ -255,8 +272,10 @@ class FlowGRPOTrainer:
                 rollout, group_ids, scores = self.sample_epoch()
             with timer("advantages_s"):
                 advantages, row = self.epoch_advantages(group_ids, scores)
+            # a failed epoch (too many NaN rewards) is neither trained on nor checkpointed
+            usable = self.rewards_usable(epoch + 1, row)
             with timer("train_s"):
-                row |= self.train_epoch(rollout, advantages)
+                row |= self.train_epoch(rollout, advantages) if usable else self.no_update()
             done = epoch + 1  # epochs are numbered by how many are done, as checkpoints are
             row = {"epoch": done, **row}
             if self.sample_images_due(done):
@@ -264,7 +283,8 @@ class FlowGRPOTrainer:
             row |= timer.seconds
             row["images_per_s"] = self.layout.images_per_epoch / timer.seconds["sample_s"]
             with timer("checkpoint_s"):
-                if done % self.cfg.checkpoint.every_n_epochs == 0 or done == self.cfg.train.epochs:
+                due = done % self.cfg.checkpoint.every_n_epochs == 0
+                if usable and (due or done == self.cfg.train.epochs):
                     self.save(done, row)
             with timer("eval_s"):
                 row |= self.maybe_evaluate(done)
@@ -340,6 +360,30 @@ class FlowGRPOTrainer:
         mine = advantages[acc.process_index * local : (acc.process_index + 1) * local]
         return mine, stats
 
+    def rewards_usable(self, epochs_done: int, row: dict[str, Any]) -> bool:
+        """Whether this epoch's rewards may be trained on (rl/guards.py: RewardGuard); adds
+        ``reward_failed_share`` to ``row``. Raises TrainingStopped at the failed-epoch limit."""
+        total = self.layout.images_per_epoch
+        failed = int(row.get("reward_nan", 0))
+        row["reward_failed_share"] = failed / total
+        prefix = "reward_failures/"
+        reasons = Counter(
+            {k.removeprefix(prefix): int(v) for k, v in row.items() if k.startswith(prefix)}
+        )
+        return self.reward_guard.check(epochs_done, failed, total, reasons, self.last_good_name())
+
+    def last_good_name(self) -> str:
+        return str(self.last_good) if self.last_good is not None else "none (nothing saved)"
+
+    def no_update(self) -> dict[str, float]:
+        """The training metrics of an epoch without an update."""
+        skipped = dict.fromkeys(LOSS_METRICS + ("grad_norm", *MAX_METRICS), math.nan)
+        return skipped | {
+            "kept_samples": 0.0,
+            "nonfinite_steps": 0.0,
+            "optimizer_step": float(self.optimizer_step),
+        }
+
     def train_epoch(self, rollout: Rollout, advantages: torch.Tensor) -> dict[str, float]:
         """One inner epoch over this rank's samples with non-zero advantage, every trained step.
 
@@ -353,13 +397,13 @@ class FlowGRPOTrainer:
         kept = int(acc.gather(torch.tensor([keep.numel()], device=acc.device)).sum())
         if kept == 0:
             log.warning("every advantage is 0 this epoch (all rewards equal or NaN); no update")
-            skipped = dict.fromkeys(LOSS_METRICS + ("grad_norm", *MAX_METRICS), math.nan)
-            return skipped | {"kept_samples": 0.0, "optimizer_step": float(self.optimizer_step)}
+            return self.no_update()
         if t.shuffle_samples:
             keep = keep[torch.randperm(keep.numel(), generator=self.shuffle_gen)]
         means: dict[str, float] = dict.fromkeys(LOSS_METRICS, 0.0)
         maxima: dict[str, float] = dict.fromkeys(MAX_METRICS, 0.0)
         grad_norms: list[float] = []
+        nonfinite_steps = 0
         first_step = self.optimizer_step
         self.transformer.train()
         # compiled blocks keep static shapes: every micro-batch padded to the largest possible
@@ -371,19 +415,25 @@ class FlowGRPOTrainer:
             for position in range(self.num_train_steps):
                 with acc.accumulate(self.transformer):
                     out = self.step_loss(batch, position, batch_advantages, weight)
+                    self.step_guard.saw_loss(out.loss)
                     acc.backward(out.loss)
+                    stepped = True
                     if acc.sync_gradients:
                         grad_norm = acc.clip_grad_norm_(self.params, t.max_grad_norm)
-                        if grad_norm is not None:  # DeepSpeed's engine reports its own
+                        # a non-finite loss or gradient skips the step (rl/guards.py)
+                        stepped = self.step_guard.step_ok(acc, grad_norm, self.last_good_name())
+                        nonfinite_steps += not stepped
+                        if stepped and grad_norm is not None:  # DeepSpeed reports its own
                             grad_norms.append(float(grad_norm))
-                    self.optimizer.step()
+                    if stepped or acc.scaler is not None:  # fp16's scaler skips it itself
+                        self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 log_ratio = float(out.log_ratio_abs_max)
                 maxima["log_ratio_abs_max"] = max(maxima["log_ratio_abs_max"], log_ratio)
                 if self.optimizer_step == first_step:  # still the rollout's own weights
                     onpolicy = maxima["onpolicy_log_ratio_abs_max"]
                     maxima["onpolicy_log_ratio_abs_max"] = max(onpolicy, log_ratio)
-                if acc.sync_gradients:
+                if acc.sync_gradients and stepped:
                     self.optimizer_step += 1
                 for name in LOSS_METRICS:
                     means[name] += float(getattr(out, name)) / (len(chunks) * self.num_train_steps)
@@ -392,7 +442,11 @@ class FlowGRPOTrainer:
         means["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
         stats = {k: reduce_scalar(acc, v, "mean") for k, v in means.items()}
         stats |= {k: reduce_scalar(acc, v, "max") for k, v in maxima.items()}
-        return stats | {"kept_samples": float(kept), "optimizer_step": float(self.optimizer_step)}
+        return stats | {
+            "kept_samples": float(kept),
+            "nonfinite_steps": float(nonfinite_steps),
+            "optimizer_step": float(self.optimizer_step),
+        }
 
     def step_loss(
         self, batch: Rollout, position: int, advantages: torch.Tensor, weight: torch.Tensor
@@ -458,7 +512,12 @@ class FlowGRPOTrainer:
 
     # ------------------------------------------------------------------ save / resume
     def save(self, epochs_done: int, row: dict[str, Any]) -> None:
-        """Checkpoint after ``epochs_done`` epochs (all ranks), with the LoRA exported inside."""
+        """Checkpoint after ``epochs_done`` epochs (all ranks), with the LoRA exported inside;
+        weights that are not finite stop the run instead (never checkpointed)."""
+        what = f"checkpoint after epoch {epochs_done}"
+        check_finite(self.params, what, self.last_good_name())
+        if self.ema is not None:
+            check_finite(self.ema.state_dict()["shadow"], f"{what} (EMA)", self.last_good_name())
         state = {
             "epochs_done": epochs_done,
             "optimizer_step": self.optimizer_step,
@@ -475,7 +534,7 @@ class FlowGRPOTrainer:
         }
         # full fine-tuning: accelerate's state already holds the whole transformer
         export = None if self.cfg.lora.full_finetune else lambda to: self.export(to, epochs_done)
-        self.checkpoints.save(epochs_done, state, export)
+        self.last_good = self.checkpoints.save(epochs_done, state, export)
 
     def load_checkpoint(self, path: Path) -> None:
         state = self.checkpoints.load(path)
@@ -499,6 +558,7 @@ class FlowGRPOTrainer:
         """Rank 0: the LoRA (``lora/``) or, for full fine-tuning, the transformer."""
         transformer = self.accelerator.unwrap_model(self.transformer)
         with self.trained_weights():
+            check_finite(self.params, f"export after epoch {epochs_done}", self.last_good_name())
             if self.cfg.lora.full_finetune:
                 transformer.save_pretrained(folder / "transformer")
                 return
@@ -600,29 +660,42 @@ def global_rng_state() -> dict[str, Any]:
     """This process's global RNGs (accelerate's save_state keeps only rank 0's)."""
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": numpy_state_plain(),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
 
 
+def numpy_state_plain() -> tuple:
+    """numpy's global RNG state with its key array as a tensor, so that the trainer state loads
+    with ``torch.load(weights_only=True)`` (no numpy objects to unpickle)."""
+    name, keys, *rest = np.random.get_state()
+    return (name, torch.from_numpy(keys.astype(np.int64)), *rest)
+
+
 def set_global_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def concat_reward_outputs(outputs: list[RewardOutput]) -> RewardOutput:
-    """Join per-batch reward outputs into one."""
+    """Join per-batch reward outputs into one (a detail missing from a batch, e.g. one that
+    failed as a whole, is NaN there)."""
     failures: Counter = Counter()
     for out in outputs:
         failures.update(out.failures)
-    names = outputs[0].details.keys()
+    names = dict.fromkeys(n for o in outputs for n in o.details)
+
+    def detail(out: RewardOutput, name: str) -> torch.Tensor:
+        return out.details.get(name, torch.full_like(out.scores, math.nan))
+
     return RewardOutput(
         scores=torch.cat([o.scores for o in outputs]),
-        details={n: torch.cat([o.details[n] for o in outputs]) for n in names},
+        details={n: torch.cat([detail(o, n) for o in outputs]) for n in names},
         failures=failures,
     )
 
@@ -636,9 +709,17 @@ def gather_failures(accelerator: Accelerator, failures: Counter) -> Counter:
 
 
 USER_ERRORS = (
-    ConfigError, LaunchError, SamplerConfigError, ModelFolderError, FileNotFoundError,
-    RubricSetError,
-)  # fmt: skip
+    ConfigError,
+    LaunchError,
+    SamplerConfigError,
+    ModelFolderError,
+    FileNotFoundError,
+    UntrustedCheckpointError,
+    MetricsFileError,
+    JudgeError,  # e.g. the judge server is not up at start-up
+    RubricSetError,  # e.g. a weight that is infinite in float32
+    TrainingStopped,  # a failing reward or non-finite training: why, and the last good checkpoint
+)
 
 register_resolvers()
 
@@ -648,15 +729,18 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     hydra_cfg = HydraConfig.get()
+    trainer = None
     try:
         check_entry(cfg, hydra_cfg.runtime.choices.get("experiment"))
         train_cfg = parse_config(cfg)
-        trainer = FlowGRPOTrainer(
-            train_cfg, Path(hydra_cfg.runtime.output_dir), OmegaConf.to_container(cfg, resolve=True)
-        )
+        run_dir = Path(hydra_cfg.runtime.output_dir)
+        # secrets (judge.api_key, ...) leave argv, Hydra's files and the logs; wandb gets the
+        # redacted config
+        config = protect_run(OmegaConf.to_container(cfg, resolve=True), run_dir)
+        trainer = FlowGRPOTrainer(train_cfg, run_dir, config)
         trainer.run()
     except USER_ERRORS as err:  # a mistake in the input: its message, not a traceback
-        sys.exit(f"error: {type(err).__name__}: {err}")
+        exit_with(f"error: {type(err).__name__}: {err}", getattr(trainer, "reward", None))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ as soon as the judge returns it, so an interrupted run loses at most the batch i
 rerun pointed at the same file asks the judge only for what is missing. The database runs in
 write-ahead-log mode with ``synchronous=NORMAL``: a commit survives the process being killed (the
 case that matters here) without waiting for the disk on every batch.
+
+Only answers are kept: a NaN whose reason is transient (a timeout, a connection error, an HTTP
+429 or 5xx: :func:`rewards.judges.base.is_transient`) says nothing about the item, so it is not
+stored, and one stored by an older version reads as missing; the next run asks again.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import math
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from rewards.judges.base import is_transient
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, prob REAL, reason TEXT);
@@ -58,11 +64,17 @@ class JudgeCache:
         return len(self._scores)
 
     def get_score(self, key: str) -> tuple[float, str | None] | None:
-        return self._scores.get(key)
+        """(P(yes), reason) stored under ``key``; None when missing or a transient failure."""
+        hit = self._scores.get(key)
+        return None if hit is not None and is_transient(hit[1]) else hit
 
     def put_scores(self, entries: Iterable[tuple[str, float, str | None]]) -> None:
-        """Store (key, prob, reason) entries and commit them."""
-        rows = [(k, None if math.isnan(p) else float(p), r) for k, p, r in entries]
+        """Store (key, prob, reason) entries and commit them; transient failures are skipped."""
+        rows = [
+            (k, None if math.isnan(p) else float(p), r)
+            for k, p, r in entries
+            if not (math.isnan(p) and is_transient(r))
+        ]
         self._db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?)", rows)
         self._db.commit()
         for k, p, r in rows:

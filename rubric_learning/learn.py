@@ -39,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from rewards import build_reward, instantiate
 from rewards.judges.base import Judge
 from rewards.rubric_set import DEFAULT_TEMPLATE, Rubric, RubricSetError
+from rl.redact import protect_run
 from rubric_learning.cache import JudgeCache, make_key
 from rubric_learning.failures import diagnosis_requests, extraction_requests
 from rubric_learning.mining import HardPairMiner
@@ -419,7 +420,10 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     try:
         check_entry(cfg, hydra_cfg.runtime.choices.get("experiment"))
-        learn(cfg, Path(hydra_cfg.runtime.output_dir))
+        out_dir = Path(hydra_cfg.runtime.output_dir)
+        # a judge.api_key=... override leaves argv, Hydra's files and the logs (rl/redact.py)
+        protect_run(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False), out_dir)
+        learn(cfg, out_dir)
     except USER_ERRORS as err:
         raise SystemExit(f"rubric_learning.learn: {type(err).__name__}: {err}") from None
 

@@ -11,7 +11,7 @@ from rl.checkpoint import ADAPTER_FILE, MARKER, TRAINER_STATE, CheckpointManager
 
 
 def checkpoint_contents(folder):
-    state = torch.load(folder / TRAINER_STATE, weights_only=False)
+    state = torch.load(folder / TRAINER_STATE, weights_only=True)
     optimizer = torch.load(folder / "optimizer.bin", weights_only=False)
     return load_file(folder / ADAPTER_FILE), optimizer, state
 

@@ -67,6 +67,30 @@ def image_major(items: Sequence[JudgeItem]) -> tuple[dict[int, int], list[int]]:
     return first_seen, order
 
 
+# Reasons for a NaN that say nothing about the item, only that the judge did not answer this time;
+# asking again may succeed, so a cache must not keep them as the item's answer.
+TIMEOUT = "timeout"
+CONNECTION_ERROR = "connection error"
+REQUEST_ERROR = "request error"
+
+
+def retryable_status(status: int) -> bool:
+    """Whether an HTTP error is worth asking again: 5xx but 501 (the server cannot do it), 408
+    (request timeout) and 429 (too many requests). Any other 4xx is the request's own fault."""
+    return status in (408, 429) or (status >= 500 and status != 501)
+
+
+def is_transient(reason: str | None) -> bool:
+    """Whether a NaN's ``reason`` is a transient failure: a timeout, a connection or transport
+    error, or an HTTP answer the client retries (:func:`retryable_status`: a server that is
+    busy or down), as opposed to an answer about the item (no yes/no token, a malformed or
+    out-of-range answer, an unknown rule)."""
+    if reason in (TIMEOUT, CONNECTION_ERROR, REQUEST_ERROR):
+        return True
+    status = reason.removeprefix("HTTP ") if reason and reason.startswith("HTTP ") else ""
+    return len(status) == 3 and status.isdigit() and retryable_status(int(status))
+
+
 class JudgeError(RuntimeError):
     """The judge cannot work at all (server down, model misconfigured): fail, don't NaN."""
 

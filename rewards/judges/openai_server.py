@@ -9,6 +9,12 @@ on two lines), exactly what the local judge scores; ``max_tokens=1``,
 "no"; ``scoring="normalized"`` gives ``p_yes / (p_yes + p_no)``, ``"raw"`` gives ``p_yes``. When
 neither appears among the top tokens, the item is NaN (reason ``"no yes/no token"``).
 
+A server's answer is untrusted: a body of the wrong shape (``choices`` or ``logprobs`` not what the
+API says) is NaN with reason ``"malformed response"``, and values no distribution can have (a
+logprob that is NaN, not a number or above 0, yes and no masses that add up to more than 1, hence
+any P(yes) outside [0, 1]) are NaN with reason ``"out-of-range answer"``; neither is retried, and
+nothing raises except a server that sends no logprobs at all (below).
+
 Reliability:
 
 * each distinct image of a call is encoded once (not once per question), the requests are sent
@@ -22,7 +28,9 @@ Reliability:
 * 5xx answers (but 501), 408, 429, timeouts, connection and other transport errors are retried
   ``max_retries`` times with exponential backoff (``backoff_s * 2**attempt``, or the answer's
   ``Retry-After`` when longer, capped at ``max_backoff_s``); other 4xx answers (the request's
-  own fault: malformed, too large, unauthorized) and malformed bodies are not retried;
+  own fault: malformed, too large, unauthorized) and malformed bodies are not retried; the
+  retried reasons are :func:`~rewards.judges.base.is_transient` (rubric learning does not cache
+  them);
 * once retries run out, ``on_error="nan"`` gives NaN with a counted reason (``"timeout"``,
   ``"HTTP 503"``, ``"connection error"``, ``"malformed response"``, ...) and ``"raise"`` raises
   :class:`JudgeError`; if EVERY item of a call failed to connect, the server is down and a
@@ -55,12 +63,16 @@ import torch
 from PIL import Image
 
 from rewards.judges.base import (
+    CONNECTION_ERROR,
+    REQUEST_ERROR,
+    TIMEOUT,
     Judge,
     JudgeError,
     JudgeItem,
     JudgeResult,
     image_major,
     judge_text,
+    retryable_status,
 )
 from rewards.rubric_set import check_scoring
 
@@ -69,9 +81,8 @@ log = logging.getLogger(__name__)
 ON_ERROR = ("nan", "raise")
 NO_YES_NO_TOKEN = "no yes/no token"
 MALFORMED = "malformed response"
-TIMEOUT = "timeout"
-CONNECTION_ERROR = "connection error"
-REQUEST_ERROR = "request error"
+OUT_OF_RANGE = "out-of-range answer"
+LOGPROB_TOLERANCE = 1e-4  # rounding a server may leave above log(1) = 0
 DEFAULT_CONCURRENCY = 64  # rewards.judges.serve batches up to this many questions by default
 IMAGE_ID_SERVERS = ("vllm", "rewards")  # /models owners known to read an image part's uuid
 
@@ -104,31 +115,54 @@ def chat_content(images: Sequence[Image.Image], text: str, image_format: str = "
     return parts + [{"type": "text", "text": text}]
 
 
+class BadAnswer(ValueError):
+    """A logprobs answer that cannot be read (``reason``: MALFORMED or OUT_OF_RANGE)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def _logprob(entry: dict[str, Any]) -> float:
+    """An entry's logprob: a number in [-inf, 0] (up to rounding), else BadAnswer."""
+    value = entry["logprob"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadAnswer(MALFORMED, f"logprob {value!r} of {entry.get('token')!r} is not a number")
+    if math.isnan(value) or value > LOGPROB_TOLERANCE:
+        raise BadAnswer(OUT_OF_RANGE, f"logprob {value!r} of {entry.get('token')!r}")
+    return min(float(value), 0.0)
+
+
 def yes_no_mass(top_logprobs: Sequence[dict[str, Any]]) -> tuple[float, float]:
-    """Summed probability of the "yes" and of the "no" spellings among the top tokens."""
+    """Summed probability of the "yes" and of the "no" spellings among the top tokens.
+
+    Raises BadAnswer for entries that are not ``{"token", "logprob"}`` objects, logprobs that are
+    not numbers in [-inf, 0], or masses that sum to more than 1."""
+    if not isinstance(top_logprobs, (list, tuple)):
+        raise BadAnswer(MALFORMED, f"top_logprobs is a {type(top_logprobs).__name__}, not a list")
     p_yes = p_no = 0.0
     for entry in top_logprobs:
+        if not isinstance(entry, dict) or "token" not in entry or "logprob" not in entry:
+            raise BadAnswer(MALFORMED, f"top_logprobs entry {str(entry)[:80]!r}")
         word = str(entry["token"]).strip().lower()
         if word == "yes":
-            p_yes += math.exp(float(entry["logprob"]))
+            p_yes += math.exp(_logprob(entry))
         elif word == "no":
-            p_no += math.exp(float(entry["logprob"]))
+            p_no += math.exp(_logprob(entry))
+    if p_yes + p_no > 1.0 + LOGPROB_TOLERANCE:
+        raise BadAnswer(OUT_OF_RANGE, f"P(yes) {p_yes:.4g} + P(no) {p_no:.4g} exceeds 1")
     return p_yes, p_no
 
 
 def yes_prob_from_top(top_logprobs: Sequence[dict[str, Any]], scoring: str) -> float | None:
-    """P(yes) from the top tokens by ``scoring`` (``normalized``: yes / (yes + no); ``raw``:
-    the yes mass); None when neither spelling is among them."""
+    """P(yes) in [0, 1] from the top tokens by ``scoring`` (``normalized``: yes / (yes + no);
+    ``raw``: the yes mass); None when neither spelling is among them; BadAnswer when the
+    answer is malformed or out of range (see :func:`yes_no_mass`)."""
     p_yes, p_no = yes_no_mass(top_logprobs)
     if p_yes + p_no == 0.0:
         return None
-    return p_yes / (p_yes + p_no) if scoring == "normalized" else p_yes
-
-
-def retryable_status(status: int) -> bool:
-    """Whether an HTTP error is worth asking again: 5xx but 501 (the server cannot do it), 408
-    (request timeout) and 429 (too many requests). Any other 4xx is the request's own fault."""
-    return status in (408, 429) or (status >= 500 and status != 501)
+    p = p_yes / (p_yes + p_no) if scoring == "normalized" else p_yes
+    return min(p, 1.0)  # within LOGPROB_TOLERANCE of 1 (checked above)
 
 
 def retry_after_s(header: str | None) -> float:
@@ -327,17 +361,21 @@ class OpenAIJudge(Judge):
             logprobs = choice.get("logprobs")
         except (KeyError, IndexError, TypeError, AttributeError) as err:
             raise _Failure(MALFORMED, f"no choices in {str(data)[:200]!r}") from err
-        if not logprobs or not logprobs.get("content"):
+        if not logprobs or (isinstance(logprobs, dict) and not logprobs.get("content")):
             raise JudgeError(
                 f"judge server {self.base_url} answered without logprobs; P(yes) needs a server "
                 "that returns logprobs/top_logprobs (vLLM: --max-logprobs >= top_logprobs)"
             )
         try:
-            p = yes_prob_from_top(logprobs["content"][0]["top_logprobs"], self.scoring)
-        except (KeyError, IndexError, TypeError, ValueError) as err:
-            raise _Failure(MALFORMED, f"unreadable top_logprobs ({err})") from err
+            first = logprobs["content"][0]
+            p = yes_prob_from_top(first["top_logprobs"], self.scoring)
+        except BadAnswer as err:
+            raise _Failure(err.reason, str(err)) from None
+        except (KeyError, IndexError, TypeError) as err:
+            detail = f"unreadable logprobs ({type(err).__name__}: {err}): {str(logprobs)[:120]!r}"
+            raise _Failure(MALFORMED, detail) from None
         if p is None:
-            raise _Failure(NO_YES_NO_TOKEN, f"top tokens: {logprobs['content'][0]}")
+            raise _Failure(NO_YES_NO_TOKEN, f"top tokens: {str(first)[:200]}")
         return p
 
     def yes_prob(self, items: Sequence[JudgeItem]) -> JudgeResult:

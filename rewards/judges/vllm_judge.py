@@ -35,7 +35,7 @@ from PIL import Image
 
 from rewards.images import image_hash, to_pil
 from rewards.judges.base import Judge, JudgeError, JudgeItem, JudgeResult, image_major
-from rewards.judges.openai_server import NO_YES_NO_TOKEN, yes_prob_from_top
+from rewards.judges.openai_server import NO_YES_NO_TOKEN, BadAnswer, yes_prob_from_top
 from rewards.judges.prefix_scoring import ChatPrompt
 from rewards.rubric_set import check_scoring
 
@@ -140,7 +140,11 @@ class VLLMJudge(Judge):
         for i, output in zip(order, outputs):
             top = output.outputs[0].logprobs[0]
             entries = [{"token": lp.decoded_token, "logprob": lp.logprob} for lp in top.values()]
-            p = yes_prob_from_top(entries, self.scoring)
+            try:
+                p = yes_prob_from_top(entries, self.scoring)
+            except BadAnswer as err:  # e.g. NaN logprobs from non-finite weights
+                reasons[i] = err.reason
+                continue
             if p is None:
                 reasons[i] = NO_YES_NO_TOKEN
             else:
