@@ -14,19 +14,29 @@ it once per saved checkpoint. The hook config (``conf/eval_hook/*.yaml``) names 
 
 plus ``judge`` (a judge node, built once per process and reused), ``judging`` and
 ``generation`` (the sampling settings; image seeds are fixed, so epochs compare like for like).
+A ``generation`` setting left null is the run's own (:func:`run_generation`): its resolution,
+guidance scale and text length, and its evaluation steps (``rollout.eval_num_steps``), so a run
+is evaluated at the size its model was trained at (the tiny model holds 32 px, not 512) and a run
+without CFG at guidance 1, as flow_grpo evaluates (``sample.eval_guidance_scale`` =
+``sample.guidance_scale`` in each of its configs).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from eval.command import settings_from_cfg
+from eval.generation import GenerationConfig
+from eval.judging import JudgeOptions
 from rewards.judges.base import Judge
+
+if TYPE_CHECKING:
+    from rl.rollout import RolloutConfig
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +60,46 @@ def hook_judge(judge_cfg: Any) -> Judge:
     return _JUDGES[key]
 
 
-def evaluate_pipeline(pipe, hook_cfg: DictConfig, out_dir: Path, epoch: int) -> dict[str, float]:
-    """Run the configured benchmark subset with ``pipe`` as it is; flat ``eval/...`` metrics."""
+def run_generation(rollout: RolloutConfig) -> dict[str, Any]:
+    """The generation settings a training run stands for: its evaluation steps, guidance scale,
+    resolution and T5 length."""
+    return {
+        "num_steps": rollout.eval_num_steps,
+        "guidance_scale": rollout.guidance_scale,
+        "height": rollout.height,
+        "width": rollout.width,
+        "max_sequence_length": rollout.max_sequence_length,
+    }
+
+
+def hook_generation(hook_cfg: Any, run: Mapping[str, Any] | None) -> GenerationConfig:
+    """The hook's ``generation`` node with every null setting taken from ``run``
+    (:func:`run_generation`); a null left without a run setting is an error naming it."""
+    values = OmegaConf.to_container(OmegaConf.create(hook_cfg.generation), resolve=True)
+    for key, value in values.items():
+        if value is None and run is not None and key in run:
+            values[key] = run[key]
+    unset = [key for key, value in values.items() if value is None]
+    if unset:
+        names = ", ".join(f"eval_hook.generation.{key}" for key in unset)
+        raise ValueError(
+            f"{names}: null means the training run's own setting, and no run was given; "
+            "set a value (e.g. eval_hook.generation.height=512)"
+        )
+    return GenerationConfig.from_cfg(values)
+
+
+def evaluate_pipeline(
+    pipe, hook_cfg: DictConfig, out_dir: Path, epoch: int, run: Mapping[str, Any] | None = None
+) -> dict[str, float]:
+    """Run the configured benchmark subset with ``pipe`` as it is; flat ``eval/...`` metrics.
+    ``run``: the training run's generation settings (:func:`run_generation`), which fill the
+    hook's null ``generation`` settings."""
     from eval.tiif import DESCRIPTIONS, load_tiif, run_tiif
     from eval.unigenbench import category_of, load_unigenbench, run_unigenbench
 
     out_dir = Path(out_dir)
-    gen, opts = settings_from_cfg(hook_cfg)
+    gen, opts = hook_generation(hook_cfg, run), JudgeOptions.from_cfg(hook_cfg.judging)
     judge = hook_judge(hook_cfg.get("judge"))
     name = f"epoch_{epoch:06d}"
     metrics: dict[str, float] = {}
