@@ -17,8 +17,9 @@ plus ``judge`` (a judge node, built once per process and reused), ``judging`` an
 A ``generation`` setting left null is the run's own (:func:`run_generation`): its resolution,
 guidance scale and text length, and its evaluation steps (``rollout.eval_num_steps``), so a run
 is evaluated at the size its model was trained at (the tiny model holds 32 px, not 512) and a run
-without CFG at guidance 1, as flow_grpo evaluates (``sample.eval_guidance_scale`` =
-``sample.guidance_scale`` in each of its configs).
+without CFG at guidance 1, as flow_grpo evaluates (its SD3 configs set
+``sample.eval_guidance_scale`` to their ``sample.guidance_scale``; ``sample.eval_num_steps`` is 40
+in each).
 """
 
 from __future__ import annotations

@@ -284,7 +284,8 @@ class FlowGRPOTrainer:
         batches = self.sampler.next_epoch_batches()
         if self.cache_mode == "epoch":
             # memory bounded by the epoch's prompts, not by a data set of tens of thousands;
-            # encoded here, outside the autocast below, as the reference encodes (fp16 weights)
+            # encoded here, outside the autocast below, as the reference's compute_text_embeddings
+            # (fp16 text encoders then compute in fp16, not in autocast's choice of dtypes)
             self.cache = self.new_prompt_cache()
             negative = [""] if self.cfg.rollout.uses_cfg else []
             self.cache.encode_all([self.prompts[i] for b in batches for i in b] + negative)
