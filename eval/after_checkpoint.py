@@ -23,21 +23,31 @@ it once per saved checkpoint. The hook config (``conf/eval_hook/*.yaml``) names 
 plus ``judge`` (a judge node, built once per process and reused; only the judged benchmarks need
 it), ``judging``, ``reward`` (for GenEval and OCR: one reward node, or ``geneval.reward`` /
 ``ocr.reward`` each) and ``generation`` (the sampling settings; image seeds are fixed, so epochs
-compare like for like).
+compare like for like). A ``generation`` setting left null is the run's own
+(:func:`run_generation`): its resolution, guidance scale and text length, and its evaluation
+steps (``rollout.eval_num_steps``), so a run is evaluated at the size its model was trained at
+(the tiny model holds 32 px, not 512) and a run without CFG at guidance 1, as flow_grpo evaluates
+(its SD3 configs set ``sample.eval_guidance_scale`` to their ``sample.guidance_scale``;
+``sample.eval_num_steps`` is 40 in each).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from eval.command import settings_from_cfg
+from eval.generation import GenerationConfig
+from eval.judging import JudgeOptions
 from rewards.base import Reward
 from rewards.judges.base import Judge
+
+if TYPE_CHECKING:
+    from rl.rollout import RolloutConfig
 
 log = logging.getLogger(__name__)
 
@@ -62,28 +72,64 @@ def hook_judge(judge_cfg: Any) -> Judge:
     return _JUDGES[key]
 
 
-def evaluate_pipeline(pipe, hook_cfg: DictConfig, out_dir: Path, epoch: int) -> dict[str, float]:
-    """Run the configured benchmark subset with ``pipe`` as it is; flat ``eval/...`` metrics."""
+def run_generation(rollout: RolloutConfig) -> dict[str, Any]:
+    """The generation settings a training run stands for: its evaluation steps, guidance scale,
+    resolution and T5 length."""
+    return {
+        "num_steps": rollout.eval_num_steps,
+        "guidance_scale": rollout.guidance_scale,
+        "height": rollout.height,
+        "width": rollout.width,
+        "max_sequence_length": rollout.max_sequence_length,
+    }
+
+
+def hook_generation(hook_cfg: Any, run: Mapping[str, Any] | None) -> GenerationConfig:
+    """The hook's ``generation`` node with every null setting taken from ``run``
+    (:func:`run_generation`); a null left without a run setting is an error naming it."""
+    values = OmegaConf.to_container(OmegaConf.create(hook_cfg.generation), resolve=True)
+    for key, value in values.items():
+        if value is None and run is not None and key in run:
+            values[key] = run[key]
+    unset = [key for key, value in values.items() if value is None]
+    if unset:
+        names = ", ".join(f"eval_hook.generation.{key}" for key in unset)
+        raise ValueError(
+            f"{names}: null means the training run's own setting, and no run was given; "
+            "set a value (e.g. eval_hook.generation.height=512)"
+        )
+    return GenerationConfig.from_cfg(values)
+
+
+def evaluate_pipeline(
+    pipe, hook_cfg: DictConfig, out_dir: Path, epoch: int, run: Mapping[str, Any] | None = None
+) -> dict[str, float]:
+    """Run the configured benchmark subset with ``pipe`` as it is; flat ``eval/...`` metrics.
+    ``run``: the training run's generation settings (:func:`run_generation`), which fill the
+    hook's null ``generation`` settings."""
     out_dir = Path(out_dir)
     name = f"epoch_{epoch:06d}"
+    gen = hook_generation(hook_cfg, run)
     metrics: dict[str, float] = {}
-    metrics.update(_reward_benchmarks(pipe, hook_cfg, out_dir, name))
+    metrics.update(_reward_benchmarks(pipe, hook_cfg, out_dir, name, gen))
     tiif, ugb = hook_cfg.get("tiif"), hook_cfg.get("unigenbench")
     if tiif or ugb:
-        metrics.update(_judged_benchmarks(pipe, hook_cfg, out_dir, name))
+        metrics.update(_judged_benchmarks(pipe, hook_cfg, out_dir, name, gen))
     metrics = {k: v for k, v in metrics.items() if v == v}  # a level without types is NaN: omit
     log.info("evaluation after epoch %d: %s", epoch, metrics)
     return metrics
 
 
-def _judged_benchmarks(pipe, hook_cfg: DictConfig, out_dir: Path, name: str) -> dict[str, float]:
+def _judged_benchmarks(
+    pipe, hook_cfg: DictConfig, out_dir: Path, name: str, gen: GenerationConfig
+) -> dict[str, float]:
     """The TIIF-Bench and UniGenBench++ subsets of the hook (those it names), judged by a VLM."""
     from eval.tiif import DESCRIPTIONS, load_tiif, run_tiif
     from eval.unigenbench import category_of, load_unigenbench, run_unigenbench
 
     metrics: dict[str, float] = {}
     tiif, ugb = hook_cfg.get("tiif"), hook_cfg.get("unigenbench")
-    gen, opts = settings_from_cfg(hook_cfg)
+    opts = JudgeOptions.from_cfg(hook_cfg.judging)
     judge = hook_judge(hook_cfg.get("judge"))
     if tiif:
         cases = load_tiif(
@@ -128,9 +174,10 @@ def hook_reward(reward_cfg: Any, benchmark: str) -> Reward:
     return _REWARDS[key]
 
 
-def _reward_benchmarks(pipe, hook_cfg: DictConfig, out_dir: Path, name: str) -> dict[str, float]:
+def _reward_benchmarks(
+    pipe, hook_cfg: DictConfig, out_dir: Path, name: str, gen: GenerationConfig
+) -> dict[str, float]:
     """The GenEval and OCR subsets of the hook (those it names), scored by rewards."""
-    from eval.generation import GenerationConfig
     from eval.geneval import load_geneval, run_geneval
     from eval.ocr import load_ocr_prompts, run_ocr
 
@@ -138,7 +185,6 @@ def _reward_benchmarks(pipe, hook_cfg: DictConfig, out_dir: Path, name: str) -> 
     geneval, ocr = hook_cfg.get("geneval"), hook_cfg.get("ocr")
     if not (geneval or ocr):
         return metrics
-    gen = GenerationConfig.from_cfg(OmegaConf.to_container(hook_cfg.generation, resolve=True))
     if geneval:
         reward = hook_reward(geneval.get("reward") or hook_cfg.get("reward"), "geneval")
         rows = load_geneval(geneval.metadata, geneval.get("limit"))

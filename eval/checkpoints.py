@@ -6,9 +6,11 @@
 
 The checkpoints are ``<run_dir>/checkpoints/epoch_NNNNNN/lora/`` (complete ones only, i.e. with
 the trainer's ``COMPLETE`` marker), plus the base model as epoch 0 (``include_base``). The model
-comes from the run's own ``.hydra/config.yaml`` unless ``model`` is given. The pipeline is built
-once; each checkpoint's LoRA is loaded, evaluated with
-:func:`eval.after_checkpoint.evaluate_pipeline` (the ``eval_hook`` subset) and unloaded.
+comes from the run's own ``.hydra/config.yaml`` unless ``model`` is given, and so do the
+generation settings the hook leaves null (the run's resolution, guidance and evaluation steps:
+:func:`eval.after_checkpoint.run_generation`). The pipeline is built once; each checkpoint's LoRA
+is loaded, evaluated with :func:`eval.after_checkpoint.evaluate_pipeline` (the ``eval_hook``
+subset) and unloaded.
 
 Outputs in ``<run_dir>/<output_name>/`` (default ``eval_checkpoints``): one folder per
 checkpoint, ``metrics.jsonl`` (one row per checkpoint; checkpoints already there are skipped, so
@@ -27,7 +29,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from eval.after_checkpoint import evaluate_pipeline
+from eval.after_checkpoint import evaluate_pipeline, run_generation
 from eval.common import check_entry, check_resume_settings, exit_on_input_error
 from eval.generation import build_pipeline, load_lora, resolve_device
 from rl.checkpoint import CHECKPOINT_DIR, MARKER, checkpoint_name
@@ -63,6 +65,20 @@ def run_model_config(run_dir: Path) -> Any:
     if not saved.is_file():
         raise FileNotFoundError(f"{saved} not found: pass model=... explicitly")
     return OmegaConf.load(saved).model
+
+
+def run_generation_settings(run_dir: Path) -> dict[str, Any] | None:
+    """The generation settings the run stands for (its ``rollout`` node, trainer defaults for
+    keys it lacks), which fill the hook's null ``generation`` settings; None without a saved
+    config (the hook must then set them)."""
+    from rl.rollout import RolloutConfig
+
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        return None
+    node = OmegaConf.load(saved).get("rollout")
+    values = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    return run_generation(RolloutConfig(**values))
 
 
 def plot_checkpoints(rows: list[dict[str, Any]], path: Path) -> None:
@@ -119,12 +135,13 @@ def evaluate_checkpoints(cfg: DictConfig) -> list[dict[str, Any]]:
     done = {r["epoch"] for r in rows}
     todo = ([(0, None)] if cfg.include_base else []) + find_checkpoints(run_dir)
     todo = [(epoch, lora) for epoch, lora in todo if epoch not in done]
+    run = run_generation_settings(run_dir)
     if todo:
         pipe = build_pipeline(model_cfg, None, resolve_device(cfg.device))
     for epoch, lora in todo:
         if lora is not None:
             load_lora(pipe, lora)
-        metrics = evaluate_pipeline(pipe, cfg.eval_hook, out / checkpoint_name(epoch), epoch)
+        metrics = evaluate_pipeline(pipe, cfg.eval_hook, out / checkpoint_name(epoch), epoch, run)
         if lora is not None:
             pipe.unload_lora_weights()
         row = {"epoch": epoch, "checkpoint": str(lora) if lora else "base", **metrics}

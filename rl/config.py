@@ -44,8 +44,8 @@ class TrainSection:
     """Flow-GRPO and optimisation settings (defaults: the reference SD3.5-M recipe)."""
 
     epochs: int = 100  # outer iterations: sample, score, compute advantages, train
-    batch_size: int = 12  # images each process samples per batch
-    micro_batch_size: int = 12  # images per training forward (<= batch_size)
+    batch_size: int = 9  # images each process samples per batch
+    micro_batch_size: int = 9  # images per training forward (<= batch_size; the reference: equal)
     group_size: int = 24  # K: images per prompt; advantages are relative within a group
     groups_per_epoch: int = 48  # distinct prompts per epoch; batches/epoch derive from processes
     optimizer_steps_per_epoch: int = 2  # gradient accumulation spans the rest
@@ -59,6 +59,9 @@ class TrainSection:
     beta: float = 0.04  # KL weight (0 disables the reference forward)
     kl_include_dt: bool = False  # False: the reference's KL (no dt); True: exact Gaussian KL
     global_std: bool = True  # advantage std over the whole epoch instead of per group
+    # CFG training: the uncond velocity's gradient is cut (flow_grpo ac4c86e); False: 74db691's
+    detach_uncond: bool = True
+    allow_tf32: bool = True  # TF32 matmuls on CUDA during the run (flow_grpo config.allow_tf32)
     # no | bf16 | fp16 (autocast; trained params stay fp32). fp16 = the reference's SD3 layout:
     # float32 transformer and VAE, fp16 text encoders (needs model.dtype=float32); see rl.models
     mixed_precision: str = "no"
@@ -80,11 +83,13 @@ class TrainSection:
 @dataclass
 class EmaSection:
     """EMA of the trained weights, used for exports and evaluation when enabled (rl/ema.py:
-    flow_grpo's warm-up min((1 + s) / (10 + s), decay) and cadence)."""
+    flow_grpo's warm-up min((1 + s) / (10 + s), decay) and cadence, one event per optimizer step
+    applying ``repeat`` updates)."""
 
-    enabled: bool = False
+    enabled: bool = True  # flow_grpo's SD3 configs (config/grpo.py train.ema = True)
     decay: float = 0.9
     update_every: int = 8  # updates when (optimizer steps done + 1) % update_every == 0
+    repeat: int = 2  # updates per event: the reference's micro-batches per step at 32 GPUs
 
 
 @dataclass
@@ -249,6 +254,7 @@ def value_problems(s: dict[str, Any]) -> list[str]:
             f"logger.mode={s['logger'].mode!r} is not one of {LOGGER_MODES}",
         ),
         (s["lora"].rank >= 1, f"lora.rank={s['lora'].rank} must be >= 1"),
+        (s["ema"].repeat >= 1, f"ema.repeat={s['ema'].repeat} must be >= 1"),
         (s["checkpoint"].every_n_epochs >= 1, "checkpoint.every_n_epochs must be >= 1"),
         (
             s["checkpoint"].keep_last is None or s["checkpoint"].keep_last >= 1,

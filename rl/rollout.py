@@ -44,6 +44,8 @@ class RolloutConfig:
 
     Attributes:
         num_steps: denoising steps per rollout (10 in Flow-GRPO; evaluation uses 40 ODE steps).
+        eval_num_steps: ODE steps of the eval hook's images unless the hook sets its own (40:
+            flow_grpo ``config/grpo.py`` ``sample.eval_num_steps`` of every SD3 config).
         guidance_scale: CFG scale; <= 1 means no CFG (one forward, the fast variant's default).
         noise_level: a in the SDE/CPS std; 0 makes every step a deterministic Euler step.
         sde_kind: "sde" (Flow-GRPO) or "cps" (coefficient-preserving sampling).
@@ -66,6 +68,7 @@ class RolloutConfig:
     """
 
     num_steps: int = 10
+    eval_num_steps: int = 40
     guidance_scale: float = 4.5
     noise_level: float = 0.7
     sde_kind: Literal["sde", "cps"] = "sde"
@@ -91,6 +94,8 @@ class RolloutConfig:
             )
         if self.sde_kind not in ("sde", "cps"):
             raise ValueError(f"rollout.sde_kind={self.sde_kind!r} is not 'sde' or 'cps'")
+        if self.eval_num_steps < 1:
+            raise ValueError(f"rollout.eval_num_steps={self.eval_num_steps} must be >= 1")
         self.sde_window = self._steps_range("sde_window", self.sde_window)
         self.sde_window_range = self._steps_range("sde_window_range", self.sde_window_range)
         if self.sde_window_size < 0:
@@ -321,6 +326,7 @@ def predict_velocity(
     neg_embeds: torch.Tensor | None,
     neg_pooled: torch.Tensor | None,
     guidance_scale: float,
+    detach_uncond: bool = False,
 ) -> torch.Tensor:
     """The (CFG-combined) velocity at ``latents`` [B, C, h, w] and ``timestep`` [B], float32.
 
@@ -329,6 +335,8 @@ def predict_velocity(
     only the cond rows run. The negative embeddings may have batch size 1 (broadcast). Latents
     and embeddings enter in the transformer's weight dtype (float32 latents, fp16 text embeddings
     and a float32 transformer under the fp16 layout: float32 in, autocast decides the rest).
+    ``detach_uncond`` cuts the gradient through u (same value), as flow_grpo's
+    ``compute_log_prob`` at ac4c86e (``scripts/train_sd3.py`` line 190; 74db691 does not).
     """
     batch = latents.shape[0]
     dtype = next(transformer.parameters()).dtype  # the base weights' (LoRA's come later)
@@ -350,6 +358,8 @@ def predict_velocity(
     )[0].float()
     if guidance_scale > 1:
         uncond, cond = velocity.chunk(2)
+        if detach_uncond:
+            uncond = uncond.detach()
         velocity = uncond + guidance_scale * (cond - uncond)
     return velocity
 
@@ -533,8 +543,10 @@ def step_log_prob(
     position: int,
     cache: PromptCache,
     cfg: RolloutConfig,
+    detach_uncond: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Re-score each sample's ``position``-th trained transition under ``transformer`` (with grad).
+    """Re-score each sample's ``position``-th trained transition under ``transformer`` (with grad;
+    ``detach_uncond``: none through the CFG uncond branch, see :func:`predict_velocity`).
 
     Returns ``(log_prob [B], mean, std)`` of the step's outcome given its input, through the same
     velocity and step code as :func:`sample`; each sample uses its own stored step (windows
@@ -548,7 +560,7 @@ def step_log_prob(
     neg_embeds, neg_pooled = _negative(cache, cfg)
     velocity = predict_velocity(
         transformer, x, rollout.timesteps[rows, step], rollout.embeds, rollout.pooled,
-        neg_embeds, neg_pooled, cfg.guidance_scale,
+        neg_embeds, neg_pooled, cfg.guidance_scale, detach_uncond,
     )  # fmt: skip
     _, log_prob, mean, std = sde_step(
         x, velocity, sigmas[step], sigmas[step + 1], cfg.noise_level, prev_sample=x_next,

@@ -9,11 +9,12 @@ rewards (global std by default); the clipped-ratio loss on log-probs that are pe
 (hence the tiny clip range), with a KL to the LoRA-disabled transformer; training the stored
 transitions of the first 9 of 10 steps (or of each batch's SDE window, drawn per batch and per
 rank in the fast variant) in one inner epoch, with gradient accumulation spanning all trained steps
-of the accumulated micro-batches; dropping samples whose advantage is 0; the EMA's warm-up and its
-per-micro-batch cadence. Changed: the number of batches per epoch derives from the process count
-(one preset scales), training micro-batches keep the same count on every rank (padding with weight
-0) so multi-process runs never hang, NaN rewards are excluded instead of crashing the statistics,
-and resume is exact (sampler, noise and window generators, optimizer, EMA, metrics).
+of the accumulated micro-batches; dropping samples whose advantage is 0; the EMA's warm-up and
+cadence. Changed: the number of batches per epoch derives from the process count (one preset
+scales), training micro-batches keep the same count on every rank (padding with weight 0) so
+multi-process runs never hang, the EMA steps once per optimizer step with the reference recipe's
+repeat count (rl/ema.py), NaN rewards are excluded instead of crashing the statistics, and resume
+is exact (sampler, noise and window generators, optimizer, EMA, metrics).
 """
 
 from __future__ import annotations
@@ -154,6 +155,8 @@ class FlowGRPOTrainer:
         self.threads_before = torch.get_num_threads()
         if t.num_threads is not None:
             torch.set_num_threads(t.num_threads)
+        self.tf32_before = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = t.allow_tf32  # flow_grpo train_sd3.py l. 449-450
         set_seed(cfg.seed)  # identical LoRA init on every rank
         pipe = load_pipeline(cfg.model)  # checks a model folder before any weights load
         reward = build_reward(cfg.reward)
@@ -210,7 +213,9 @@ class FlowGRPOTrainer:
             register_lora_hooks(acc)
         self.transformer, self.optimizer = acc.prepare(self.transformer, optimizer)
         self.ema = (
-            EMA(self.params, cfg.ema.decay, cfg.ema.update_every) if cfg.ema.enabled else None
+            EMA(self.params, cfg.ema.decay, cfg.ema.update_every, cfg.ema.repeat)
+            if cfg.ema.enabled
+            else None
         )
         self.tracker = PromptStatTracker(global_std=t.global_std)
         rank = acc.process_index
@@ -300,8 +305,12 @@ class FlowGRPOTrainer:
         epoch = self.sampler.next_epoch
         batches = self.sampler.next_epoch_batches()
         if self.cache_mode == "epoch":
-            # memory bounded by the epoch's prompts, not by a data set of tens of thousands
+            # memory bounded by the epoch's prompts, not by a data set of tens of thousands;
+            # encoded here, outside the autocast below, as the reference's compute_text_embeddings
+            # (fp16 text encoders then compute in fp16, not in autocast's choice of dtypes)
             self.cache = self.new_prompt_cache()
+            negative = [""] if self.cfg.rollout.uses_cfg else []
+            self.cache.encode_all([self.prompts[i] for b in batches for i in b] + negative)
         for indices in tqdm(batches, desc="sampling", leave=False, disable=not self.is_main):
             prompts = [self.prompts[i] for i in indices]
             start = self.group_start_noise(epoch, indices) if self.cfg.train.same_latent else None
@@ -390,7 +399,7 @@ class FlowGRPOTrainer:
         The kept samples are split into the same number of micro-batches on every rank (a rank
         that runs out trains a weight-0 stand-in), and gradients accumulate over
         ``micro_batches / optimizer_steps_per_epoch`` micro-batches x all trained steps. The EMA
-        steps after every micro-batch, as in the reference.
+        steps after every optimizer step.
         """
         t, acc = self.cfg.train, self.accelerator
         keep = (advantages != 0).nonzero().flatten()
@@ -435,10 +444,10 @@ class FlowGRPOTrainer:
                     maxima["onpolicy_log_ratio_abs_max"] = max(onpolicy, log_ratio)
                 if acc.sync_gradients and stepped:
                     self.optimizer_step += 1
+                    if self.ema is not None:  # one EMA event per optimizer step
+                        self.ema.step(self.optimizer_step)
                 for name in LOSS_METRICS:
                     means[name] += float(getattr(out, name)) / (len(chunks) * self.num_train_steps)
-            if self.ema is not None:
-                self.ema.step(self.optimizer_step)
         means["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
         stats = {k: reduce_scalar(acc, v, "mean") for k, v in means.items()}
         stats |= {k: reduce_scalar(acc, v, "max") for k, v in maxima.items()}
@@ -456,7 +465,7 @@ class FlowGRPOTrainer:
         cfg, t = self.cfg, self.cfg.train
         with self.accelerator.autocast():
             log_prob, mean, std = step_log_prob(
-                self.transformer, batch, position, self.cache, cfg.rollout
+                self.transformer, batch, position, self.cache, cfg.rollout, t.detach_uncond
             )
             kl = None
             if self.reference is not None:
@@ -490,19 +499,19 @@ class FlowGRPOTrainer:
         return rollout.images[:n], rollout.prompts[:n], scores.scores[:n]
 
     def maybe_evaluate(self, epochs_done: int) -> dict[str, float]:
-        """Run the eval hook (rank 0) every ``eval_hook.every_n_epochs`` epochs."""
+        """Run the eval hook (rank 0) every ``eval_hook.every_n_epochs`` epochs, at this run's
+        resolution, guidance and evaluation steps unless the hook sets its own."""
         every = int(self.cfg.eval_hook.get("every_n_epochs") or 0)
         if every <= 0 or epochs_done % every:
             return {}
         results: dict[str, float] = {}
         if self.is_main:
-            from eval.after_checkpoint import evaluate_pipeline
+            from eval.after_checkpoint import evaluate_pipeline, run_generation
 
             out_dir = self.run_dir / "eval" / checkpoint_name(epochs_done)
+            hook, run = OmegaConf.create(self.cfg.eval_hook), run_generation(self.cfg.rollout)
             with self.trained_weights(), self.cache.text_encoders_on_device():
-                results = evaluate_pipeline(
-                    self.pipe, OmegaConf.create(self.cfg.eval_hook), out_dir, epochs_done
-                )
+                results = evaluate_pipeline(self.pipe, hook, out_dir, epochs_done, run)
         self.accelerator.wait_for_everyone()
         return results
 
@@ -583,6 +592,7 @@ class FlowGRPOTrainer:
         self.reward.release()
         self.accelerator.end_training()
         torch.set_num_threads(self.threads_before)
+        torch.backends.cuda.matmul.allow_tf32 = self.tf32_before
 
     def run(self) -> None:
         self.setup()

@@ -21,7 +21,8 @@ from eval.generation import GenerationConfig, ImageJob, build_pipeline, generate
 REPO = Path(__file__).resolve().parents[1]
 FIX = REPO / "tests" / "fixtures_eval"
 TINY = {"name": "tiny", "seed": 0, "dtype": "float32"}
-GEN = ["generation.num_steps=1", "generation.height=32", "generation.width=32"]
+GEN = ["generation.num_steps=1", "generation.height=32", "generation.width=32",
+       "generation.guidance_scale=4.5", "generation.max_sequence_length=128"]  # fmt: skip
 
 
 def hook_overrides(judge: str = "pixel") -> list[str]:

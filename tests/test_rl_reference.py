@@ -77,10 +77,17 @@ def test_train_defaults_are_the_reference_recipe():
             "train.kl_include_dt": (False, f"{TRAIN_SD3} kl_loss / (2 std_dev_t**2)"),
             "train.shuffle_samples": (True, f"{TRAIN_SD3} perm = torch.randperm(...)"),
             "train.optimizer_steps_per_epoch": (2, f"{GRPO} gradient_accumulation = batches//2"),
+            "train.batch_size": (9, f"{GRPO} general_ocr_sd3 sample.train_batch_size"),
+            "train.micro_batch_size": (9, f"{GRPO} train.batch_size = sample.train_batch_size"),
+            "train.detach_uncond": (True, f"{TRAIN_SD3} line 190 noise_pred_uncond.detach()"),
+            "train.allow_tf32": (True, f"{BASE} allow_tf32"),
+            "rollout.eval_num_steps": (40, f"{GRPO} sample.eval_num_steps"),
             "lora.rank": (32, f"{TRAIN_SD3} LoraConfig(r=32)"),
             "lora.alpha": (64.0, f"{TRAIN_SD3} lora_alpha=64"),
             "ema.decay": (0.9, f"{TRAIN_SD3} EMAModuleWrapper(decay=0.9)"),
             "ema.update_every": (8, f"{TRAIN_SD3} update_step_interval=8"),
+            "ema.enabled": (True, f"{GRPO} general_ocr_sd3 / geneval_sd3 train.ema"),
+            "ema.repeat": (2, f"{GRPO} 4 batches / accumulation 2 per GPU at gpu_number=32"),
         },
     )
     assert sorted(cfg.lora.target_modules) == sorted(REFERENCE_TARGETS), TRAIN_SD3
@@ -99,6 +106,9 @@ def test_pickscore_preset_is_the_reference_pickscore_sd3():
             "rollout.num_train_steps": (9, f"{source} timestep_fraction 0.99"),
             "train.group_size": (24, f"{source} sample.num_image_per_prompt"),
             "train.groups_per_epoch": (48, f"{source} 48 prompts per epoch"),
+            "train.batch_size": (9, f"{source} sample.train_batch_size"),
+            "train.micro_batch_size": (9, f"{source} train.batch_size"),
+            "rollout.eval_num_steps": (40, f"{source} sample.eval_num_steps"),
             "train.optimizer_steps_per_epoch": (2, f"{source} gradient_accumulation_steps"),
             "train.beta": (0.01, f"{source} train.beta"),
             "train.clip_range": (1e-4, f"{BASE} clip_range"),
@@ -127,6 +137,8 @@ def test_fast_nocfg_preset_is_the_reference_pickscore_sd3_fast_nocfg():
             "rollout.num_train_steps": (3, f"{TRAIN_FAST} num_train_timesteps = window size"),
             "train.group_size": (18, f"{source} sample.num_image_per_prompt"),
             "train.groups_per_epoch": (64, f"{source} 64 prompts per epoch"),
+            "train.batch_size": (9, f"{source} sample.train_batch_size"),
+            "train.micro_batch_size": (9, f"{source} train.batch_size"),
             "train.optimizer_steps_per_epoch": (2, f"{source} gradient_accumulation_steps"),
             "train.clip_range": (1e-5, f"{source} train.clip_range"),
             "train.beta": (0.0, f"{source} train.beta"),
@@ -153,7 +165,8 @@ def test_fp16_precision_needs_a_float32_model():
 def test_ema_follows_the_reference_warmup_and_cadence_by_hand():
     """flow_grpo/ema.py, called after every micro-batch with s = optimizer steps done: update
     when (s + 1) % every == 0 with decay min((1 + s) / (10 + s), decay). Two micro-batches per
-    optimizer step, every=2, decay=0.3 (so the cap is reached at s=3), shadow starting at 0."""
+    optimizer step, every=2, decay=0.3 (so the cap is reached at s=3), shadow starting at 0. (The
+    trainer calls it once per optimizer step with ema.repeat updates: tests/test_rl_recipe.py.)"""
     param = torch.nn.Parameter(torch.zeros(1))
     ema = EMA([param], decay=0.3, update_every=2)
     calls = [(0, 1.0), (1, 2.0), (1, 2.0), (2, 3.0), (2, 3.0), (3, 4.0)]  # (s, weight after s)

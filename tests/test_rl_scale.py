@@ -1,6 +1,7 @@
 """Scale-out that has run, on CPU processes over gloo: the demo preset on 2 processes with DDP
 (Hydra's own timestamped run folder shared by both), DeepSpeed ZeRO-2 through the shipped
-conf/accelerate/deepspeed_zero2.yaml (first epoch equal to DDP, resume exact), and two machines
+conf/accelerate/deepspeed_zero2.yaml (first epoch equal to DDP, resume exact) in float32 and in
+DeepSpeed's bf16 mode (half weights in the engine, on-policy, resume exact), and two machines
 (two `accelerate launch` with --machine_rank 0 and 1 meeting on 127.0.0.1, one shared run folder)
 equal to the single-machine run. Each launch is shared by the tests that read it.
 
@@ -88,6 +89,20 @@ def zero2_runs(tmp_path_factory) -> tuple[Path, Path]:
     return straight, resumed
 
 
+@pytest.fixture(scope="module")
+def zero2_bf16_runs(tmp_path_factory) -> tuple[Path, Path]:
+    """The same two ZeRO-2 launches with train.mixed_precision=bf16: DeepSpeed's bf16 mode."""
+    base = tmp_path_factory.mktemp("zero2_bf16")
+    config = ["--config_file", str(ROOT / "conf/accelerate/deepspeed_zero2.yaml"),
+              "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "rl.train",
+              *DEMO, "train.mixed_precision=bf16"]  # fmt: skip
+    straight, resumed = base / "straight", base / "resumed"
+    finish(launch([*config, f"hydra.run.dir={straight}"], base, cpu=False))
+    first = straight / "checkpoints" / "epoch_000001"
+    finish(launch([*config, f"hydra.run.dir={resumed}", f"resume={first}"], base, cpu=False))
+    return straight, resumed
+
+
 def test_demo_runs_on_two_processes_sharing_one_folder_and_whole_groups(ddp_run):
     metrics = rows(ddp_run)
     assert [r["epoch"] for r in metrics] == [1, 2]
@@ -133,6 +148,37 @@ def test_zero2_resume_is_exact(zero2_runs):
         weights_only=False,
     )["module"]
     assert {name for name in saved if "lora_" not in name} == {"pos_embed.pos_embed"}
+
+
+def test_zero2_bf16_keeps_half_weights_in_the_engine_and_stays_on_policy(
+    zero2_runs, zero2_bf16_runs
+):
+    """DeepSpeed's bf16 mode: the engine holds the LoRA (and the frozen base) in bfloat16 and the
+    ZeRO-2 optimizer float32 master partitions; sampling and training run the same bf16 weights,
+    so the first trained step's ratio is exactly 1. Epoch 1 samples the base model (LoRA B = 0),
+    so its reward is the fp32 run's up to bf16 rounding of the images."""
+    straight = zero2_bf16_runs[0]
+    checkpoint = straight / "checkpoints/epoch_000002/pytorch_model"
+    module = torch.load(checkpoint / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    assert {t.dtype for n, t in module.items() if "lora_" in n} == {torch.bfloat16}
+    shards = sorted(checkpoint.glob("bf16_zero_pp_rank_*_optim_states.pt"))
+    assert len(shards) == 2  # one optimizer partition per process
+    optim = torch.load(shards[0], weights_only=False)["optimizer_state_dict"]
+    assert {t.dtype for t in optim["single_partition_of_fp32_groups"]} == {torch.float32}
+    bf16, fp32 = rows(straight), rows(zero2_runs[0])
+    assert all(r["onpolicy_log_ratio_abs_max"] == 0.0 and r["grad_norm"] > 0 for r in bf16)
+    assert [r["optimizer_step"] for r in bf16] == [2, 4]
+    assert bf16[0]["reward_mean"] == pytest.approx(fp32[0]["reward_mean"], abs=0.01)
+    assert bf16[0]["reward_mean"] != fp32[0]["reward_mean"]  # it did run in bf16
+
+
+def test_zero2_bf16_resume_is_exact(zero2_bf16_runs):
+    straight, resumed = zero2_bf16_runs
+    assert "resumed from" in (resumed / "train.log").read_text()
+    assert timing_free(rows(resumed)) == timing_free(rows(straight))
+    a = load_file(straight / "checkpoints/epoch_000002" / ADAPTER_FILE)
+    b = load_file(resumed / "checkpoints/epoch_000002" / ADAPTER_FILE)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_two_machines_equal_one_machine_with_two_processes(ddp_run, tmp_path):

@@ -270,8 +270,8 @@ def test_model_folder_error_is_raised_before_loading(tmp_path):
 def test_fast_window_with_two_optimizer_steps_end_to_end(tmp_path):
     """The fast variant as the reference runs it (beta 0, a random window per batch) with two
     optimizer steps per epoch: every batch draws its window and trains exactly it, the reference
-    policy never runs, the EMA steps after every micro-batch with the optimizer steps done so far
-    (flow_grpo train_sd3_fast.py), and the second step trains on log-probs moved by the first."""
+    policy never runs, the EMA steps once per optimizer step (not per micro-batch: rl/ema.py) with
+    the optimizer steps done so far, and the second step trains on log-probs moved by the first."""
     cfg = compose_train(
         [*TINY, "train.epochs=2", "log.sample_every_n_epochs=0", "rollout.sde_window=null",
          "rollout.sde_window_size=2", "rollout.sde_window_range=[0,4]", "rollout.sde_kind=cps",
@@ -300,7 +300,7 @@ def test_fast_window_with_two_optimizer_steps_end_to_end(tmp_path):
     assert all(w in [(0, 1), (1, 2), (2, 3)] for w in windows)
     # per epoch: 4 batches x 4 sampling steps + 4 micro-batches x 2 trained steps, no reference
     assert len(forwards) == 2 * (4 * 4 + 4 * 2)
-    assert ema_calls == [0, 1, 1, 2, 2, 3, 3, 4]
+    assert ema_calls == [1, 2, 3, 4]  # 2 micro-batches per optimizer step, one EMA event each
     assert [r["optimizer_step"] for r in rows] == [2, 4]
     for row in rows:
         assert row["onpolicy_log_ratio_abs_max"] == 0.0 and row["log_ratio_abs_max"] > 0
