@@ -23,19 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusion3Pipeline
+from diffusers import DiffusionPipeline
 
-# The reference's list (scripts/train_sd3.py of yifan123/flow_grpo): the joint attention only.
-TARGET_MODULES = (
-    "attn.to_q",
-    "attn.to_k",
-    "attn.to_v",
-    "attn.to_out.0",
-    "attn.add_q_proj",
-    "attn.add_k_proj",
-    "attn.add_v_proj",
-    "attn.to_add_out",
-)
+from rl.families import SD3, family_of
+
+# The reference's list for SD3 (scripts/train_sd3.py of yifan123/flow_grpo): the joint attention
+# only. Each family declares its own (rl/families/); the config's default is the model's family's.
+TARGET_MODULES = SD3.lora_targets
 # Bare names also adapt attn2 of dual-attention blocks (option: lora.target_modules=[to_q, ...]).
 ALL_ATTENTION_TARGET_MODULES = tuple(name.removeprefix("attn.") for name in TARGET_MODULES)
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
@@ -122,32 +116,41 @@ def load_lora_state_dict(transformer: torch.nn.Module, state: dict[str, torch.Te
 
 def export_lora(
     transformer: torch.nn.Module,
+    pipe: DiffusionPipeline,
     out_dir: Path,
     base_model: str,
     reward: str,
     epoch: int,
     settings: LoraSettings,
 ) -> Path:
-    """Write ``pytorch_lora_weights.safetensors`` and a model card ``README.md`` to ``out_dir``."""
+    """Write ``pytorch_lora_weights.safetensors`` (in the format that ``pipe``'s class reads with
+    ``load_lora_weights``) and a model card ``README.md`` to ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    StableDiffusion3Pipeline.save_lora_weights(
+    pipeline_class = family_of(pipe).pipeline_class
+    pipeline_class.save_lora_weights(
         out_dir,
         transformer_lora_layers=lora_state_dict(transformer),
         transformer_lora_adapter_metadata=transformer.peft_config["default"].to_dict(),
     )
     (out_dir / "README.md").write_text(
-        model_card(base_model, reward, epoch, settings), encoding="utf-8"
+        model_card(base_model, reward, epoch, settings, pipeline_class.__name__), encoding="utf-8"
     )
     return out_dir / LORA_WEIGHTS_NAME
 
 
-def model_card(base_model: str, reward: str, epoch: int, settings: LoraSettings) -> str:
-    """A short model card: what was trained, how, and how to load it."""
+def model_card(
+    base_model: str,
+    reward: str,
+    epoch: int,
+    settings: LoraSettings,
+    pipeline: str = "StableDiffusion3Pipeline",
+) -> str:
+    """A short model card: what was trained, how, and how to load it with ``pipeline``."""
     targets = ", ".join(settings.target_modules)
     return f"""---
 library_name: diffusers
 base_model: {base_model}
-tags: [lora, text-to-image, stable-diffusion-3, flow-grpo]
+tags: [lora, text-to-image, flow-grpo]
 ---
 # Flow-GRPO LoRA for {base_model}
 
@@ -158,11 +161,11 @@ Flow-GRPO online reinforcement learning against the reward `{reward}` for {epoch
 ## Use
 
 ```python
-from diffusers import StableDiffusion3Pipeline
+from diffusers import {pipeline}
 
-pipe = StableDiffusion3Pipeline.from_pretrained("<local {base_model} folder>")
+pipe = {pipeline}.from_pretrained("<local {base_model} folder>")
 pipe.load_lora_weights("<this folder>", weight_name="{LORA_WEIGHTS_NAME}")
-image = pipe("a photo of a red apple", num_inference_steps=40, guidance_scale=4.5).images[0]
+image = pipe("a photo of a red apple").images[0]
 ```
 
 Rewards can be hacked: look at samples, not only at the reward curve.

@@ -1,9 +1,15 @@
-"""Flow-GRPO rollouts for SD3: sample trajectories with per-step log-probs, and re-score them.
+"""Flow-GRPO rollouts: sample trajectories with per-step log-probs, and re-score them.
+
+Family-agnostic: what differs between SD3, FLUX, ... (prompt encoding, latent layout, velocity
+with CFG or a guidance embedding, schedule, decoding) is asked of the pipeline's family
+(:func:`rl.families.family_of`); this module never names one.
 
 Kept from the reference implementation, because the algorithm needs them:
-* the SD3 flow-matching schedule (diffusers' scheduler sigmas, shift 3.0) and SDE/CPS steps of
-  :func:`rl.sde.sde_step` with log-probs of every stored transition;
-* classifier-free guidance with the empty negative prompt, cond and uncond in one batched forward;
+* the family pipeline's flow-matching schedule (SD3.5: the scheduler's sigmas, shift 3.0; FLUX:
+  dynamic shift) and SDE/CPS steps of :func:`rl.sde.sde_step` with log-probs of every stored
+  transition;
+* classifier-free guidance with the family's negative prompt, cond and uncond in one batched
+  forward (or, for a guidance-distilled family, the scale as the transformer's input);
 * trained steps = the first ``int(train_fraction * num_steps)`` steps (the last, nearly noise-free
   step is left out), or, for the fast variant, only the SDE steps of a window (ODE elsewhere): as
   in flow_grpo's ``sd3_pipeline_with_logprob_fast.py``, a window of ``sde_window_size`` steps whose
@@ -28,13 +34,12 @@ from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 import torch
-from diffusers import StableDiffusion3Pipeline
-from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+from diffusers import DiffusionPipeline
 from tqdm.auto import tqdm
 
+from rl.families import ModelFamily, family_of
 from rl.sde import sde_step
 
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 PROMPT_CACHE_MODES = ("auto", "all", "epoch")
 
 
@@ -45,6 +50,7 @@ class RolloutConfig:
     Attributes:
         num_steps: denoising steps per rollout (10 in Flow-GRPO; evaluation uses 40 ODE steps).
         guidance_scale: CFG scale; <= 1 means no CFG (one forward, the fast variant's default).
+            A guidance-distilled family (FLUX) reads it as the guidance embedding's input.
         noise_level: a in the SDE/CPS std; 0 makes every step a deterministic Euler step.
         sde_kind: "sde" (Flow-GRPO) or "cps" (coefficient-preserving sampling).
         sde_window_size: > 0: the fast variant's random window; each sampling batch draws a
@@ -191,6 +197,7 @@ class RolloutConfig:
 
     @property
     def uses_cfg(self) -> bool:
+        """Whether CFG is asked for (a family without a negative branch ignores it)."""
         return self.guidance_scale > 1
 
     def cache_mode(self, num_unique_prompts: int) -> Literal["all", "epoch"]:
@@ -200,19 +207,19 @@ class RolloutConfig:
         return "all" if num_unique_prompts <= self.prompt_cache_max_prompts else "epoch"
 
 
-def move_text_encoders(pipe: StableDiffusion3Pipeline, device: torch.device | str) -> None:
-    """Put the pipeline's three text encoders on ``device``."""
-    for name in TEXT_ENCODERS:
+def move_text_encoders(pipe: DiffusionPipeline, device: torch.device | str) -> None:
+    """Put the pipeline's text encoders on ``device``."""
+    for name in family_of(pipe).text_encoders:
         getattr(pipe, name).to(device)
 
 
 class PromptCache:
-    """Text embeddings of each unique prompt, computed once with the pipeline's three encoders.
+    """Text embeddings of each unique prompt, computed once with the pipeline's text encoders.
 
     ``encode`` runs the encoders only on prompts it has not seen and returns embeddings on
     ``device`` (where sampling runs); they are stored on ``store_device`` (default: ``device``),
     in pinned memory when that is the CPU and ``device`` is CUDA, so that each batch copies its
-    prompts asynchronously. The empty negative prompt is encoded once by ``negative``.
+    prompts asynchronously. The family's CFG negative prompt is encoded once by ``negative``.
     Prompts go through the encoders ``chunk_size`` at a time; the default 1 makes a prompt's
     embedding a function of the prompt alone (a matmul's rounding depends on its row count),
     so it is bit-identical however prompts are grouped into batches, cache modes or ranks.
@@ -222,13 +229,14 @@ class PromptCache:
 
     def __init__(
         self,
-        pipe: StableDiffusion3Pipeline,
+        pipe: DiffusionPipeline,
         max_sequence_length: int = 128,
         device: torch.device | str = "cpu",
         chunk_size: int = 1,
         store_device: torch.device | str | None = None,
     ) -> None:
         self.pipe, self.max_sequence_length = pipe, max_sequence_length
+        self.family: ModelFamily = family_of(pipe)
         self.device, self.chunk_size = torch.device(device), chunk_size
         self.store_device = self.device if store_device is None else torch.device(store_device)
         self.pin = self.store_device.type == "cpu" and self.device.type == "cuda"
@@ -240,17 +248,12 @@ class PromptCache:
     def encode_all(self, prompts: list[str], progress: bool = False) -> None:
         """Encode the prompts not cached yet (e.g. a whole data set; tqdm if ``progress``)."""
         new = list(dict.fromkeys(p for p in prompts if p not in self._cache))
-        encoder_device = self.pipe.text_encoder.device
+        encoder_device = getattr(self.pipe, self.family.text_encoders[0]).device
         chunks = range(0, len(new), self.chunk_size)
         for i in tqdm(chunks, desc="encoding prompts", leave=False, disable=not progress):
             chunk = new[i : i + self.chunk_size]
-            embeds, _, pooled, _ = self.pipe.encode_prompt(
-                prompt=chunk,
-                prompt_2=chunk,
-                prompt_3=chunk,
-                device=encoder_device,
-                do_classifier_free_guidance=False,
-                max_sequence_length=self.max_sequence_length,
+            embeds, pooled = self.family.encode(
+                self.pipe, chunk, self.max_sequence_length, encoder_device
             )
             self.add(chunk, embeds, pooled)
             self.num_encoded += len(chunk)
@@ -275,8 +278,14 @@ class PromptCache:
         return torch.stack(embeds), torch.stack(pooled)
 
     def negative(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings [1, L, D] and pooled [1, P] of the empty negative prompt (cached)."""
-        return self.encode([""])
+        """Embeddings [1, L, D] and pooled [1, P] of the family's negative prompt (cached)."""
+        if self.family.negative_prompt is None:
+            raise ValueError(f"the {self.family.name} family has no CFG negative prompt")
+        return self.encode([self.family.negative_prompt])
+
+    def negative_prompts(self, guidance_scale: float) -> list[str]:
+        """The negative prompt that sampling at ``guidance_scale`` needs encoded (or none)."""
+        return [self.family.negative_prompt] if self.family.uses_cfg(guidance_scale) else []
 
     @property
     def nbytes(self) -> int:
@@ -287,12 +296,12 @@ class PromptCache:
         return len(self._cache)
 
     def encoder_devices(self) -> set[torch.device]:
-        """The devices that the three text encoders' weights are on now."""
-        encoders = [getattr(self.pipe, name) for name in TEXT_ENCODERS]
+        """The devices that the text encoders' weights are on now."""
+        encoders = [getattr(self.pipe, name) for name in self.family.text_encoders]
         return {param.device for encoder in encoders for param in encoder.parameters()}
 
     def offload_text_encoders(self) -> None:
-        """Move the three text encoders to the CPU (new prompts are then encoded there)."""
+        """Move the text encoders to the CPU (new prompts are then encoded there)."""
         move_text_encoders(self.pipe, "cpu")
         self.offloaded = True
         if torch.cuda.is_available():
@@ -321,44 +330,31 @@ def predict_velocity(
     neg_embeds: torch.Tensor | None,
     neg_pooled: torch.Tensor | None,
     guidance_scale: float,
+    image_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """The (CFG-combined) velocity at ``latents`` [B, C, h, w] and ``timestep`` [B], float32.
+    """The (guided) velocity at ``latents`` and ``timestep`` [B], float32, by the family of
+    ``transformer`` (:meth:`rl.families.base.ModelFamily.velocity`).
 
-    With ``guidance_scale > 1`` the uncond and cond rows go through ONE transformer forward
-    ([uncond; cond], diffusers' order) and are combined as u + g (c - u) in float32; otherwise
-    only the cond rows run. The negative embeddings may have batch size 1 (broadcast). Latents
-    and embeddings enter in the transformer's weight dtype (float32 latents, fp16 text embeddings
-    and a float32 transformer under the fp16 layout: float32 in, autocast decides the rest).
+    With CFG (SD3 at ``guidance_scale > 1``) the uncond and cond rows go through ONE transformer
+    forward ([uncond; cond], diffusers' order) and are combined as u + g (c - u) in float32;
+    otherwise only the cond rows run. The negative embeddings may have batch size 1 (broadcast).
+    ``image_size`` (pixels) is needed by families with packed latents (FLUX's position ids).
     """
-    batch = latents.shape[0]
-    dtype = next(transformer.parameters()).dtype  # the base weights' (LoRA's come later)
-    model_input = latents.to(dtype)
-    embeds, pooled = embeds.to(dtype), pooled.to(dtype)
-    if neg_embeds is not None:
-        neg_embeds, neg_pooled = neg_embeds.to(dtype), neg_pooled.to(dtype)
-    if guidance_scale > 1:
-        model_input = torch.cat([model_input, model_input])
-        timestep = torch.cat([timestep, timestep])
-        embeds = torch.cat([neg_embeds.expand(batch, -1, -1), embeds])
-        pooled = torch.cat([neg_pooled.expand(batch, -1), pooled])
-    velocity = transformer(
-        hidden_states=model_input,
-        timestep=timestep,
-        encoder_hidden_states=embeds,
-        pooled_projections=pooled,
-        return_dict=False,
-    )[0].float()
-    if guidance_scale > 1:
-        uncond, cond = velocity.chunk(2)
-        velocity = uncond + guidance_scale * (cond - uncond)
-    return velocity
+    family = family_of(transformer)
+    if not family.uses_cfg(guidance_scale):
+        neg_embeds = neg_pooled = None
+    return family.velocity(
+        transformer, latents, timestep, embeds, pooled, neg_embeds, neg_pooled,
+        guidance_scale, image_size,
+    )  # fmt: skip
 
 
 @dataclass
 class Rollout:
     """A batch of sampled trajectories (all tensors indexed by sample first, except ``sigmas``).
 
-    ``latents[:, 0]`` is the start noise and ``latents[:, i + 1]`` the outcome of step i, whose
+    ``latents[:, 0]`` is the start noise and ``latents[:, i + 1]`` the outcome of step i (in the
+    family's layout: [C, h, w] for SD3, packed [tokens, channels] for FLUX), whose
     log-prob is ``log_probs[:, i]`` (0 for ODE steps) at transformer time ``timesteps[:, i]``.
     ``train_steps[:, j]`` is the denoising step that sample's j-th trained transition took: the
     same for every sample of a batch, but batches of the fast variant draw different windows.
@@ -367,7 +363,7 @@ class Rollout:
     prompts: list[str]
     embeds: torch.Tensor  # [B, L, D]
     pooled: torch.Tensor  # [B, P]
-    latents: torch.Tensor  # [B, T + 1, C, h, w] float32
+    latents: torch.Tensor  # [B, T + 1, *latent_shape] float32
     log_probs: torch.Tensor  # [B, T] float32
     timesteps: torch.Tensor  # [B, T]
     sigmas: torch.Tensor  # [T + 1]
@@ -431,45 +427,24 @@ class Rollout:
         return replace(first, prompts=[p for r in rollouts for p in r.prompts], **joined)
 
 
-def _schedule(
-    pipe: StableDiffusion3Pipeline, cfg: RolloutConfig, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Transformer timesteps [T] and sigmas [T + 1] of the pipeline's scheduler."""
-    scheduler = pipe.scheduler
-    kwargs = {}
-    if scheduler.config.get("use_dynamic_shifting", False):
-        patch = pipe.transformer.config.patch_size * pipe.vae_scale_factor
-        kwargs["mu"] = calculate_shift(
-            (cfg.height // patch) * (cfg.width // patch),
-            scheduler.config.base_image_seq_len,
-            scheduler.config.max_image_seq_len,
-            scheduler.config.base_shift,
-            scheduler.config.max_shift,
-        )
-    scheduler.set_timesteps(cfg.num_steps, device=device, **kwargs)
-    return scheduler.timesteps.clone(), scheduler.sigmas.clone()
-
-
 def _negative(cache: PromptCache, cfg: RolloutConfig) -> tuple[torch.Tensor | None, ...]:
-    return cache.negative() if cfg.uses_cfg else (None, None)
+    return cache.negative() if cache.family.uses_cfg(cfg.guidance_scale) else (None, None)
 
 
 @torch.no_grad()
-def decode_images(pipe: StableDiffusion3Pipeline, latents: torch.Tensor) -> torch.Tensor:
+def decode_images(
+    pipe: DiffusionPipeline, latents: torch.Tensor, image_size: tuple[int, int]
+) -> torch.Tensor:
     """Decode final latents with the pipeline's VAE into float images [B, 3, H, W] in [0, 1].
 
     The VAE runs in its own weight dtype even inside an autocast region (a float32 VAE beside
     fp16 autocast decodes in float32, as in the reference)."""
-    vae = pipe.vae
-    latents = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
-    with torch.autocast(latents.device.type, enabled=False):
-        images = vae.decode(latents, return_dict=False)[0]
-    return pipe.image_processor.postprocess(images, output_type="pt").float()
+    return family_of(pipe).decode(pipe, latents, image_size)
 
 
 @torch.no_grad()
 def sample(
-    pipe: StableDiffusion3Pipeline,
+    pipe: DiffusionPipeline,
     transformer: torch.nn.Module,
     cache: PromptCache,
     prompts: list[str],
@@ -481,31 +456,25 @@ def sample(
     """Sample one image per prompt along the SDE/ODE schedule of ``cfg`` and record the trajectory.
 
     ``transformer`` is passed separately from ``pipe`` because the trainer's copy may be wrapped
-    (peft, accelerate). ``generator`` draws the start noise (unless ``latents`` [B, C, h, w] is
-    given) and every step's noise. ``window`` is this batch's SDE window: required when ``cfg``
-    draws random windows (``cfg.draw_window(generator)``), else ``cfg``'s fixed window or none.
+    (peft, accelerate). ``generator`` draws the start noise (unless ``latents`` [B, *latent_shape]
+    of the family is given) and every step's noise. ``window`` is this batch's SDE window:
+    required when ``cfg`` draws random windows (``cfg.draw_window(generator)``), else ``cfg``'s
+    fixed window or none.
     """
     window = cfg.check_window(window)
-    device = cache.device
+    device, family, size = cache.device, family_of(pipe), (cfg.height, cfg.width)
     embeds, pooled = cache.encode(prompts)
     neg_embeds, neg_pooled = _negative(cache, cfg)
-    timesteps, sigmas = _schedule(pipe, cfg, device)
-    x = pipe.prepare_latents(
-        len(prompts),
-        pipe.transformer.config.in_channels,
-        cfg.height,
-        cfg.width,
-        torch.float32,
-        device,
-        generator,
-        latents,
+    timesteps, sigmas = family.schedule(pipe, cfg.num_steps, cfg.height, cfg.width, device)
+    x = family.prepare_latents(
+        pipe, len(prompts), cfg.height, cfg.width, device, generator, latents
     )
     sigma_max = sigmas[1].item()
     trajectory, log_probs = [x], []
     for i, t in enumerate(timesteps):
         velocity = predict_velocity(
             transformer, x, t.expand(len(prompts)), embeds, pooled, neg_embeds, neg_pooled,
-            cfg.guidance_scale,
+            cfg.guidance_scale, size,
         )  # fmt: skip
         x, log_prob, _, _ = sde_step(
             x, velocity, sigmas[i], sigmas[i + 1], cfg.step_noise_level(i, window),
@@ -523,7 +492,7 @@ def sample(
         timesteps=timesteps.expand(len(prompts), -1).clone(),
         sigmas=sigmas,
         train_steps=train_steps.expand(len(prompts), -1).clone(),
-        images=decode_images(pipe, x),
+        images=decode_images(pipe, x, size),
     )
 
 
@@ -548,7 +517,7 @@ def step_log_prob(
     neg_embeds, neg_pooled = _negative(cache, cfg)
     velocity = predict_velocity(
         transformer, x, rollout.timesteps[rows, step], rollout.embeds, rollout.pooled,
-        neg_embeds, neg_pooled, cfg.guidance_scale,
+        neg_embeds, neg_pooled, cfg.guidance_scale, (cfg.height, cfg.width),
     )  # fmt: skip
     _, log_prob, mean, std = sde_step(
         x, velocity, sigmas[step], sigmas[step + 1], cfg.noise_level, prev_sample=x_next,

@@ -1,4 +1,5 @@
-"""Flow-GRPO fine-tuning of an SD3 model against any reward: ``python -m rl.train``.
+"""Flow-GRPO fine-tuning of a text-to-image flow model (any family of :mod:`rl.families`: SD3.5,
+FLUX.1) against any reward: ``python -m rl.train``.
 
 One recipe class that reads top to bottom: :meth:`FlowGRPOTrainer.setup`, :meth:`~.train` (one
 epoch = sample, score, advantages, update), :meth:`~.save`, :meth:`~.cleanup`.
@@ -170,7 +171,7 @@ class FlowGRPOTrainer:
         self.cache_mode = r.cache_mode(len(unique))
         self.cache = self.new_prompt_cache()
         if self.cache_mode == "all":
-            negative = [""] if r.uses_cfg else []
+            negative = self.cache.negative_prompts(r.guidance_scale)
             self.cache.encode_all(unique + negative, progress=self.is_main)
             self.cache.offload_text_encoders()
 
@@ -311,8 +312,7 @@ class FlowGRPOTrainer:
         """One start noise per group, the same on whichever rank a member lands: it is drawn
         from (seed, epoch, prompt index), never from a rank's generator."""
         r = self.cfg.rollout
-        scale = self.pipe.vae_scale_factor
-        shape = (self.pipe.transformer.config.in_channels, r.height // scale, r.width // scale)
+        shape = self.cache.family.latent_shape(self.pipe, r.height, r.width)
         seeds = [hash((self.cfg.seed, epoch, i)) & (2**63 - 1) for i in indices]  # int hash: stable
         noise = [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
         return torch.stack(noise).to(self.accelerator.device)
@@ -502,6 +502,7 @@ class FlowGRPOTrainer:
                 return
             export_lora(
                 transformer,
+                self.pipe,
                 folder / "lora",
                 base_model=base_model_name(self.cfg.model),
                 reward=str(self.cfg.reward.get("_target_", "reward")),

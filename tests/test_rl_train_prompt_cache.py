@@ -12,8 +12,10 @@ from test_rl_train import TINY, compose_train, timing_free
 
 import rl.train
 from rl.config import parse_config
-from rl.rollout import TEXT_ENCODERS
+from rl.families import SD3
 from rl.train import FlowGRPOTrainer
+
+TEXT_ENCODERS = SD3.text_encoders
 
 DEMO_PROMPTS = 8  # unique prompts of experiment=demo
 LOAD_PIPELINE, SAMPLE_EPOCH = rl.train.load_pipeline, FlowGRPOTrainer.sample_epoch

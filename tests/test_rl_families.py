@@ -1,0 +1,202 @@
+"""Every model family through the one trainer: the tiny SD3.5-Large and FLUX.1-dev stand-ins equal
+their diffusers pipelines, FLUX's SDE steps equal an independent recomputation of flow_grpo's
+FLUX sampler, LoRA targets are the reference's, the exported LoRA loads in the family's pipeline,
+resume is exact, and a folder of the wrong family is refused before any weights load.
+
+The reference FLUX sampler (flow_grpo ``flow_grpo/diffusers_patch/flux_pipeline_with_logprob.py``,
+with ``compute_log_prob`` of ``scripts/train_flux.py`` at 74db691) cannot run here (it needs
+CUDA and FLUX.1-dev); its step is restated below in float64 from its source: sigmas
+``linspace(1, 1/T, T)`` shifted by ``mu`` of the packed sequence length, the transformer called
+with ``timestep / 1000``, the guidance tensor, zero text ids and the packed latents' image ids,
+and ``sde_step_with_logprob``'s mean, std and Gaussian log-density averaged over dimensions.
+"""
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FluxPipeline, StableDiffusion3Pipeline
+from test_rl_train import TINY, compose_train, run_training, timing_free
+
+from rl.families import FLUX, SD3, family_of, model_spec
+from rl.families.flux import build_tiny_flux
+from rl.lora import LoraSettings, make_trainable
+from rl.models import ModelFolderError, load_pipeline
+from rl.rollout import PromptCache, RolloutConfig, sample, step_log_prob
+from rl.tiny import build_tiny_sd3
+
+PROMPTS = ["a red cat", "a blue dog on a table"]
+SIZE = dict(height=32, width=32)
+FLUX_TARGETS = [  # yifan123/flow_grpo scripts/train_flux.py (74db691), in its order
+    "attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0",
+    "attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out",
+    "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def flux():
+    return build_tiny_flux(seed=0)
+
+
+def diffusers_final_latents(pipe, **kwargs):
+    """The pipeline's own sampler: (final latents, images)."""
+    final = {}
+
+    def keep(pipe, step, timestep, tensors):
+        final["latents"] = tensors["latents"]
+        return {}
+
+    images = pipe(callback_on_step_end=keep, output_type="pt", **kwargs).images
+    return final["latents"], images
+
+
+def test_tiny_sd35_large_has_its_block_layout_and_equals_the_sd3_pipeline():
+    pipe = load_pipeline({"name": "tiny_sd35_large", "seed": 0})
+    names = [n for n, _ in pipe.transformer.named_modules()]
+    assert not any(".attn2." in n for n in names)  # no dual-attention (MMDiT-X) block
+    assert all(block.attn.norm_q is not None for block in pipe.transformer.transformer_blocks)
+    assert family_of(pipe) is SD3 and model_spec("sd35_large").family is SD3
+    cfg = RolloutConfig(num_steps=3, noise_level=0.0, max_sequence_length=32, **SIZE)
+    noise = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    cache = PromptCache(pipe, max_sequence_length=32)
+    rollout = sample(pipe, pipe.transformer, cache, PROMPTS, cfg, latents=noise)
+    ref, images = diffusers_final_latents(
+        pipe, prompt=PROMPTS, num_inference_steps=3, guidance_scale=4.5, latents=noise,
+        max_sequence_length=32, **SIZE,
+    )  # fmt: skip
+    torch.testing.assert_close(rollout.latents[:, -1], ref, atol=2e-5, rtol=0)
+    torch.testing.assert_close(rollout.images, images, atol=2e-5, rtol=0)
+
+
+def test_noise_free_flux_rollout_equals_the_flux_pipeline(flux):
+    cfg = RolloutConfig(num_steps=4, guidance_scale=3.5, noise_level=0.0, **SIZE)
+    cfg.max_sequence_length = 32
+    noise = torch.randn(2, 16, 64, generator=torch.Generator().manual_seed(0))
+    cache = PromptCache(flux, max_sequence_length=32)
+    rollout = sample(flux, flux.transformer, cache, PROMPTS, cfg, latents=noise)
+    ref, images = diffusers_final_latents(
+        flux, prompt=PROMPTS, num_inference_steps=4, guidance_scale=3.5, latents=noise,
+        max_sequence_length=32, **SIZE,
+    )  # fmt: skip
+    assert rollout.latents.shape == (2, 5, 16, 64)  # packed 2x2: (32/8)^2 tokens of 64
+    assert torch.equal(rollout.latents[:, -1], ref)
+    assert torch.equal(rollout.images, images)
+    # no CFG branch: the negative prompt is never encoded
+    assert len(cache) == 2 and cache.negative_prompts(3.5) == []
+
+
+def reference_flux_sigmas(pipe, num_steps, height, width):
+    """Sigmas as flow_grpo's FLUX sampler sets them (np.linspace + mu), recomputed by hand."""
+    config = pipe.scheduler.config
+    tokens = (height // (pipe.vae_scale_factor * 2)) * (width // (pipe.vae_scale_factor * 2))
+    slope = (config.max_shift - config.base_shift) / (
+        config.max_image_seq_len - config.base_image_seq_len
+    )
+    mu = config.base_shift + slope * (tokens - config.base_image_seq_len)
+    sigmas = np.linspace(1.0, 1 / num_steps, num_steps, dtype=np.float64)
+    shifted = math.exp(mu) / (math.exp(mu) + (1 / sigmas - 1))  # time_shift, exponential
+    return torch.tensor([*shifted, 0.0], dtype=torch.float64)
+
+
+def test_flux_sde_steps_equal_a_float64_recomputation_of_the_reference(flux):
+    cfg = RolloutConfig(num_steps=4, guidance_scale=3.5, noise_level=0.7, **SIZE)
+    cfg.max_sequence_length = 32
+    cache = PromptCache(flux, max_sequence_length=32)
+    rollout = sample(flux, flux.transformer, cache, PROMPTS, cfg, torch.Generator().manual_seed(5))
+    sigmas = reference_flux_sigmas(flux, 4, **SIZE)
+    torch.testing.assert_close(rollout.sigmas.double(), sigmas, atol=1e-6, rtol=0)
+    _, image_ids = flux.prepare_latents(2, 16, 32, 32, torch.float32, "cpu", None)
+    embeds, pooled = cache.encode(PROMPTS)
+    for step in range(4):
+        x, x_next = rollout.latents[:, step], rollout.latents[:, step + 1]
+        with torch.no_grad():
+            velocity = flux.transformer(
+                hidden_states=x, timestep=rollout.timesteps[:, step] / 1000,
+                guidance=torch.tensor([3.5]).expand(2), pooled_projections=pooled,
+                encoder_hidden_states=embeds, txt_ids=torch.zeros(embeds.shape[1], 3),
+                img_ids=image_ids, return_dict=False,
+            )[0].double()  # fmt: skip
+        s, s_next, x = float(sigmas[step]), float(sigmas[step + 1]), x.double()
+        dt = s_next - s
+        std_t = 0.7 * math.sqrt(s / (1 - (float(sigmas[1]) if s == 1 else s)))
+        mean = x * (1 + std_t**2 / (2 * s) * dt)
+        mean = mean + velocity * (1 + std_t**2 * (1 - s) / (2 * s)) * dt
+        scale = std_t * math.sqrt(-dt)
+        log_prob = torch.distributions.Normal(mean, scale).log_prob(x_next.double())
+        torch.testing.assert_close(
+            rollout.log_probs[:, step].double(), log_prob.mean(dim=(1, 2)), atol=2e-5, rtol=0
+        )
+    for position in range(rollout.num_train_steps):  # the training forward is on-policy
+        log_prob, _, _ = step_log_prob(flux.transformer, rollout, position, cache, cfg)
+        assert torch.equal(log_prob, rollout.old_log_prob(position))
+
+
+def adapted(transformer):
+    return sorted(n for n, m in transformer.named_modules() if hasattr(m, "lora_A"))
+
+
+def test_flux_lora_targets_are_the_reference_list(flux):
+    cfg = compose_train(["model=tiny_flux", "data.prompts=[a]"])
+    assert list(cfg.lora.target_modules) == FLUX_TARGETS == list(FLUX.lora_targets)
+    transformer = build_tiny_flux(seed=0).transformer
+    make_trainable(transformer, LoraSettings(rank=2, alpha=4, target_modules=FLUX_TARGETS))
+    names = adapted(transformer)
+    # 1 double block: 8 attention + 4 feed-forward projections; 1 single block: to_q/k/v
+    assert len(names) == 15
+    assert [n for n in names if n.startswith("single")] == [
+        f"single_transformer_blocks.0.attn.{p}" for p in ("to_k", "to_q", "to_v")
+    ]
+
+
+def test_a_folder_of_another_family_is_refused_before_loading(flux, tmp_path, monkeypatch):
+    folder = tmp_path / "flux"
+    flux.save_pretrained(folder)
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("weights were loaded before the folder check")
+
+    monkeypatch.setattr(StableDiffusion3Pipeline, "from_pretrained", must_not_load)
+    with pytest.raises(ModelFolderError, match="a StableDiffusion3Pipeline folder.*FluxPipeline"):
+        load_pipeline({"name": "sd35_large", "path": str(folder)})
+    monkeypatch.undo()
+    shutil.rmtree(folder / "transformer")
+    with pytest.raises(ModelFolderError, match="FLUX.1-dev model folder .* missing: transformer/"):
+        load_pipeline({"name": "flux_dev", "path": str(folder)})
+
+
+FLUX_RUN = [*TINY, "model=tiny_flux", "rollout.guidance_scale=3.5", "log.sample_every_n_epochs=0",
+            "rollout.height=32", "rollout.width=32"]  # fmt: skip
+
+
+def test_flux_training_resumes_exactly_and_its_lora_loads_in_the_flux_pipeline(tmp_path):
+    overrides = [*FLUX_RUN, "train.learning_rate=1e-2", "train.batch_size=2",
+                 "train.micro_batch_size=2"]  # fmt: skip
+    straight = run_training(tmp_path / "straight", [*overrides, "train.epochs=3"])
+    resumed_dir = tmp_path / "resumed"
+    run_training(resumed_dir, [*overrides, "train.epochs=2"])
+    resumed = run_training(resumed_dir, [*overrides, "train.epochs=3", "resume=latest"])
+    assert timing_free(resumed) == timing_free(straight)
+    assert straight[0]["onpolicy_log_ratio_abs_max"] == 0.0
+
+    noise = torch.randn(2, 16, 64, generator=torch.Generator().manual_seed(0))
+    kwargs = dict(prompt=PROMPTS, num_inference_steps=4, latents=noise, output_type="pt",
+                  max_sequence_length=32, **SIZE)  # fmt: skip
+    pipe = build_tiny_flux(seed=0)
+    before = pipe(**kwargs).images
+    pipe.load_lora_weights(tmp_path / "straight" / "lora")
+    after = pipe(**kwargs).images
+    assert (after - before).abs().max() > 1e-3
+    assert "FluxPipeline.from_pretrained" in (tmp_path / "straight/lora/README.md").read_text()
+
+
+def test_every_model_name_builds_or_names_its_folder():
+    for name, spec in [("tiny", SD3), ("tiny_sd35_large", SD3), ("tiny_flux", FLUX)]:
+        assert model_spec(name).family is spec and model_spec(name).tiny is not None
+    for name in ("sd35_medium", "sd35_large", "flux_dev"):
+        with pytest.raises(ModelFolderError, match="model.path is not set"):
+            load_pipeline({"name": name, "path": None})
+    assert isinstance(build_tiny_sd3(large=True), StableDiffusion3Pipeline)
+    assert isinstance(load_pipeline({"name": "tiny_flux"}), FluxPipeline)
