@@ -200,3 +200,95 @@ def test_every_model_name_builds_or_names_its_folder():
             load_pipeline({"name": name, "path": None})
     assert isinstance(build_tiny_sd3(large=True), StableDiffusion3Pipeline)
     assert isinstance(load_pipeline({"name": "tiny_flux"}), FluxPipeline)
+
+
+FLUX_GRPO = "yifan123/flow_grpo config/grpo.py:pickscore_flux (31c71b9)"
+TRAIN_FLUX = "yifan123/flow_grpo scripts/train_flux.py (74db691)"
+FF_SD35 = "X-GenGroup/Flow-Factory examples/grpo/lora/sd3_5/default.yaml (a0b2bc5)"
+
+
+def test_flux_preset_is_the_reference_pickscore_flux():
+    from test_rl_reference import BASE, check, preset
+
+    cfg = preset("flux_dev_pickscore")
+    check(
+        cfg,
+        {
+            "model.name": ("flux_dev", f"{FLUX_GRPO} pretrained.model FLUX.1-dev"),
+            "model.dtype": ("float32", f"{TRAIN_FLUX} from_pretrained without torch_dtype"),
+            "rollout.num_steps": (6, f"{FLUX_GRPO} sample.num_steps"),
+            "rollout.guidance_scale": (3.5, f"{FLUX_GRPO} sample.guidance_scale"),
+            "rollout.noise_level": (0.9, f"{FLUX_GRPO} sample.noise_level"),
+            "rollout.num_train_steps": (5, f"{FLUX_GRPO} timestep_fraction 0.99 x 6"),
+            "rollout.height": (512, f"{FLUX_GRPO} resolution"),
+            "rollout.max_sequence_length": (128, f"{TRAIN_FLUX} compute_text_embeddings"),
+            "train.batch_size": (3, f"{FLUX_GRPO} sample.train_batch_size"),
+            "train.micro_batch_size": (3, f"{FLUX_GRPO} train.batch_size"),
+            "train.group_size": (24, f"{FLUX_GRPO} sample.num_image_per_prompt"),
+            "train.groups_per_epoch": (48, f"{FLUX_GRPO} 48 prompts per epoch"),
+            "train.optimizer_steps_per_epoch": (2, f"{FLUX_GRPO} num_batches_per_epoch // 2"),
+            "train.learning_rate": (3e-4, f"{BASE} train.learning_rate"),
+            "train.clip_range": (1e-4, f"{BASE} clip_range"),
+            "train.beta": (0, f"{FLUX_GRPO} train.beta"),
+            "train.global_std": (True, f"{FLUX_GRPO} sample.global_std"),
+            "train.mixed_precision": ("bf16", f"{FLUX_GRPO} mixed_precision"),
+            "lora.rank": (64, f"{TRAIN_FLUX} LoraConfig(r=64)"),
+            "lora.alpha": (128.0, f"{TRAIN_FLUX} lora_alpha=128"),
+            "lora.target_modules": (FLUX_TARGETS, f"{TRAIN_FLUX} target_modules"),
+            "ema.enabled": (True, f"{FLUX_GRPO} train.ema"),
+            "ema.decay": (0.9, f"{TRAIN_FLUX} EMAModuleWrapper(decay=0.9)"),
+            "ema.update_every": (8, f"{TRAIN_FLUX} update_step_interval=8"),
+        },
+    )
+
+
+def test_sd35_large_preset_is_flow_factorys_sd3_5_example_on_the_large_weights():
+    from test_rl_reference import REFERENCE_TARGETS, check, preset
+
+    cfg = preset("sd35l_pickscore")
+    check(
+        cfg,
+        {
+            "model.name": ("sd35_large", "stable-diffusion-3.5-large via the sd3-5 adapter"),
+            "rollout.num_steps": (10, f"{FF_SD35} train.num_inference_steps"),
+            "rollout.guidance_scale": (4.5, f"{FF_SD35} train.guidance_scale"),
+            "rollout.noise_level": (0.8, f"{FF_SD35} scheduler.noise_level"),
+            "rollout.sde_window_size": (2, f"{FF_SD35} scheduler.num_sde_steps"),
+            "rollout.sde_window_range": ((1, 6), f"{FF_SD35} scheduler.sde_steps [1..5]"),
+            "train.batch_size": (8, f"{FF_SD35} train.per_device_batch_size"),
+            "train.group_size": (24, f"{FF_SD35} train.group_size"),
+            "train.groups_per_epoch": (48, f"{FF_SD35} train.unique_sample_num_per_epoch"),
+            "train.optimizer_steps_per_epoch": (2, f"{FF_SD35} train.gradient_step_per_epoch"),
+            "train.learning_rate": (3e-4, f"{FF_SD35} train.learning_rate"),
+            "train.clip_range": (1e-4, f"{FF_SD35} train.clip_range"),
+            "train.beta": (0, f"{FF_SD35} train.kl_beta"),
+            "train.mixed_precision": ("bf16", f"{FF_SD35} mixed_precision"),
+            "lora.rank": (32, f"{FF_SD35} model.lora_rank"),
+            "lora.alpha": (64.0, f"{FF_SD35} model.lora_alpha"),
+            "ema.decay": (0.99, f"{FF_SD35} train.ema_decay"),
+        },
+    )
+    assert sorted(cfg.lora.target_modules) == sorted(REFERENCE_TARGETS)
+
+
+def test_memory_table_is_computed_from_meta_models():
+    from bench.memory import preset_memory
+
+    table = preset_memory("flux_dev_pickscore", processes=8)
+    assert table["computed_not_measured"] is True
+    assert table["transformer_parameters"] == 11_901_408_320  # FLUX.1-dev's 12B transformer
+    # float32 weights (the reference's layout): 4 bytes each
+    assert table["per_gpu_gb"]["transformer_weights"] == round(11_901_408_320 * 4 / 1e9, 2)
+    # LoRA r64 on train_flux.py's targets; AdamW keeps two float32 moments per parameter
+    lora = table["lora_trained_parameters"]
+    assert table["per_gpu_gb"]["adamw_states"] == round(8 * lora / 1e9, 2)
+    sharded = preset_memory("flux_dev_pickscore", processes=8, zero2=True)
+    assert sharded["per_gpu_gb"]["adamw_states"] == round(lora / 1e9, 2)
+    checkpointed = preset_memory(
+        "flux_dev_pickscore", overrides=["train.gradient_checkpointing=true"]
+    )
+    ratio = (
+        checkpointed["per_gpu_gb"]["activations_estimate"]
+        / table["per_gpu_gb"]["activations_estimate"]
+    )
+    assert ratio == pytest.approx(2 / 34, rel=0.01)
