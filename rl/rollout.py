@@ -29,12 +29,17 @@ to the transformer's weight dtype only at its input.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from diffusers import DiffusionPipeline
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from rl.families import ModelFamily, family_of
@@ -69,6 +74,13 @@ class RolloutConfig:
             x 2 bytes per prompt, 1.7 MB at 128 tokens, so 2048 prompts take ~3.4 GB).
         prompt_cache_on_device: with "all", keep the embeddings on the accelerator instead of
             in (pinned) CPU memory, from which each batch's prompts are copied.
+        prompt_cache_dir: with "all", a folder where the data set's embeddings are written once
+            (``<fingerprint>.safetensors``) and read back by every later run whose fingerprint
+            (model, text encoders, dtype, sequence length and the prompts) matches, so that the
+            text encoders never run again (None: no disk cache).
+        release_text_encoders: with "epoch", keep the text encoders off the accelerator except
+            while an epoch's prompts are encoded (None: the family's default, on for FLUX, off
+            for SD3). Mode "all" always releases them once the data set is encoded.
     """
 
     num_steps: int = 10
@@ -85,6 +97,8 @@ class RolloutConfig:
     prompt_cache: Literal["auto", "all", "epoch"] = "auto"
     prompt_cache_max_prompts: int = 2048
     prompt_cache_on_device: bool = False
+    prompt_cache_dir: str | None = None
+    release_text_encoders: bool | None = None
 
     def __post_init__(self) -> None:
         if self.prompt_cache not in PROMPT_CACHE_MODES:
@@ -286,6 +300,82 @@ class PromptCache:
     def negative_prompts(self, guidance_scale: float) -> list[str]:
         """The negative prompt that sampling at ``guidance_scale`` needs encoded (or none)."""
         return [self.family.negative_prompt] if self.family.uses_cfg(guidance_scale) else []
+
+    def fingerprint(self, prompts: list[str], model_cfg: Mapping[str, Any]) -> str:
+        """A key for the embeddings of ``prompts``: the model (name, path, seed, dtype), each
+        text encoder's config and dtype, the sequence length and the prompts themselves."""
+        identity = {
+            "family": self.family.name,
+            "model": {k: str(model_cfg.get(k)) for k in ("name", "path", "seed", "dtype")},
+            "max_sequence_length": self.max_sequence_length,
+            "encoders": [
+                [getattr(self.pipe, n).config.to_json_string(), str(getattr(self.pipe, n).dtype)]
+                for n in self.family.text_encoders
+            ],
+        }
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
+        for prompt in sorted(set(prompts)):
+            digest.update(prompt.encode() + b"\0")
+        return digest.hexdigest()[:20]
+
+    def save(self, path: Path, prompts: list[str]) -> None:
+        """Write the embeddings of ``prompts`` (all cached) to ``path`` atomically."""
+        unique = list(dict.fromkeys(prompts))
+        tensors = {}
+        for i, prompt in enumerate(unique):
+            embeds, pooled = self._cache[prompt]
+            tensors[f"{i}.embeds"], tensors[f"{i}.pooled"] = embeds.cpu(), pooled.cpu()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        save_file(tensors, partial, metadata={"prompts": json.dumps(unique)})
+        partial.replace(path)  # readers see the whole file or none
+
+    def load(self, path: Path, prompts: list[str]) -> bool:
+        """Fill the cache from ``path`` if it holds exactly the embeddings of ``prompts``;
+        False (nothing loaded) when it is absent or holds anything else."""
+        if not path.is_file():
+            return False
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as handle:
+            stored = json.loads((handle.metadata() or {}).get("prompts", "[]"))
+        if sorted(stored) != sorted(set(prompts)):
+            return False
+        tensors = load_file(path)
+        if set(tensors) != {f"{i}.{k}" for i in range(len(stored)) for k in ("embeds", "pooled")}:
+            return False
+        for i, prompt in enumerate(stored):
+            self.add([prompt], tensors[f"{i}.embeds"][None], tensors[f"{i}.pooled"][None])
+        return True
+
+    def fill(
+        self,
+        prompts: list[str],
+        cache_dir: str | Path | None = None,
+        model_cfg: Mapping[str, Any] | None = None,
+        write: bool = True,
+        progress: bool = False,
+    ) -> str:
+        """Cache every prompt of ``prompts``: from ``cache_dir`` when it holds this
+        fingerprint's file, else with the text encoders (and then written there if ``write``).
+        Returns how: "disk", "encoded" or "encoded+written"."""
+        if cache_dir is None:
+            self.encode_all(prompts, progress=progress)
+            return "encoded"
+        path = Path(cache_dir) / f"{self.fingerprint(prompts, model_cfg or {})}.safetensors"
+        if self.load(path, prompts):
+            return "disk"
+        self.encode_all(prompts, progress=progress)
+        if write:
+            self.save(path, prompts)
+            return "encoded+written"
+        return "encoded"
+
+    def encode_released(self, prompts: list[str]) -> None:
+        """Bring the text encoders to ``device``, encode the new ``prompts``, release them."""
+        move_text_encoders(self.pipe, self.device)
+        self.encode_all(prompts)
+        self.offload_text_encoders()
 
     @property
     def nbytes(self) -> int:

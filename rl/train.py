@@ -76,6 +76,11 @@ log = logging.getLogger(__name__)
 
 LOSS_METRICS = ("policy_loss", "kl", "clipfrac", "approx_kl")  # epoch means
 MAX_METRICS = ("log_ratio_abs_max", "onpolicy_log_ratio_abs_max")  # epoch maxima over ranks
+PROMPT_CACHE_SOURCES = {
+    "encoded": "encoded once",
+    "encoded+written": "encoded once and written to rollout.prompt_cache_dir",
+    "disk": "read from rollout.prompt_cache_dir (no encoder ran)",
+}
 # Per-rank generator seeds: distinct per rank and purpose, fixed by the run seed.
 NOISE_STREAM, SHUFFLE_STREAM, WINDOW_STREAM = 1, 2, 3
 
@@ -170,9 +175,16 @@ class FlowGRPOTrainer:
         unique = list(dict.fromkeys(self.prompts))
         self.cache_mode = r.cache_mode(len(unique))
         self.cache = self.new_prompt_cache()
+        self.release_text_encoders = r.release_text_encoders
+        if self.release_text_encoders is None:
+            self.release_text_encoders = self.cache.family.release_text_encoders
         if self.cache_mode == "all":
             negative = self.cache.negative_prompts(r.guidance_scale)
-            self.cache.encode_all(unique + negative, progress=self.is_main)
+            self.prompt_cache_source = self.cache.fill(
+                unique + negative, r.prompt_cache_dir, self.cfg.model, self.is_main, self.is_main
+            )
+            self.cache.offload_text_encoders()
+        elif self.release_text_encoders:
             self.cache.offload_text_encoders()
 
     def new_prompt_cache(self) -> PromptCache:
@@ -230,9 +242,10 @@ class FlowGRPOTrainer:
             r = self.cfg.rollout
             if self.cache_mode == "all":
                 log.info(
-                    "prompt cache: all | %d prompts (with the negative) encoded once, %.1f MB "
+                    "prompt cache: all | %d prompts (with the negative) %s, %.1f MB "
                     "on %s | text encoders moved to the CPU",
                     len(self.cache),
+                    PROMPT_CACHE_SOURCES[self.prompt_cache_source],
                     self.cache.nbytes / 2**20,
                     self.cache.store_device,
                 )
@@ -281,6 +294,10 @@ class FlowGRPOTrainer:
         if self.cache_mode == "epoch":
             # memory bounded by the epoch's prompts, not by a data set of tens of thousands
             self.cache = self.new_prompt_cache()
+            if self.release_text_encoders:  # on the accelerator only while encoding
+                epoch_prompts = [self.prompts[i] for indices in batches for i in indices]
+                negative = self.cache.negative_prompts(self.cfg.rollout.guidance_scale)
+                self.cache.encode_released(epoch_prompts + negative)
         for indices in tqdm(batches, desc="sampling", leave=False, disable=not self.is_main):
             prompts = [self.prompts[i] for i in indices]
             start = self.group_start_noise(epoch, indices) if self.cfg.train.same_latent else None

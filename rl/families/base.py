@@ -52,6 +52,8 @@ class ModelFamily:
         lora_targets: the reference recipe's LoRA target modules for this family.
         negative_prompt: the CFG negative prompt; None when the family has no CFG branch (a
             guidance-distilled model reads the guidance scale through an embedding instead).
+        release_text_encoders: whether the text encoders leave the accelerator between
+            encodings by default even when prompts are encoded per epoch (large encoders).
     """
 
     name: ClassVar[str]
@@ -61,6 +63,7 @@ class ModelFamily:
     text_encoders: ClassVar[tuple[str, ...]]
     lora_targets: ClassVar[tuple[str, ...]]
     negative_prompt: ClassVar[str | None] = ""
+    release_text_encoders: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ models
     def build_tiny(self, seed: int = 0, **variant: Any) -> DiffusionPipeline:

@@ -58,6 +58,7 @@ class SD3Family(ModelFamily):
         "attn.to_add_out",
     )
     negative_prompt = ""
+    release_text_encoders = False  # an option (rollout.release_text_encoders=true)
 
     def build_tiny(self, seed: int = 0, **variant: Any) -> StableDiffusion3Pipeline:
         return build_tiny_sd3(seed=seed, **variant)
