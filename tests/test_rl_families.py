@@ -1,7 +1,8 @@
-"""Every model family through the one trainer: the tiny SD3.5-Large and FLUX.1-dev stand-ins equal
-their diffusers pipelines, FLUX's SDE steps equal an independent recomputation of flow_grpo's
-FLUX sampler, LoRA targets are the reference's, the exported LoRA loads in the family's pipeline,
-resume is exact, and a folder of the wrong family is refused before any weights load.
+"""Every model family through the one trainer: the tiny SD3.5-Large, FLUX.1-dev and Qwen-Image
+stand-ins equal their diffusers pipelines, their SDE steps equal independent recomputations of
+flow_grpo's samplers, LoRA targets are the reference's, the exported LoRA loads in the family's
+pipeline, resume is exact (marker ``families``: ``make test-families``), and a folder of the
+wrong family is refused before any weights load.
 
 The reference FLUX sampler (flow_grpo ``flow_grpo/diffusers_patch/flux_pipeline_with_logprob.py``,
 with ``compute_log_prob`` of ``scripts/train_flux.py`` at 74db691) cannot run here (it needs
@@ -17,11 +18,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from diffusers import FluxPipeline, StableDiffusion3Pipeline
+from diffusers import FluxPipeline, QwenImagePipeline, StableDiffusion3Pipeline
 from test_rl_train import TINY, compose_train, run_training, timing_free
 
-from rl.families import FLUX, SD3, family_of, model_spec
+from rl.families import FLUX, QWEN_IMAGE, SD3, family_of, model_spec
 from rl.families.flux import build_tiny_flux
+from rl.families.qwen_image import build_tiny_qwen_image
 from rl.lora import LoraSettings, make_trainable
 from rl.models import ModelFolderError, load_pipeline
 from rl.rollout import PromptCache, RolloutConfig, sample, step_log_prob
@@ -36,9 +38,21 @@ FLUX_TARGETS = [  # yifan123/flow_grpo scripts/train_flux.py (74db691), in its o
 ]  # fmt: skip
 
 
+QWEN_TARGETS = [  # yifan123/flow_grpo scripts/train_qwenimage_edit_plus.py (9dcdc35)
+    "attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0",
+    "attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out",
+    "img_mlp.net.0.proj", "img_mlp.net.2", "txt_mlp.net.0.proj", "txt_mlp.net.2",
+]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def flux():
     return build_tiny_flux(seed=0)
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    return build_tiny_qwen_image(seed=0)
 
 
 def diffusers_final_latents(pipe, **kwargs):
@@ -167,13 +181,19 @@ def test_a_folder_of_another_family_is_refused_before_loading(flux, tmp_path, mo
         load_pipeline({"name": "flux_dev", "path": str(folder)})
 
 
-FLUX_RUN = [*TINY, "model=tiny_flux", "rollout.guidance_scale=3.5", "log.sample_every_n_epochs=0",
-            "rollout.height=32", "rollout.width=32"]  # fmt: skip
-
-
-def test_flux_training_resumes_exactly_and_its_lora_loads_in_the_flux_pipeline(tmp_path):
-    overrides = [*FLUX_RUN, "train.learning_rate=1e-2", "train.batch_size=2",
-                 "train.micro_batch_size=2"]  # fmt: skip
+@pytest.mark.families
+@pytest.mark.parametrize(
+    "model, build, pipeline_kwargs",
+    [
+        ("tiny_flux", build_tiny_flux, {"guidance_scale": 3.5}),
+        ("tiny_qwen_image", build_tiny_qwen_image, {"true_cfg_scale": 4.0, "negative_prompt": " "}),
+    ],
+)
+def test_training_resumes_exactly_and_its_lora_loads_in_the_pipeline(
+    tmp_path, model, build, pipeline_kwargs
+):
+    overrides = [*TINY, f"model={model}", "log.sample_every_n_epochs=0", "train.batch_size=2",
+                 "train.micro_batch_size=2", "rollout.guidance_scale=3.5"]  # fmt: skip
     straight = run_training(tmp_path / "straight", [*overrides, "train.epochs=3"])
     resumed_dir = tmp_path / "resumed"
     run_training(resumed_dir, [*overrides, "train.epochs=2"])
@@ -183,23 +203,100 @@ def test_flux_training_resumes_exactly_and_its_lora_loads_in_the_flux_pipeline(t
 
     noise = torch.randn(2, 16, 64, generator=torch.Generator().manual_seed(0))
     kwargs = dict(prompt=PROMPTS, num_inference_steps=4, latents=noise, output_type="pt",
-                  max_sequence_length=32, **SIZE)  # fmt: skip
-    pipe = build_tiny_flux(seed=0)
+                  max_sequence_length=32, **SIZE, **pipeline_kwargs)  # fmt: skip
+    pipe = build(seed=0)
     before = pipe(**kwargs).images
     pipe.load_lora_weights(tmp_path / "straight" / "lora")
     after = pipe(**kwargs).images
     assert (after - before).abs().max() > 1e-3
-    assert "FluxPipeline.from_pretrained" in (tmp_path / "straight/lora/README.md").read_text()
+    card = (tmp_path / "straight/lora/README.md").read_text()
+    assert f"{type(pipe).__name__}.from_pretrained" in card
+
+
+@pytest.mark.parametrize("guidance", [4.0, 1.0])
+def test_noise_free_qwen_image_rollout_equals_the_qwen_image_pipeline(qwen, guidance):
+    cfg = RolloutConfig(num_steps=3, guidance_scale=guidance, noise_level=0.0, **SIZE)
+    cfg.max_sequence_length = 32
+    noise = torch.randn(2, 16, 64, generator=torch.Generator().manual_seed(0))
+    cache = PromptCache(qwen, max_sequence_length=32)
+    rollout = sample(qwen, qwen.transformer, cache, PROMPTS, cfg, latents=noise)
+    cfg_kwargs = {"negative_prompt": " ", "true_cfg_scale": guidance} if guidance > 1 else {}
+    ref, images = diffusers_final_latents(
+        qwen, prompt=PROMPTS, num_inference_steps=3, latents=noise, max_sequence_length=32,
+        **cfg_kwargs, **SIZE,
+    )  # fmt: skip
+    # prompts padded to 32 tokens and masked, [uncond; cond] in one forward: float32 rounding
+    torch.testing.assert_close(rollout.latents[:, -1], ref, atol=2e-5, rtol=0)
+    torch.testing.assert_close(rollout.images, images, atol=2e-5, rtol=0)
+    assert cache.negative_prompts(guidance) == ([" "] if guidance > 1 else [])
+
+
+def test_qwen_image_sde_steps_equal_a_float64_recomputation_of_the_reference(qwen):
+    """flow_grpo's Qwen-Image step (compute_log_prob of train_qwenimage_edit_plus.py): [cond; neg]
+    rows padded to their longest prompt with masks, u + g (c - u) rescaled per token to |c|."""
+    cfg = RolloutConfig(num_steps=3, guidance_scale=4.0, noise_level=1.2, **SIZE)
+    cfg.max_sequence_length = 32
+    cache = PromptCache(qwen, max_sequence_length=32)
+    rollout = sample(qwen, qwen.transformer, cache, PROMPTS, cfg, torch.Generator().manual_seed(7))
+    embeds, mask = qwen.encode_prompt(PROMPTS, max_sequence_length=32)
+    neg, neg_mask = qwen.encode_prompt([" ", " "], max_sequence_length=32)
+    mask = torch.ones(embeds.shape[:2]) if mask is None else mask
+    neg_mask = torch.ones(neg.shape[:2]) if neg_mask is None else neg_mask
+    length = max(embeds.shape[1], neg.shape[1])
+
+    def padded(x, m):
+        return (torch.nn.functional.pad(x, (0, 0, 0, length - x.shape[1])),
+                torch.nn.functional.pad(m, (0, length - m.shape[1])))  # fmt: skip
+
+    (embeds, mask), (neg, neg_mask) = padded(embeds, mask), padded(neg, neg_mask)
+    sigmas = rollout.sigmas.double()
+    for step in range(3):
+        x, x_next = rollout.latents[:, step], rollout.latents[:, step + 1]
+        with torch.no_grad():
+            out = qwen.transformer(
+                hidden_states=torch.cat([x, x]),
+                timestep=rollout.timesteps[:, step].repeat(2) / 1000,
+                guidance=None, encoder_hidden_states_mask=torch.cat([mask, neg_mask]).bool(),
+                encoder_hidden_states=torch.cat([embeds, neg]),
+                img_shapes=[[(1, 4, 4)]] * 4, return_dict=False,
+            )[0].double()  # fmt: skip
+        cond, uncond = out.chunk(2)
+        comb = uncond + 4.0 * (cond - uncond)
+        velocity = comb * (cond.norm(dim=-1, keepdim=True) / comb.norm(dim=-1, keepdim=True))
+        s, s_next, x = float(sigmas[step]), float(sigmas[step + 1]), x.double()
+        dt = s_next - s
+        std_t = 1.2 * math.sqrt(s / (1 - (float(sigmas[1]) if s == 1 else s)))
+        mean = x * (1 + std_t**2 / (2 * s) * dt)
+        mean = mean + velocity * (1 + std_t**2 * (1 - s) / (2 * s)) * dt
+        log_prob = torch.distributions.Normal(mean, std_t * math.sqrt(-dt)).log_prob(
+            x_next.double()
+        )
+        torch.testing.assert_close(
+            rollout.log_probs[:, step].double(), log_prob.mean(dim=(1, 2)), atol=5e-5, rtol=0
+        )
+    for position in range(rollout.num_train_steps):
+        log_prob, _, _ = step_log_prob(qwen.transformer, rollout, position, cache, cfg)
+        assert torch.equal(log_prob, rollout.old_log_prob(position))
+
+
+def test_qwen_image_lora_targets_are_the_reference_list():
+    cfg = compose_train(["model=tiny_qwen_image", "data.prompts=[a]"])
+    assert list(cfg.lora.target_modules) == QWEN_TARGETS == list(QWEN_IMAGE.lora_targets)
+    transformer = build_tiny_qwen_image(seed=0).transformer
+    make_trainable(transformer, LoraSettings(rank=2, alpha=4, target_modules=QWEN_TARGETS))
+    assert len(adapted(transformer)) == 12  # one block: 8 attention + 4 feed-forward
 
 
 def test_every_model_name_builds_or_names_its_folder():
-    for name, spec in [("tiny", SD3), ("tiny_sd35_large", SD3), ("tiny_flux", FLUX)]:
+    for name, spec in [("tiny", SD3), ("tiny_sd35_large", SD3), ("tiny_flux", FLUX),
+                       ("tiny_qwen_image", QWEN_IMAGE)]:  # fmt: skip
         assert model_spec(name).family is spec and model_spec(name).tiny is not None
-    for name in ("sd35_medium", "sd35_large", "flux_dev"):
+    for name in ("sd35_medium", "sd35_large", "flux_dev", "qwen_image"):
         with pytest.raises(ModelFolderError, match="model.path is not set"):
             load_pipeline({"name": name, "path": None})
     assert isinstance(build_tiny_sd3(large=True), StableDiffusion3Pipeline)
     assert isinstance(load_pipeline({"name": "tiny_flux"}), FluxPipeline)
+    assert isinstance(load_pipeline({"name": "tiny_qwen_image"}), QwenImagePipeline)
 
 
 FLUX_GRPO = "yifan123/flow_grpo config/grpo.py:pickscore_flux (31c71b9)"

@@ -3,8 +3,8 @@
 Each ``model.name`` is one family plus either a local folder (a real model: ``model.path``) or a
 tiny random-weight variant built in-process. :func:`family_of` finds the family of a built
 pipeline or transformer, which is how the rest of ``rl/`` reaches the family's members without
-naming it. Adding a family: one module beside ``sd3.py`` and ``flux.py``, its entries in
-:data:`MODELS`, a ``conf/model/`` file per name, and its parity test (docs/models.md).
+naming it. Adding a family: one module beside ``sd3.py``, ``flux.py`` and ``qwen_image.py``, its
+entries in :data:`MODELS`, a ``conf/model/`` file per name, and its parity test (docs/models.md).
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import torch
 
 from rl.families.base import ModelFamily, ModelFolderError, unwrap
 from rl.families.flux import FluxFamily
+from rl.families.qwen_image import QwenImageFamily
 from rl.families.sd3 import SD3Family
 
-FAMILIES: tuple[ModelFamily, ...] = (SD3Family(), FluxFamily())
-SD3, FLUX = FAMILIES
+FAMILIES: tuple[ModelFamily, ...] = (SD3Family(), FluxFamily(), QwenImageFamily())
+SD3, FLUX, QWEN_IMAGE = FAMILIES
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ MODELS: dict[str, ModelSpec] = {
     "sd35_large": ModelSpec(SD3, "SD3.5-Large"),
     "tiny_flux": ModelSpec(FLUX, "FLUX.1-dev", tiny={}),
     "flux_dev": ModelSpec(FLUX, "FLUX.1-dev"),
+    "tiny_qwen_image": ModelSpec(QWEN_IMAGE, "Qwen-Image", tiny={}),
+    "qwen_image": ModelSpec(QWEN_IMAGE, "Qwen-Image"),
 }
 
 

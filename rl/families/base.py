@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 
@@ -175,6 +176,28 @@ class ModelFamily:
 def weight_dtype(transformer: torch.nn.Module) -> torch.dtype:
     """The dtype of the base weights (LoRA's float32 parameters come later in the list)."""
     return next(transformer.parameters()).dtype
+
+
+def shifted_schedule(
+    scheduler: Any, num_steps: int, image_tokens: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Timesteps [T] and sigmas [T + 1] as the FLUX and Qwen-Image pipelines set them: sigmas
+    ``linspace(1, 1/T, T)`` (unless the scheduler makes its own flow sigmas), shifted with ``mu``
+    interpolated from ``image_tokens`` between the scheduler's base and max sequence lengths."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+
+    sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
+    if scheduler.config.get("use_flow_sigmas", False):
+        sigmas = None
+    mu = calculate_shift(
+        image_tokens,
+        scheduler.config.get("base_image_seq_len", 256),
+        scheduler.config.get("max_image_seq_len", 4096),
+        scheduler.config.get("base_shift", 0.5),
+        scheduler.config.get("max_shift", 1.15),
+    )
+    retrieve_timesteps(scheduler, num_steps, device, sigmas=sigmas, mu=mu)
+    return scheduler.timesteps.clone(), scheduler.sigmas.clone()
 
 
 def vae_decode(pipe: DiffusionPipeline, latents: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -28,12 +27,12 @@ from diffusers import (
     FluxPipeline,
     FluxTransformer2DModel,
 )
-from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
 from rl.families.base import (
     CONFIG_AND_WEIGHTS,
     ModelFamily,
+    shifted_schedule,
     unwrap,
     vae_decode,
     weight_dtype,
@@ -129,20 +128,8 @@ class FluxFamily(ModelFamily):
         width: int,
         device: torch.device,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        scheduler = pipe.scheduler
-        sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
-        if scheduler.config.get("use_flow_sigmas", False):
-            sigmas = None
         rows, cols = self._packed_grid(pipe, height, width)
-        mu = calculate_shift(
-            rows * cols,
-            scheduler.config.get("base_image_seq_len", 256),
-            scheduler.config.get("max_image_seq_len", 4096),
-            scheduler.config.get("base_shift", 0.5),
-            scheduler.config.get("max_shift", 1.15),
-        )
-        retrieve_timesteps(scheduler, num_steps, device, sigmas=sigmas, mu=mu)
-        return scheduler.timesteps.clone(), scheduler.sigmas.clone()
+        return shifted_schedule(pipe.scheduler, num_steps, rows * cols, device)
 
     def velocity(
         self,
