@@ -42,7 +42,13 @@ from rl.families import model_spec
 from rl.models import precision_plan
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
-PRESETS = ("sd35m_pickscore", "sd35m_fast_nocfg", "sd35l_pickscore", "flux_dev_pickscore")
+PRESETS = (
+    "sd35m_pickscore",
+    "sd35m_fast_nocfg",
+    "sd35l_pickscore",
+    "flux_dev_pickscore",
+    "qwen_image_pickscore",
+)
 GB = 1e9
 # Published configs (transformer/config.json of each model on the Hugging Face hub).
 SD35_LARGE_TRANSFORMER = dict(
@@ -71,12 +77,41 @@ CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
               num_attention_heads=20, projection_dim=1280, vocab_size=49408)  # fmt: skip
 T5_XXL = dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, vocab_size=32128,
               feed_forward_proj="gated-gelu")  # fmt: skip
+QWEN_IMAGE_TRANSFORMER = dict(
+    patch_size=2,
+    in_channels=64,
+    out_channels=16,
+    num_layers=60,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=3584,
+    axes_dims_rope=(16, 56, 56),
+)
+QWEN_IMAGE_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                      attn_scales=[], temperal_downsample=[False, True, True])  # fmt: skip
+QWEN25_VL_7B = dict(
+    text_config=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                     num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4),
+    vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                       out_hidden_size=3584),
+)  # fmt: skip
 CLIP_TOKENS = 77
 
 
 def full_size_modules(family: str, large: bool) -> dict[str, torch.nn.Module]:
     """Every component of the real model, on the meta device."""
     with torch.device("meta"):
+        if family == "qwen_image":
+            from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
+            from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+            return {
+                "transformer": QwenImageTransformer2DModel(**QWEN_IMAGE_TRANSFORMER),
+                "vae": AutoencoderKLQwenImage(**QWEN_IMAGE_VAE),
+                "text_encoder": Qwen2_5_VLForConditionalGeneration(
+                    Qwen2_5_VLConfig(**QWEN25_VL_7B)
+                ),
+            }
         if family == "flux":
             return {
                 "transformer": FluxTransformer2DModel(**FLUX_DEV_TRANSFORMER),

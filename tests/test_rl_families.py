@@ -389,3 +389,39 @@ def test_memory_table_is_computed_from_meta_models():
         / table["per_gpu_gb"]["activations_estimate"]
     )
     assert ratio == pytest.approx(2 / 34, rel=0.01)
+
+
+QWEN_GRPO = "yifan123/flow_grpo config/grpo.py:pickscore_qwenimage (31c71b9)"
+TRAIN_QWEN = "yifan123/flow_grpo scripts/train_qwenimage_edit_plus.py (9dcdc35)"
+
+
+def test_qwen_image_preset_is_the_reference_pickscore_qwenimage():
+    from test_rl_reference import BASE, check, preset
+
+    cfg = preset("qwen_image_pickscore")
+    check(
+        cfg,
+        {
+            "model.name": ("qwen_image", f"{QWEN_GRPO} pretrained.model Qwen/Qwen-Image"),
+            "rollout.num_steps": (10, f"{QWEN_GRPO} sample.num_steps"),
+            "rollout.guidance_scale": (4.0, f"{QWEN_GRPO} sample.guidance_scale"),
+            "rollout.noise_level": (1.2, f"{QWEN_GRPO} sample.noise_level"),
+            "rollout.sde_window_size": (2, f"{QWEN_GRPO} sample.sde_window_size"),
+            "rollout.sde_window_range": ((0, 5), f"{QWEN_GRPO} sde_window_range"),
+            "rollout.height": (512, f"{QWEN_GRPO} resolution"),
+            "train.batch_size": (4, f"{QWEN_GRPO} sample.train_batch_size"),
+            "train.micro_batch_size": (4, f"{QWEN_GRPO} train.batch_size"),
+            "train.group_size": (16, f"{QWEN_GRPO} sample.num_image_per_prompt"),
+            "train.groups_per_epoch": (32, f"{QWEN_GRPO} 32 prompts per epoch"),
+            "train.optimizer_steps_per_epoch": (2, f"{QWEN_GRPO} num_batches_per_epoch // 2"),
+            "train.learning_rate": (3e-4, f"{BASE} train.learning_rate"),
+            "train.beta": (0, f"{QWEN_GRPO} train.beta"),
+            "train.global_std": (True, f"{QWEN_GRPO} sample.global_std"),
+            "train.mixed_precision": ("bf16", f"{QWEN_GRPO} mixed_precision"),
+            "train.gradient_checkpointing": (True, f"{QWEN_GRPO} activation_checkpointing"),
+            "lora.rank": (64, f"{TRAIN_QWEN} LoraConfig(r=64)"),
+            "lora.alpha": (128.0, f"{TRAIN_QWEN} lora_alpha=128"),
+            "lora.target_modules": (QWEN_TARGETS, f"{TRAIN_QWEN} target_modules"),
+            "ema.enabled": (False, f"{QWEN_GRPO} train.ema"),
+        },
+    )
