@@ -1,16 +1,19 @@
 """What the trainer trains: a LoRA adapter on the transformer (default) or all of its weights.
 
-LoRA follows the reference recipe (yifan123/flow_grpo ``scripts/train_sd3.py``): rank 32, alpha 64,
-Gaussian init (so the adapted model starts identical to the base), on the joint-attention
+LoRA follows the reference recipe: Gaussian init (so the adapted model starts identical to the
+base) on the target modules of the model's family (``rl/families/``; the FLUX and Qwen-Image
+presets use rank 64, alpha 128 as flow_grpo's scripts do). For SD3 (yifan123/flow_grpo
+``scripts/train_sd3.py``): rank 32, alpha 64, on the joint-attention
 projections of every MM-DiT block, named ``attn.to_q`` etc. The ``attn.`` prefix matters: peft
 matches a bare ``to_q`` against every module path ending in it, which in SD3.5-Medium's
 dual-attention (MMDiT-X) blocks also adapts the second, image-only attention ``attn2`` (243
 instead of 191 adapted layers, about 27% more LoRA parameters); that wider set
 (:data:`ALL_ATTENTION_TARGET_MODULES`) stays available as an option. The adapter is
-added with diffusers' own ``add_adapter`` so the transformer stays an ``SD3Transformer2DModel``,
-the KL reference is the same module with the adapter switched off, and the export is a
-``pytorch_lora_weights.safetensors`` that ``StableDiffusion3Pipeline.load_lora_weights(dir)``
-reads (alpha travels in the adapter metadata, so the loaded scale matches the trained one).
+added with diffusers' own ``add_adapter`` so the transformer keeps its class, the KL reference is
+the same module with the adapter switched off, and the export is a
+``pytorch_lora_weights.safetensors`` that the family's pipeline (``StableDiffusion3Pipeline``,
+``FluxPipeline``, ``QwenImagePipeline``) reads with ``load_lora_weights(dir)`` (alpha travels in
+the adapter metadata, so the loaded scale matches the trained one).
 Full fine-tuning keeps a frozen copy of the original transformer as the reference instead.
 """
 

@@ -425,3 +425,17 @@ def test_qwen_image_preset_is_the_reference_pickscore_qwenimage():
             "ema.enabled": (False, f"{QWEN_GRPO} train.ema"),
         },
     )
+
+
+def test_a_disk_cache_file_for_other_prompts_is_not_loaded(tmp_path):
+    pipe = build_tiny_sd3(seed=0)
+    cache = PromptCache(pipe, max_sequence_length=16)
+    assert cache.fill(PROMPTS, tmp_path, {"name": "tiny"}) == "encoded+written"
+    (written,) = tmp_path.glob("*.safetensors")
+    other = PromptCache(pipe, max_sequence_length=16)
+    # the file is untrusted: one holding other prompts under this key is ignored, not read
+    assert not other.load(written, ["a green house"]) and len(other) == 0
+    assert other.fill(PROMPTS, tmp_path, {"name": "tiny"}) == "disk"
+    for prompt in PROMPTS:
+        for a, b in zip(cache.encode([prompt]), other.encode([prompt])):
+            assert torch.equal(a, b)
