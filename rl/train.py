@@ -1,5 +1,5 @@
 """Flow-GRPO fine-tuning of a text-to-image flow model (any family of :mod:`rl.families`: SD3.5,
-FLUX.1) against any reward: ``python -m rl.train``.
+FLUX.1, Qwen-Image) against any reward: ``python -m rl.train``.
 
 One recipe class that reads top to bottom: :meth:`FlowGRPOTrainer.setup`, :meth:`~.train` (one
 epoch = sample, score, advantages, update), :meth:`~.save`, :meth:`~.cleanup`.
