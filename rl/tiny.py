@@ -1,4 +1,5 @@
-"""A tiny Stable Diffusion 3 pipeline with random weights, built in-process without any hub access.
+"""A tiny Stable Diffusion 3 pipeline with random weights, built in-process without any hub access,
+and the locally built tokenizers that every family's tiny model shares.
 
 It has SD3.5-Medium's architecture in miniature: an MM-DiT transformer with RMS qk-norm and one
 dual-attention (MMDiT-X) block, 16 latent channels, patch size 2, the SD3 VAE shift/scaling factors,
@@ -99,8 +100,11 @@ def _clip_text_encoder(tokenizer: CLIPTokenizer, hidden: int) -> CLIPTextModelWi
     return CLIPTextModelWithProjection(config)
 
 
-def build_tiny_sd3(seed: int = 0) -> StableDiffusion3Pipeline:
+def build_tiny_sd3(seed: int = 0, large: bool = False) -> StableDiffusion3Pipeline:
     """Build the tiny random-weight SD3 pipeline (float32, CPU, deterministic per ``seed``).
+
+    ``large=True`` gives SD3.5-Large's block layout instead of SD3.5-Medium's: no dual-attention
+    (MMDiT-X) block, RMS qk-norm in every block (everything else is shared).
 
     The VAE downsamples by 4 and the transformer patchifies by 2, so a 64 px image is a 16x16x16
     latent and 64 image tokens; sizes from 32 px up to 128 px (multiples of 8) work. The global
@@ -142,7 +146,7 @@ def build_tiny_sd3(seed: int = 0) -> StableDiffusion3Pipeline:
             caption_projection_dim=heads * head_dim,
             pooled_projection_dim=clip_l_dim + clip_g_dim,
             pos_embed_max_size=16,
-            dual_attention_layers=(0,),
+            dual_attention_layers=() if large else (0,),
             qk_norm="rms_norm",
         )
         vae = AutoencoderKL(

@@ -1,4 +1,5 @@
-"""Flow-GRPO fine-tuning of an SD3 model against any reward: ``python -m rl.train``.
+"""Flow-GRPO fine-tuning of a text-to-image flow model (any family of :mod:`rl.families`: SD3.5,
+FLUX.1, Qwen-Image) against any reward: ``python -m rl.train``.
 
 One recipe class that reads top to bottom: :meth:`FlowGRPOTrainer.setup`, :meth:`~.train` (one
 epoch = sample, score, advantages, update), :meth:`~.save`, :meth:`~.cleanup`.
@@ -87,6 +88,11 @@ log = logging.getLogger(__name__)
 
 LOSS_METRICS = ("policy_loss", "kl", "clipfrac", "approx_kl")  # epoch means
 MAX_METRICS = ("log_ratio_abs_max", "onpolicy_log_ratio_abs_max")  # epoch maxima over ranks
+PROMPT_CACHE_SOURCES = {
+    "encoded": "encoded once",
+    "encoded+written": "encoded once and written to rollout.prompt_cache_dir",
+    "disk": "read from rollout.prompt_cache_dir (no encoder ran)",
+}
 # Per-rank generator seeds: distinct per rank and purpose, fixed by the run seed.
 NOISE_STREAM, SHUFFLE_STREAM, WINDOW_STREAM = 1, 2, 3
 
@@ -187,9 +193,16 @@ class FlowGRPOTrainer:
         unique = list(dict.fromkeys(self.prompts))
         self.cache_mode = r.cache_mode(len(unique))
         self.cache = self.new_prompt_cache()
+        self.release_text_encoders = r.release_text_encoders
+        if self.release_text_encoders is None:
+            self.release_text_encoders = self.cache.family.release_text_encoders
         if self.cache_mode == "all":
-            negative = [""] if r.uses_cfg else []
-            self.cache.encode_all(unique + negative, progress=self.is_main)
+            negative = self.cache.negative_prompts(r.guidance_scale)
+            self.prompt_cache_source = self.cache.fill(
+                unique + negative, r.prompt_cache_dir, self.cfg.model, self.is_main, self.is_main
+            )
+            self.cache.offload_text_encoders()
+        elif self.release_text_encoders:
             self.cache.offload_text_encoders()
 
     def new_prompt_cache(self) -> PromptCache:
@@ -253,9 +266,10 @@ class FlowGRPOTrainer:
             r = self.cfg.rollout
             if self.cache_mode == "all":
                 log.info(
-                    "prompt cache: all | %d prompts (with the negative) encoded once, %.1f MB "
+                    "prompt cache: all | %d prompts (with the negative) %s, %.1f MB "
                     "on %s | text encoders moved to the CPU",
                     len(self.cache),
+                    PROMPT_CACHE_SOURCES[self.prompt_cache_source],
                     self.cache.nbytes / 2**20,
                     self.cache.store_device,
                 )
@@ -309,8 +323,12 @@ class FlowGRPOTrainer:
             # encoded here, outside the autocast below, as the reference's compute_text_embeddings
             # (fp16 text encoders then compute in fp16, not in autocast's choice of dtypes)
             self.cache = self.new_prompt_cache()
-            negative = [""] if self.cfg.rollout.uses_cfg else []
-            self.cache.encode_all([self.prompts[i] for b in batches for i in b] + negative)
+            epoch_prompts = [self.prompts[i] for indices in batches for i in indices]
+            negative = self.cache.negative_prompts(self.cfg.rollout.guidance_scale)
+            if self.release_text_encoders:  # on the accelerator only while encoding
+                self.cache.encode_released(epoch_prompts + negative)
+            else:
+                self.cache.encode_all(epoch_prompts + negative)
         for indices in tqdm(batches, desc="sampling", leave=False, disable=not self.is_main):
             prompts = [self.prompts[i] for i in indices]
             start = self.group_start_noise(epoch, indices) if self.cfg.train.same_latent else None
@@ -342,8 +360,7 @@ class FlowGRPOTrainer:
         """One start noise per group, the same on whichever rank a member lands: it is drawn
         from (seed, epoch, prompt index), never from a rank's generator."""
         r = self.cfg.rollout
-        scale = self.pipe.vae_scale_factor
-        shape = (self.pipe.transformer.config.in_channels, r.height // scale, r.width // scale)
+        shape = self.cache.family.latent_shape(self.pipe, r.height, r.width)
         seeds = [hash((self.cfg.seed, epoch, i)) & (2**63 - 1) for i in indices]  # int hash: stable
         noise = [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
         return torch.stack(noise).to(self.accelerator.device)
@@ -573,6 +590,7 @@ class FlowGRPOTrainer:
                 return
             export_lora(
                 transformer,
+                self.pipe,
                 folder / "lora",
                 base_model=base_model_name(self.cfg.model),
                 reward=str(self.cfg.reward.get("_target_", "reward")),
