@@ -23,7 +23,7 @@ from rewards.scalar import (
     PickScoreReward,
     UnifiedRewardReward,
 )
-from rewards.scalar.hpsv2 import openclip_clean
+from rewards.scalar.clip import clip_clean_text
 from rewards.scalar.pixels import (
     CLIP_MEAN,
     CLIP_STD,
@@ -102,8 +102,8 @@ def test_letterbox_pads_black_around_the_resized_image():
         ("caf\u00c3\u00a9 au lait", "caf\u00e9 au lait"),  # mojibake repaired by ftfy
     ],
 )
-def test_hpsv2_prompts_are_cleaned_as_openclip_does(prompt, cleaned):
-    assert openclip_clean(prompt) == cleaned
+def test_clip_prompts_are_cleaned_as_the_clip_tokenizers_do(prompt, cleaned):
+    assert clip_clean_text(prompt) == cleaned
 
 
 def test_every_stored_model_text_names_its_source():

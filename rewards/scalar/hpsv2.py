@@ -16,20 +16,19 @@ Raw score: the cosine of the normalised image and text embeddings (what the offi
 ``score.py`` prints), in [-1, 1]; typically 0.20-0.35. Normalisations (``normalize``):
 ``"none"``, or ``"percent"`` = 100 * cosine, the scale of the HPSv2 benchmark tables.
 
-Prompts are cleaned as OpenCLIP's tokenizer cleans them (:func:`openclip_clean`, with ftfy) before
-transformers' CLIP tokenizer, which shares OpenCLIP's BPE vocabulary, encodes them.
+Prompts are cleaned as OpenCLIP's tokenizer cleans them
+(:func:`~rewards.scalar.clip.clip_clean_text`) before transformers' CLIP tokenizer, which shares
+OpenCLIP's BPE vocabulary, encodes them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import html
-import re
 from pathlib import Path
 
 import torch
 
-from rewards.scalar.clip import ClipSimilarityReward
+from rewards.scalar.clip import ClipSimilarityReward, clip_clean_text
 from rewards.scalar.common import (
     assign_exactly,
     load_state_dict_file,
@@ -109,19 +108,6 @@ def openclip_to_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.
     return out
 
 
-def openclip_clean(text: str) -> str:
-    """A prompt as OpenCLIP's tokenizer sees it: ftfy-fixed (curly quotes straightened, mojibake
-    repaired, ...), HTML entities unescaped twice, whitespace runs collapsed, lower-cased.
-
-    transformers' CLIP tokenizer only normalises whitespace and case, so without this a prompt
-    like ``an astronaut’s glove`` tokenizes differently from what HPSv2 was trained on.
-    """
-    import ftfy
-
-    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
-    return re.sub(r"\s+", " ", text).strip().lower()
-
-
 class HPSv2Reward(ClipSimilarityReward):
     """HPSv2 / HPSv2.1 from the local checkpoint file and a local CLIP-ViT-H-14 folder."""
 
@@ -147,7 +133,7 @@ class HPSv2Reward(ClipSimilarityReward):
         return require_file(path, "hpsv2 checkpoint")
 
     def texts(self, prompts: list[str]) -> list[str]:
-        return [openclip_clean(prompt) for prompt in prompts]
+        return [clip_clean_text(prompt) for prompt in prompts]
 
     def pixel_values(self, images):
         size = self.model.config.vision_config.image_size
