@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from rewards.scalar.common import ScalarReward, pil_image_processor, require_dir
+from rewards.judges.transformers_judge import pil_image_processor
+from rewards.scalar.common import ScalarReward, require_dir
 
 MODEL_FILES = ("config.json", "model.safetensors|pytorch_model.bin")
 PROCESSOR_FILES = ("preprocessor_config.json|processor_config.json", "tokenizer.json|vocab.json")

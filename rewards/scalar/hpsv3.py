@@ -17,7 +17,8 @@ chat template; its weights are not read), and ``checkpoint``, the ``HPSv3.safete
 ``{prompt}`` filled in and must contain ``<|Reward|>``; the default is the official one: HPSv3's
 ``INSTRUCTION`` followed by its ``prompt_with_special_token`` (both stored verbatim in
 ``rewards/scalar/texts/``), as the official ``HPSv3RewardInferencer`` sends them. Images go through
-the folder's image processor on transformers' PIL backend, which gives the official pixels.
+the folder's image processor on transformers' PIL backend (``load_processor`` pins it), which
+gives the official pixels.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from rewards.scalar.common import (
     assign_exactly,
     load_state_dict_file,
     model_text,
-    pil_image_processor,
     require_dir,
     require_file,
 )
@@ -116,7 +116,6 @@ class HPSv3Reward(ScalarReward):
         from rewards.judges.transformers_judge import load_processor
 
         self.processor = load_processor(self.path)
-        self.processor.image_processor = pil_image_processor(self.path)
         self.processor.tokenizer.add_special_tokens({"additional_special_tokens": [REWARD_TOKEN]})
         self.reward_token_id = self.processor.tokenizer.convert_tokens_to_ids(REWARD_TOKEN)
         state = to_current_layout(load_state_dict_file(self.checkpoint))

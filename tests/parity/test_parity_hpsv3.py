@@ -27,6 +27,7 @@ from rewards.scalar import HPSv3Reward
 pytestmark = pytest.mark.parity
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "data" / "chat_templates"
+BF16_TOLERANCE = 2e-2  # relative; bf16 keeps 8 bits of mantissa (0.4% per rounding)
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +100,21 @@ def test_scores_equal_the_official_package(official, reward):
                       "log_sigma_max_rel_diff": sigma}))  # fmt: skip
     assert difference < 1e-4 and sigma < 1e-4
     assert len({round(s, 5) for s in out.scores.tolist()}) > 1
+
+
+def test_bf16_scores_against_the_official_bf16_inferencer(official):
+    """The default dtype: both sides in bfloat16 (backbone bf16, head float32), on the CPU with
+    sdpa attention. Not bit-equal (transformers 4.45 and 5 order some bf16 operations
+    differently), so the difference is measured and bounded, next to the official run's own
+    bf16-vs-float32 shift."""
+    spec, result, _ = official
+    reward = HPSv3Reward(path=spec["base"], checkpoint=spec["checkpoint"], batch_size=7)
+    assert reward.dtype == torch.bfloat16
+    images = [Image.open(p) for p in spec["images"]]
+    ours = reward(images, spec["prompts"]).scores.tolist()
+    difference = max_relative_difference(ours, result["scores_bf16"])
+    official_shift = max_relative_difference(result["scores_bf16"], result["scores"])
+    print(json.dumps({"reward": "hpsv3_bf16", "pairs": len(images), "max_rel_diff": difference,
+                      "official_bf16_vs_fp32": official_shift}))  # fmt: skip
+    assert difference < BF16_TOLERANCE
+    assert difference < official_shift  # closer to the official bf16 run than fp32 is
