@@ -5,7 +5,12 @@ The image and a rating instruction that contains the prompt and ends with a spec
 head (``hidden -> 1024 -> 16 -> 2``, ReLU between, float32) whose two outputs are the mean and
 log-scale of a Gaussian preference score. The score is the mean (output 0), as the official
 inference code returns. As in the official forward, text positions are sequential (the image's
-multimodal RoPE grid is not used), and images are resized to ``pixels`` = 256*28*28 pixels.
+multimodal RoPE grid is not used), and images are resized to ``pixels`` = 256*28*28 pixels. In
+bf16 (the default, as the official inferencer) the backbone's buffers are cast too, as the
+official ``model.to(torch.bfloat16)`` casts them: the rotary frequencies are then bf16-rounded,
+which moves the scores by about as much as bf16 itself (measured in docs/scalar_rewards.md).
+The official config asks for flash-attention-2 where ``flash_attn`` is installed (a GPU);
+without it, and here, attention is sdpa: the same arithmetic, rounded differently in bf16.
 
 Raw score: unbounded; real images typically fall between about 0 and 15 (the HPSv3 paper reports
 model averages around 7-11). Normalisations (``normalize``): ``"none"``, ``"divide_10"``.
@@ -139,7 +144,9 @@ class HPSv3Reward(ScalarReward):
         assign_exactly(backbone, state, self.dtype, misfit)
         head = reward_head(embed.shape[1])
         assign_exactly(head, head_state, torch.float32, misfit)
-        self.backbone = backbone.to(self.device).eval()
+        # As the official create_model_and_processor's model.to(torch.bfloat16): floating buffers
+        # (the rotary inv_freq) take the dtype too, which moves bf16 scores (tests/parity).
+        self.backbone = backbone.to(self.device, self.dtype).eval()
         self.head = head.to(self.device).eval()
 
     def unload(self) -> None:

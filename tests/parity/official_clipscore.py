@@ -4,8 +4,11 @@ from PyPI, the ``clip`` package jmhessel/clipscore imports).
 1. Builds OpenAI CLIP's ``clip.model.CLIP`` (a small ViT-B/32-shaped model: 32 px patches at
    224 px, QuickGELU, the real 49408-token BPE vocabulary), gives it seeded random weights and
    saves its state dict in float16, the precision of the released ViT-B/32 weights.
-2. Loads that file with ``clip.load(path, device="cpu", jit=False)``, the loader CLIP-S calls
-   (``clip.load("ViT-B/32", ...)`` in clipscore.py's ``main``): ``build_model`` then ``.float()``.
+2. Rebuilds the model from that file as ``clip.load(path, device="cpu", jit=False)`` does for a
+   state dict (``clip.model.build_model`` then ``.float()`` on the CPU). clip.load itself cannot
+   read a plain state dict on this torch: after its ``torch.jit.load`` attempt fails it calls
+   ``torch.load`` on the same, already consumed file handle (EOFError); the released ViT-B/32 is a
+   TorchScript archive, which takes the other branch to the same ``build_model``.
 3. Scores as jmhessel/clipscore's clipscore.py does (commit d200b56): each caption is
    ``clip.tokenize("A photo depicts " + caption, truncate=True)`` (``CLIPCapDataset``), each image
    goes through its ``_transform_test(224)`` (``Resize(224, BICUBIC)``, ``CenterCrop(224)``, RGB,
@@ -67,8 +70,8 @@ def main() -> None:
     randomize(model, spec["seed"], keep=("logit_scale",))
     state = {k: v.detach().to(torch.float16).clone() for k, v in model.state_dict().items()}
     torch.save(state, spec["checkpoint"])
-    model, _ = clip.load(spec["checkpoint"], device="cpu", jit=False)
-    model.eval()
+    loaded = torch.load(spec["checkpoint"], map_location="cpu", weights_only=True)
+    model = clip.model.build_model(loaded).to("cpu").float().eval()
 
     prefix = PREFIX if PREFIX.endswith(" ") else PREFIX + " "
     tokens = torch.cat([clip.tokenize(prefix + c, truncate=True) for c in spec["prompts"]])
