@@ -4,6 +4,7 @@ agreement with the official torchvision pipelines themselves: tests/parity.)"""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -188,3 +189,14 @@ def test_which_rewards_see_images_in_their_own_mode():
     rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
     assert read_images([rgba])[0][0].mode == "RGB"
     assert read_images([rgba], keep_mode=True)[0][0].mode == "RGBA"
+
+
+def test_antialias_bench_measures_the_input_shift_between_eras(capsys):
+    from bench.hpsv2_antialias import main
+
+    result = main([])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+    shifts = result["images"]
+    assert set(shifts) == {"photo_upscaled", "rendered_figure", "zone_plate"}
+    assert all(s["size"] == [1024, 1024] and s["rms_pixel"] > 0.01 for s in shifts.values())
+    assert shifts["zone_plate"]["rms_pixel"] > shifts["photo_upscaled"]["rms_pixel"]

@@ -45,11 +45,9 @@ def fetched(real_images, tmp_path_factory):
 def test_pixels_equal_qwen_vl_utils_then_the_processor(arch, fetched, real_images, tmp_path):
     patch, size = SETTINGS[arch]
     build_tiny_vlm(arch, seed=0, save_dir=tmp_path)
-    config_file = tmp_path / "preprocessor_config.json"
+    config_file = tmp_path / "processor_config.json"  # transformers 5 nests the image processor
     config = json.loads(config_file.read_text())
-    config.update(patch_size=patch, size=size)
-    for key in ("min_pixels", "max_pixels"):
-        config.pop(key, None)
+    config["image_processor"].update(patch_size=patch, size=size)
     config_file.write_text(json.dumps(config))
     processor = load_processor(tmp_path).image_processor
     compared, rgba = 0, {}
