@@ -144,5 +144,6 @@ def test_scores_equal_the_official_package(official):
     print(json.dumps({"reward": "hpsv2", "era": antialias, "pairs": len(pairs),
                       "max_rel_diff": difference, "max_abs_diff": absolute,
                       "scores": [b for _, b in pairs]}))  # fmt: skip
-    assert difference < 1e-4
+    # 1e-4 relative, or 1e-6 absolute for a cosine near 0 (torch 2.1's era scores one at -3e-4)
+    assert difference < 1e-4 or absolute < 1e-6
     assert len({round(s, 6) for s in ours}) > 1  # the random model tells inputs apart
