@@ -15,6 +15,11 @@ Unanswered rubrics (NaN from the judge, e.g. a timeout or an unknown statement) 
   ``sum_k |w_k| / sum_answered |w_k|`` so that it stays on the full set's scale; a sample with no
   answered rubric is still NaN (reason ``"no rubric answered: <judge reason>"``).
 
+The weights belong to the judge they were learned with. When the rubric set records that judge
+(``judge``: model name + config fingerprint, and the P(yes) rule), a reward served by another one
+logs one warning at construction naming what differs; ``on_judge_mismatch="raise"`` refuses
+instead. A set without the record (written before it existed) is served by any judge.
+
 Details: ``"rubric/<id>"`` holds each rubric's probability (NaN where unanswered) and
 ``"rubric_answered_fraction"`` the share of rubrics answered per sample.
 """
@@ -37,6 +42,29 @@ log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 UNANSWERED_POLICIES = ("nan", "renormalize")
+JUDGE_MISMATCH_POLICIES = ("warn", "raise")
+
+
+def judge_differences(recorded: dict[str, Any], serving: dict[str, Any]) -> list[str]:
+    """What differs between the judge a rubric set was learned with and the one serving it:
+    the P(yes) rule, and the model: by config fingerprint where both sides know it, else by
+    name (a server shows no config)."""
+    differences = [
+        f"{key} {recorded.get(key)!r} -> {serving.get(key)!r}"
+        for key in ("yes_no_from", "top_k")
+        if recorded.get(key) != serving.get(key)
+    ]
+    if recorded.get("fingerprint") and serving.get("fingerprint"):
+        same_model = recorded["fingerprint"] == serving["fingerprint"]
+    else:
+        same_model = recorded.get("model") == serving.get("model")
+    if not same_model:
+        differences.insert(
+            0,
+            f"model {recorded.get('model')!r} ({recorded.get('fingerprint')}) -> "
+            f"{serving.get('model')!r} ({serving.get('fingerprint')})",
+        )
+    return differences
 
 
 def resolve_rubric_set_path(path: str | Path) -> Path:
@@ -61,6 +89,8 @@ class RubricReward(Reward):
         judge: any :class:`Judge`. ``None`` only to give a clear error when a Hydra config has no
             ``judge`` node.
         on_unanswered: ``"nan"`` or ``"renormalize"`` (see the module docstring).
+        on_judge_mismatch: ``"warn"`` (one warning) or ``"raise"`` when the rubric set records
+            a different judge (model or P(yes) rule) than ``judge``.
         scoring: ``"normalized"`` or ``"raw"``; ``None`` takes the rubric set's mode. Judges that
             have a ``scoring`` attribute are switched to it, so the weights are applied to the same
             kind of probability they were learned on.
@@ -74,6 +104,7 @@ class RubricReward(Reward):
         on_unanswered: str = "nan",
         scoring: str | None = None,
         name: str = "rubric",
+        on_judge_mismatch: str = "warn",
     ) -> None:
         if judge is None:
             raise ValueError(
@@ -86,6 +117,11 @@ class RubricReward(Reward):
             raise ValueError(
                 f"on_unanswered must be one of {UNANSWERED_POLICIES}, got {on_unanswered!r}"
             )
+        if on_judge_mismatch not in JUDGE_MISMATCH_POLICIES:
+            raise ValueError(
+                f"on_judge_mismatch must be one of {JUDGE_MISMATCH_POLICIES}, "
+                f"got {on_judge_mismatch!r}"
+            )
         if not isinstance(rubric_set, RubricSet):
             rubric_set = load_rubric_set(resolve_rubric_set_path(rubric_set))
         scoring = check_scoring(scoring or rubric_set.scoring)
@@ -97,6 +133,21 @@ class RubricReward(Reward):
         self.weights = torch.tensor([r.weight for r in rubric_set.rubrics], dtype=torch.float64)
         self._questions = [rubric_set.question(r) for r in rubric_set.rubrics]
         self._apply_scoring()
+        self._check_judge(on_judge_mismatch)
+
+    def _check_judge(self, policy: str) -> None:
+        if self.rubric_set.judge is None:
+            return
+        differences = judge_differences(self.rubric_set.judge, self.judge.identity())
+        if not differences:
+            return
+        message = (
+            f"{self.name}: the rubric set's weights were learned with another judge than the one "
+            f"serving it ({'; '.join(differences)})"
+        )
+        if policy == "raise":
+            raise ValueError(message + "; on_judge_mismatch=warn serves it anyway")
+        log.warning("%s; its scores are on another judge's scale", message)
 
     def _apply_scoring(self) -> None:
         current = getattr(self.judge, "scoring", None)

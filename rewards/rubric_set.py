@@ -10,8 +10,13 @@ One JSON document::
         {"id": "r0001", "text": "The sky is blue.", "weight": 0.8,
          "provenance": {"round": 0, "source": "seed", "pair_id": "..."}}
       ],
-      "training": {...}                     # free-form statistics from rubric learning
+      "training": {...},                    # free-form statistics from rubric learning
+      "judge": {"model": "Qwen3-VL-8B-Instruct", "fingerprint": "3f2a...",  # optional: the
+                "yes_no_from": "top_k", "top_k": 20}          # judge the weights were learned with
     }
+
+``judge`` (absent in files written before it existed, which still load) is
+:meth:`rewards.judges.base.Judge.identity` of the judge the weights were learned with.
 
 :func:`load_rubric_set` validates every field and names the field and the file in its error.
 Weights must be finite where they are used: rewards are float32, so each weight, and the largest
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from rewards.base import FLOAT32_MAX
+from rewards.judges.base import YES_NO_FROM
 
 SCHEMA_VERSION = 1
 SCORING_MODES = ("normalized", "raw")
@@ -58,6 +64,7 @@ class RubricSet:
     scoring: str = "normalized"
     training: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    judge: dict[str, Any] | None = None
 
     def context(self, prompt: str) -> str:
         """The text shared by every question about an image generated from ``prompt``."""
@@ -149,7 +156,26 @@ def validate_rubric_set(data: Any, source: str = "<rubric set>") -> RubricSet:
     training = data.get("training", {})
     if not isinstance(training, dict):
         raise _fail(source, "training", "must be an object")
-    return RubricSet(rubrics, dict(template), scoring, training, version)
+    judge = _check_judge_record(data.get("judge"), source)
+    return RubricSet(rubrics, dict(template), scoring, training, version, judge)
+
+
+def _check_judge_record(judge: Any, source: str) -> dict[str, Any] | None:
+    """The optional ``judge`` record: model name, config fingerprint (or null), P(yes) rule."""
+    if judge is None:
+        return None
+    if not isinstance(judge, dict):
+        raise _fail(source, "judge", "must be an object")
+    if not isinstance(judge.get("model"), str) or not judge["model"]:
+        raise _fail(source, "judge.model", "must be a non-empty string")
+    if not isinstance(judge.get("fingerprint"), (str, type(None))):
+        raise _fail(source, "judge.fingerprint", "must be a string or null")
+    if judge.get("yes_no_from") not in YES_NO_FROM:
+        raise _fail(source, "judge.yes_no_from", f"must be one of {YES_NO_FROM}")
+    top_k = judge.get("top_k")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise _fail(source, "judge.top_k", f"must be a positive integer or null, got {top_k!r}")
+    return dict(judge)
 
 
 def load_rubric_set(path: str | Path) -> RubricSet:

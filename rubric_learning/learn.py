@@ -343,6 +343,7 @@ class RubricLearner:
                 self.template,
                 str(self.cfg.judge.get("scoring", "normalized")),
                 figures | self.data_info | {"pairs": self.pair_record()},
+                judge=self.judge.identity(),
             )
             final["rubric_set"] = str(path)
         else:

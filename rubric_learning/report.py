@@ -157,7 +157,9 @@ def save_rubric_set(
     template: dict[str, str],
     scoring: str,
     training: dict[str, Any],
+    judge: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the kept rubrics with their refiner weights as a rubric set file."""
+    """Write the kept rubrics with their refiner weights as a rubric set file, recording the
+    scoring judge (``Judge.identity()``: model and P(yes) rule) the weights were learned with."""
     rubrics = [Rubric(r.id, r.text, float(w), dict(r.provenance)) for r, w in kept]
-    return RubricSet(rubrics, dict(template), scoring, training).save(path)
+    return RubricSet(rubrics, dict(template), scoring, training, judge=judge).save(path)

@@ -240,6 +240,54 @@ def test_generate_is_greedy_and_batched(tiny):
     assert len(many) == 3 and all(isinstance(a, str) for a in many)
 
 
+def test_generate_stops_at_every_eos_of_the_generation_config(tiny, monkeypatch):
+    """generate_many passes the generation config's whole eos list (Qwen2.5-VL's is
+    [<|im_end|>, <|endoftext|>]), not only the tokenizer's single eos."""
+    _, model, processor = tiny
+    judge = TransformersJudge(model=model, processor=processor)
+    tokenizer = processor.tokenizer
+    both = [
+        tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+    ]
+    monkeypatch.setattr(model.generation_config, "eos_token_id", both)
+    seen = {}
+    real_generate = model.generate
+
+    def generate(**kwargs):
+        seen.update(kwargs)
+        return real_generate(**kwargs)
+
+    monkeypatch.setattr(model, "generate", generate)
+    judge.generate([noise_image(0, 32, 32)], "Describe the image.", max_new_tokens=2)
+    assert seen["eos_token_id"] == both
+    monkeypatch.setattr(model.generation_config, "eos_token_id", None)
+    assert judge.eos_token_ids() == [tokenizer.eos_token_id]
+
+
+def test_processor_is_pinned_to_the_pil_backend(tmp_path, monkeypatch):
+    """Whether or not torchvision is installed (transformers 5 would then pick its torchvision
+    backend), the judge's image processor is the PIL one, whose pixels the official qwen-vl-utils
+    path gives (tests/parity/test_parity_qwen_vl_utils.py)."""
+    from transformers.image_processing_backends import PilBackend
+
+    from rewards.judges import transformers_judge
+
+    build_tiny_vlm("qwen2_5_vl", seed=0, save_dir=tmp_path)
+    assert isinstance(load_processor(tmp_path).image_processor, PilBackend)
+    image_only = load_processor(tmp_path)
+
+    class TorchvisionChoice:
+        """Stands in for the torchvision-backend processor transformers 5 would load."""
+
+    image_only.image_processor = TorchvisionChoice()
+    monkeypatch.setattr(transformers_judge, "is_torchvision_available", lambda: True)
+    monkeypatch.setattr(
+        transformers_judge.AutoProcessor, "from_pretrained", lambda path: image_only
+    )
+    assert isinstance(load_processor(tmp_path).image_processor, PilBackend)
+
+
 def test_dtype_and_release():
     model, processor = build_tiny_vlm("qwen2_5_vl", seed=0)
     judge = TransformersJudge(model=model, processor=processor, dtype="bf16")

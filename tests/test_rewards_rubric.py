@@ -14,8 +14,8 @@ from PIL import Image
 from rewards import build_reward
 from rewards.judges.base import Judge, JudgeItem
 from rewards.judges.pixel import UNKNOWN_STATEMENT, PixelJudge
-from rewards.rubric import RubricReward
-from rewards.rubric_set import Rubric, RubricSet, RubricSetError
+from rewards.rubric import RubricReward, judge_differences
+from rewards.rubric_set import Rubric, RubricSet, RubricSetError, load_rubric_set
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "conf" / "rubrics" / "demo_pixel.json"
@@ -141,3 +141,64 @@ def test_hydra_config_builds_with_the_root_judge_node(monkeypatch, tmp_path):
         "rubric_answered_fraction"
     }
     assert math.isfinite(out.scores.sum().item())
+
+
+def _learned_with(judge: dict | None) -> RubricSet:
+    rubrics = _rubric_set([("The image is mostly red.", 1.0)])
+    rubrics.judge = judge
+    return rubrics
+
+
+def test_rubric_set_records_its_judge_and_old_files_still_load(tmp_path):
+    record = PixelJudge().identity()
+    assert record == {"model": "pixel", "fingerprint": None, "yes_no_from": "full", "top_k": None}
+    path = _learned_with(record).save(tmp_path / "set.json")
+    assert json.loads(path.read_text())["judge"] == record
+    assert load_rubric_set(path).judge == record
+    assert load_rubric_set(DEMO).judge is None  # written before the record existed
+    bad = json.loads(path.read_text())
+    bad["judge"]["yes_no_from"] = "top20"
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(RubricSetError, match="judge.yes_no_from"):
+        load_rubric_set(tmp_path / "bad.json")
+
+
+SERVED_QWEN = {"model": "Qwen3-VL-8B-Instruct", "fingerprint": None, "yes_no_from": "top_k",
+               "top_k": 20}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "recorded, differs",
+    [
+        (None, None),  # no record: any judge serves it
+        ({"model": "pixel", "fingerprint": None, "yes_no_from": "full", "top_k": None}, None),
+        (SERVED_QWEN, "model 'Qwen3-VL-8B-Instruct'"),
+        (
+            {"model": "pixel", "fingerprint": None, "yes_no_from": "top_k", "top_k": 20},
+            "yes_no_from",
+        ),
+    ],
+)
+def test_a_different_judge_warns_once_and_refuses_only_when_asked(recorded, differs, caplog):
+    with caplog.at_level("WARNING", logger="rewards.rubric"):
+        reward = RubricReward(_learned_with(recorded), PixelJudge())
+        reward(_images(2), ["a", "b"])
+        reward(_images(2), ["a", "b"])
+    warnings = [r.getMessage() for r in caplog.records if "another judge" in r.getMessage()]
+    if differs is None:
+        assert warnings == []
+        RubricReward(_learned_with(recorded), PixelJudge(), on_judge_mismatch="raise")
+        return
+    assert len(warnings) == 1 and differs in warnings[0]
+    with pytest.raises(ValueError, match=f"another judge.*{differs}"):
+        RubricReward(_learned_with(recorded), PixelJudge(), on_judge_mismatch="raise")
+
+
+def test_judge_differences_compare_fingerprints_where_both_sides_have_one():
+    local = {"model": "Qwen3-VL-8B-Instruct", "fingerprint": "abc", "yes_no_from": "top_k",
+             "top_k": 20}  # fmt: skip
+    renamed = dict(local, model="qwen3-vl-8b")  # same config, another folder name
+    assert judge_differences(local, renamed) == []
+    assert judge_differences(local, dict(local, fingerprint="def"))[0].startswith("model")
+    assert judge_differences(local, SERVED_QWEN) == []  # a server shows no config: by name
+    assert judge_differences(local, dict(local, top_k=5)) == ["top_k 20 -> 5"]

@@ -105,7 +105,7 @@ def test_clipscore_matches_float64_reference_and_normalisations(clip_dir):
     # 44 x 40 -> 35 x 32: an overhang of 3, where the CLIP image processor's floored crop
     # offset (1) differs from the rounded one (2) of the CLIP-S reference code.
     images = _images(4, shape=(40, 44, 3))
-    texts = [f"A photo depicts {prompt}" for prompt in PROMPTS]
+    texts = [f"a photo depicts {prompt}" for prompt in PROMPTS]
     cos, _ = _reference(clip_dir, images, texts, pixels=_clip_s_pixels)
     reward = CLIPScoreReward(path=str(clip_dir), batch_size=3, normalize="none")
     out = reward(images, PROMPTS)
@@ -121,9 +121,10 @@ def test_clipscore_matches_float64_reference_and_normalisations(clip_dir):
 def test_clipscore_prefix_comes_from_the_reference_code_and_can_be_turned_off(clip_dir):
     images = _images(2, seed=3)
     reward = CLIPScoreReward(path=str(clip_dir), normalize="none")
-    assert reward.texts(["a cat"]) == ["A photo depicts a cat"]
-    other = CLIPScoreReward(path=str(clip_dir), prefix="An image of")
-    assert other.texts(["x"]) == ["An image of x"]  # a space is added, as the reference does
+    # Cleaned as clip.tokenize cleans it: ftfy, HTML entities, whitespace, lower case.
+    assert reward.texts(["a  cat\u2019s &amp;amp; toy"]) == ["a photo depicts a cat's & toy"]
+    other = CLIPScoreReward(path=str(clip_dir), prefix="An image of", clean_text=False)
+    assert other.texts(["x &amp; y"]) == ["An image of x &amp; y"]  # space added, as reference
     bare = CLIPScoreReward(path=str(clip_dir), normalize="none", prefix=None)
     assert bare.texts(["a cat"]) == ["a cat"]
     cos, _ = _reference(clip_dir, images, PROMPTS[:2], pixels=_clip_s_pixels)

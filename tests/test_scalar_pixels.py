@@ -4,6 +4,7 @@ agreement with the official torchvision pipelines themselves: tests/parity.)"""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from rewards.scalar import (
     PickScoreReward,
     UnifiedRewardReward,
 )
-from rewards.scalar.hpsv2 import openclip_clean
+from rewards.scalar.clip import clip_clean_text
 from rewards.scalar.pixels import (
     CLIP_MEAN,
     CLIP_STD,
@@ -93,6 +94,70 @@ def test_letterbox_pads_black_around_the_resized_image():
     assert letterbox_pixels(_ramp(32, 20), 32).shape == (3, 32, 32)  # padded though not resized
 
 
+def _cubic(x: np.ndarray, a: float) -> np.ndarray:
+    """Keys' cubic convolution kernel with parameter ``a``."""
+    x = np.abs(x)
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((x - 5) * x + 8) * x * a - 4 * a
+    return np.where(x < 1, near, np.where(x < 2, far, 0.0))
+
+
+def _resize_matrix(n_in: int, n_out: int, antialias: bool) -> np.ndarray:
+    """``[n_out, n_in]`` float64 weights of torch's bicubic resize along one axis
+    (align_corners=False), written from their definitions: without antialiasing, Keys' kernel with
+    a = -0.75 at the source coordinate (o + 0.5) * s - 0.5, taps clamped to the border; with it,
+    the kernel with a = -0.5 stretched by the downscale factor, its taps cut at the border and
+    renormalised (PIL's scheme)."""
+    scale = n_in / n_out
+    weights = np.zeros((n_out, n_in))
+    for o in range(n_out):
+        if not antialias:
+            src = (o + 0.5) * scale - 0.5
+            base = np.floor(src)
+            for k in range(-1, 3):
+                weights[o, int(np.clip(base + k, 0, n_in - 1))] += _cubic(src - (base + k), -0.75)
+        else:
+            stretch = max(scale, 1.0)
+            center = (o + 0.5) * scale
+            lo = max(int(center - 2 * stretch + 0.5), 0)
+            hi = min(int(center + 2 * stretch + 0.5), n_in)
+            taps = _cubic((np.arange(lo, hi) - center + 0.5) / stretch, -0.5)
+            weights[o, lo:hi] = taps / taps.sum()
+    return weights
+
+
+@pytest.mark.parametrize("antialias", [True, False])
+def test_letterbox_resizes_as_torchvision_of_each_era(antialias):
+    """hpsv2's F.resize without ``antialias``: antialiased bicubic on torchvision >= 0.17, plain
+    bicubic (a = -0.75, no prefilter) before; checked against float64 weights from the kernels'
+    definitions, on a 1024 px image downscaled to 224 and a small one upscaled."""
+    for width, height, new_w, new_h in ((1024, 1024, 224, 224), (20, 12, 224, 134)):
+        rng = np.random.default_rng(width)
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        ours = letterbox_pixels(image, 224, antialias=antialias)
+        unit = np.asarray(image, dtype=np.float64) / 255
+        rows = _resize_matrix(height, new_h, antialias)
+        cols = _resize_matrix(width, new_w, antialias)
+        resized = np.einsum("oh,hwc,pw->opc", rows, unit, cols)
+        top = (224 - new_h) // 2
+        expected = np.zeros((224, 224, 3))
+        expected[top : top + new_h] = resized
+        expected = (expected - np.array(CLIP_MEAN)) / np.array(CLIP_STD)
+        reference = torch.from_numpy(expected).permute(2, 0, 1).float()
+        torch.testing.assert_close(ours, reference, atol=2e-5, rtol=0)
+    sharp = letterbox_pixels(image, 224, antialias=False)
+    assert not torch.allclose(sharp, letterbox_pixels(image, 224, antialias=True), atol=1e-2)
+
+
+def test_hpsv2_antialias_option_names_the_torchvision_behaviour(tmp_path):
+    from rewards.scalar.hpsv2 import ANTIALIAS
+
+    assert ANTIALIAS == {"torchvision_0.17": True, "torchvision_0.16": False}
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="antialias must be one of"):
+        HPSv2Reward(path="x.pt", processor_path=str(tmp_path), antialias="true")
+
+
 @pytest.mark.parametrize(
     "prompt, cleaned",
     [
@@ -102,8 +167,8 @@ def test_letterbox_pads_black_around_the_resized_image():
         ("caf\u00c3\u00a9 au lait", "caf\u00e9 au lait"),  # mojibake repaired by ftfy
     ],
 )
-def test_hpsv2_prompts_are_cleaned_as_openclip_does(prompt, cleaned):
-    assert openclip_clean(prompt) == cleaned
+def test_clip_prompts_are_cleaned_as_the_clip_tokenizers_do(prompt, cleaned):
+    assert clip_clean_text(prompt) == cleaned
 
 
 def test_every_stored_model_text_names_its_source():
@@ -124,3 +189,14 @@ def test_which_rewards_see_images_in_their_own_mode():
     rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
     assert read_images([rgba])[0][0].mode == "RGB"
     assert read_images([rgba], keep_mode=True)[0][0].mode == "RGBA"
+
+
+def test_antialias_bench_measures_the_input_shift_between_eras(capsys):
+    from bench.hpsv2_antialias import main
+
+    result = main([])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+    shifts = result["images"]
+    assert set(shifts) == {"photo_upscaled", "rendered_figure", "zone_plate"}
+    assert all(s["size"] == [1024, 1024] and s["rms_pixel"] > 0.01 for s in shifts.values())
+    assert shifts["zone_plate"]["rms_pixel"] > shifts["photo_upscaled"]["rms_pixel"]

@@ -14,7 +14,12 @@ from PIL import Image
 
 import rewards.scalar
 from rewards.judges.tiny_vlm import build_tiny_vlm
-from rewards.scalar.unifiedreward import UnifiedRewardReward, parse_final_score
+from rewards.scalar.unifiedreward import (
+    FLOW_GRPO_UNPARSED,
+    UnifiedRewardReward,
+    parse_final_score,
+    parse_flow_grpo,
+)
 
 
 @pytest.mark.parametrize(
@@ -48,6 +53,37 @@ def test_parser_reads_the_last_final_score(answer, expected):
 def test_parser_gives_nan_with_a_reason(answer, reason):
     value, why = parse_final_score(answer)
     assert math.isnan(value) and why == reason
+
+
+# What flow_grpo's _extract_scores (flow_grpo/rewards.py, unifiedreward_score_sglang) returns for
+# each answer: re.search of "Final Score:\s*([1-5](?:\.\d+)?)", case-sensitive, 0.0 on no match.
+FLOW_GRPO_CASES = [
+    ("Final Score: 2\nOn reflection, Final Score: 3", 2.0),  # the first match, not the last
+    ("Final Score: 10", 1.0),  # one digit 1-5: "10" reads as 1
+    ("Final Score: 5.9", 5.9),  # the decimal part is kept, even past 5
+    ("Final Score: 0 ... later Final Score: 4", 4.0),  # 0 cannot match; the search goes on
+    ("Final Score:4.25/5", 4.25),
+    ("Final Score:\n 3", 3.0),  # \s* crosses the newline
+    ("Final Score: 4.", 4.0),  # "4." has no digits after the point: the 4 alone
+]
+FLOW_GRPO_ZERO = [
+    "**Final Score:** 4",  # the markdown bold breaks "Final Score:\s*<digit>"
+    "final score: 4",  # case-sensitive
+    "Final Score: 7",
+    "Final Score: -2",
+    "A lovely image, I would give it 4.",
+    "",
+]
+
+
+@pytest.mark.parametrize("answer, expected", FLOW_GRPO_CASES)
+def test_flow_grpo_parse_takes_the_first_one_digit_score(answer, expected):
+    assert parse_flow_grpo(answer) == (expected, None)
+
+
+@pytest.mark.parametrize("answer", FLOW_GRPO_ZERO)
+def test_flow_grpo_parse_scores_what_it_cannot_read_as_zero_and_says_so(answer):
+    assert parse_flow_grpo(answer) == (0.0, FLOW_GRPO_UNPARSED)
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +128,21 @@ def test_fixed_answers_parse_and_normalise(tiny_qwen25_dir, monkeypatch):
     torch.testing.assert_close(out.details["raw"][:2], torch.tensor([4.0, 2.5]))
     torch.testing.assert_close(out.scores[:2], torch.tensor([0.8, 0.5]))
     assert math.isnan(out.scores[2]) and out.failures == {"unparseable": 1}
+
+
+def test_flow_grpo_parse_counts_the_zeros_in_the_failures(tiny_qwen25_dir, monkeypatch):
+    """parse=flow_grpo: unreadable answers are a real 0 (no NaN), each counted by its reason, so
+    the trainer logs them under reward_failures/."""
+    reward = UnifiedRewardReward(path=str(tiny_qwen25_dir), dtype="float32", parse="flow_grpo")
+    answers = ["Final Score: 2 then Final Score: 5", "**Final Score:** 4", "Final Score: 10"]
+    reward._ensure_loaded()
+    monkeypatch.setattr(reward.judge, "generate_many", lambda requests, max_new_tokens: answers)
+    out = reward(_images(3), ["a", "b", "c"])
+    torch.testing.assert_close(out.details["raw"], torch.tensor([2.0, 0.0, 1.0]))
+    torch.testing.assert_close(out.scores, torch.tensor([0.4, 0.0, 0.2]))
+    assert out.failures == {FLOW_GRPO_UNPARSED: 1} and out.num_failed == 0
+    with pytest.raises(ValueError, match="parse must be one of"):
+        UnifiedRewardReward(path=str(tiny_qwen25_dir), parse="first")
 
 
 @pytest.mark.parametrize(

@@ -9,17 +9,64 @@ question against it.
 An item that cannot be answered (a server that timed out, an answer without a yes/no token, a
 statement the pixel judge does not understand) gets NaN and a short reason in
 :attr:`JudgeResult.reasons`; the caller counts the reasons. Nothing is turned into 0.
+
+One P(yes) rule for every backend (``yes_no_from``): the probability mass of the "yes" spellings
+and of the "no" spellings is read either from the whole next-token distribution (``"full"``, only
+a judge that has the logits can) or from its ``top_k`` most likely tokens (``"top_k"``, what an
+OpenAI-compatible server or vLLM returns as ``top_logprobs``); ``scoring`` then gives
+``yes / (yes + no)`` or the yes mass. Under ``top_k`` an answer with neither spelling among the
+top tokens is NaN with reason :data:`NO_YES_NO_TOKEN` on every backend alike; under ``full`` it is
+never NaN for that reason. A judge reports its rule and its model in :meth:`Judge.identity`, which
+a rubric set records.
 """
 
 from __future__ import annotations
 
 import abc
+import hashlib
+import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from PIL import Image
+
+YES_NO_FROM = ("full", "top_k")
+DEFAULT_TOP_K = 20  # the servers' top_logprobs (vLLM's default cap of --max-logprobs)
+NO_YES_NO_TOKEN = "no yes/no token"
+# Config entries that say where or how a model was saved or loaded, not what it computes.
+_VOLATILE_CONFIG_KEYS = frozenset(
+    {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "_attn_implementation",
+     "_attn_implementation_autoset", "attn_implementation", "use_cache"}
+)  # fmt: skip
+
+
+def check_yes_no_from(yes_no_from: str, top_k: int | None) -> int | None:
+    """Validate a judge's P(yes) rule; returns the ``top_k`` it uses (None under ``full``)."""
+    if yes_no_from not in YES_NO_FROM:
+        raise ValueError(f"yes_no_from must be one of {YES_NO_FROM}, got {yes_no_from!r}")
+    if yes_no_from == "full":
+        return None
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"yes_no_from=top_k needs top_k >= 1, got {top_k!r}")
+    return top_k
+
+
+def config_fingerprint(config: dict[str, Any]) -> str:
+    """A short hash of a model's config (its ``config.json`` as transformers reads it), blind to
+    where and in which dtype it was loaded: equal for the same model served locally or by vLLM."""
+
+    def stable(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: stable(v) for k, v in value.items() if k not in _VOLATILE_CONFIG_KEYS}
+        if isinstance(value, (list, tuple)):
+            return [stable(v) for v in value]
+        return value
+
+    text = json.dumps(stable(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -100,6 +147,27 @@ class Judge(abc.ABC):
 
     name: str = "judge"
     accepts_tensors: bool = False  # True: items may carry uint8 / float image tensors
+    # The P(yes) rule (module docstring): backends that read a server's top_logprobs set
+    # "top_k" and their k; a judge that sees the whole distribution may read it all.
+    yes_no_from: str = "full"
+    top_k: int | None = None
+
+    def model_identity(self) -> tuple[str, str | None]:
+        """The name of the model behind the judge and its config fingerprint (None when the
+        backend cannot see the config, e.g. a remote server)."""
+        return self.name, None
+
+    def identity(self) -> dict[str, Any]:
+        """What a rubric set records about the judge its weights were learned with: the model
+        (name + config fingerprint) and the P(yes) rule (``yes_no_from``, ``top_k``)."""
+        model, fingerprint = self.model_identity()
+        top_k = None if self.yes_no_from == "full" else self.top_k
+        return {
+            "model": model,
+            "fingerprint": fingerprint,
+            "yes_no_from": self.yes_no_from,
+            "top_k": top_k,
+        }
 
     @abc.abstractmethod
     def yes_prob(self, items: Sequence[JudgeItem]) -> JudgeResult:

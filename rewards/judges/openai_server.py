@@ -55,6 +55,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -234,6 +235,7 @@ class OpenAIJudge(Judge):
         self.base_url = base_url.rstrip("/")
         self.scoring = scoring
         self.top_logprobs = top_logprobs
+        self.yes_no_from, self.top_k = "top_k", top_logprobs  # all a server returns
         self.timeout = (connect_timeout_s, timeout_s)
         self.max_retries = max_retries
         self.backoff_s = backoff_s
@@ -250,6 +252,10 @@ class OpenAIJudge(Judge):
         self.image_ids = image_ids
         if self.model is None or self.image_ids is None:
             self._read_models()
+
+    def model_identity(self) -> tuple[str, str | None]:
+        """The served model's name (its last path part); a server shows no config."""
+        return Path(str(self.model)).name, None
 
     # ----------------------------------------------------------------- HTTP plumbing
     def _session(self) -> requests.Session:

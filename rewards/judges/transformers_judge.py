@@ -8,7 +8,9 @@ see :mod:`rewards.judges.prefix_scoring`. Tested with Qwen3-VL and Qwen2.5-VL.
 
 P(yes) comes from the next-token distribution after the assistant turn starts: the probability mass
 of every single-token spelling of "yes" ("yes", "Yes", " yes", "YES", ...) against that of "no",
-normalised as p(yes) / (p(yes) + p(no)) by default, or the raw p(yes) mass.
+normalised as p(yes) / (p(yes) + p(no)) by default, or the raw p(yes) mass; over the whole
+vocabulary (``yes_no_from="full"``) or over the ``top_k`` most likely tokens only
+(``"top_k"``), the rule the server and vLLM judges follow (:mod:`rewards.judges.base`).
 
 Images may be PIL images or image tensors (uint8, or float in [0, 1]; ``[3, H, W]``, on any
 device): each distinct image is converted and fingerprinted once per call and preprocessed on the
@@ -21,6 +23,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import math
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,7 +43,16 @@ from transformers import (
 from transformers.utils import is_torchvision_available
 
 from rewards.images import to_uint8_chw
-from rewards.judges.base import Judge, JudgeError, JudgeItem, JudgeResult
+from rewards.judges.base import (
+    DEFAULT_TOP_K,
+    NO_YES_NO_TOKEN,
+    Judge,
+    JudgeError,
+    JudgeItem,
+    JudgeResult,
+    check_yes_no_from,
+    config_fingerprint,
+)
 from rewards.judges.prefix_scoring import (
     SHARED_PREFIX_MODES,
     ChatPrompt,
@@ -53,6 +65,7 @@ from rewards.judges.prefix_scoring import (
 from rewards.rubric_set import check_scoring
 
 YES_SPELLINGS = ("yes", "Yes", "YES", " yes", " Yes", " YES")
+_NO_YES_NO = -1.0  # probs_from_logits' mark for "no yes/no token among the top k"
 NO_SPELLINGS = ("no", "No", "NO", " no", " No", " NO")
 
 _DTYPES = {
@@ -120,11 +133,25 @@ def _image_only_processor_class(processor_cls: type[ProcessorMixin]) -> type[Pro
     )
 
 
+def pil_image_processor(path: str | Path):
+    """The folder's image processor on transformers' PIL backend, whatever is installed.
+
+    The official code preprocesses with PIL and NumPy (transformers 4.x image processors,
+    qwen-vl-utils' ``fetch_image``, or torchvision transforms on PIL images); transformers 5 picks
+    its torchvision backend when torchvision is installed, which resizes tensors and gives other
+    pixels. Pinning the backend keeps the scores independent of whether torchvision is there.
+    """
+    return AutoImageProcessor.from_pretrained(str(path), backend="pil")
+
+
 def load_processor(path: str | Path) -> ProcessorMixin:
-    """``AutoProcessor.from_pretrained(path)``; without torchvision, the image-only equivalent."""
+    """``AutoProcessor.from_pretrained(path)`` with its image processor on the PIL backend
+    (:func:`pil_image_processor`); without torchvision, the image-only equivalent."""
     path = Path(path)
     if is_torchvision_available():
-        return AutoProcessor.from_pretrained(path)
+        processor = AutoProcessor.from_pretrained(path)
+        processor.image_processor = pil_image_processor(path)
+        return processor
     config_file = path / "processor_config.json"
     if not config_file.exists():
         config_file = path / "preprocessor_config.json"
@@ -140,8 +167,7 @@ def load_processor(path: str | Path) -> ProcessorMixin:
         template = (path / "chat_template.jinja").read_text()
     elif (path / "chat_template.json").exists():
         template = json.loads((path / "chat_template.json").read_text())["chat_template"]
-    image_processor = AutoImageProcessor.from_pretrained(path)
-    return build_processor(processor_cls, image_processor, tokenizer, template)
+    return build_processor(processor_cls, pil_image_processor(path), tokenizer, template)
 
 
 def attention_implementations(text: str | None, vision: str | None) -> dict[str, str]:
@@ -228,6 +254,10 @@ class TransformersJudge(Judge):
         model, processor: an already built model and processor instead of ``model_path``.
         device, dtype: where and in which precision the model runs ("float32", "bf16", ...).
         scoring: "normalized" = p(yes) / (p(yes) + p(no)); "raw" = p(yes) mass.
+        yes_no_from, top_k: read the yes/no masses from the whole vocabulary ("full", the class
+            default) or from the ``top_k`` most likely tokens ("top_k", as the server and vLLM
+            judges must, and the default of the judge configs), where an answer with neither
+            among them is NaN with reason ``"no yes/no token"``.
         shared_prefix: "none" (one forward per question), "kv_cache" or "packed"
             (see :mod:`rewards.judges.prefix_scoring`).
         batch_size: images per forward in the shared-prefix modes (with all their questions),
@@ -265,8 +295,12 @@ class TransformersJudge(Judge):
         kv_cache_memory_gb: float | None = None,
         kv_cache_fallback: str = "packed",
         progress: bool = True,
+        yes_no_from: str = "full",
+        top_k: int = DEFAULT_TOP_K,
     ):
         check_scoring(scoring)
+        self.top_k = check_yes_no_from(yes_no_from, top_k)
+        self.yes_no_from = yes_no_from
         if shared_prefix not in SHARED_PREFIX_MODES:
             raise ValueError(
                 f"unknown shared_prefix {shared_prefix!r}; expected one of {SHARED_PREFIX_MODES}"
@@ -354,7 +388,11 @@ class TransformersJudge(Judge):
             answers.append(self.probs_from_logits(logits))
         probs = torch.full((len(items),), float("nan"))
         probs[torch.cat(indices)] = torch.cat(answers).cpu()  # the one wait for the device
-        reasons = ["non-finite judge logits" if p != p else None for p in probs.tolist()]
+        reasons = [
+            NO_YES_NO_TOKEN if p == _NO_YES_NO else "non-finite judge logits" if p != p else None
+            for p in probs.tolist()
+        ]
+        probs[probs == _NO_YES_NO] = float("nan")
         return JudgeResult(probs, reasons)
 
     def _prepared(self, chunks: list[list[PrefixGroup]]) -> Iterator[Prepared]:
@@ -378,13 +416,24 @@ class TransformersJudge(Judge):
             pending.cancel()
 
     def probs_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """P(yes) from next-token logits ``[N, V]``, by this judge's scoring mode."""
+        """P(yes) from next-token logits ``[N, V]``, by this judge's scoring mode and P(yes)
+        rule; under ``top_k``, a row with neither a yes nor a no among its top tokens is
+        ``_NO_YES_NO`` (-1, made NaN with its reason by the caller, after the one device wait)."""
         log_probs = logits.float().log_softmax(dim=-1)
+        if self.yes_no_from == "top_k":  # mass outside the top k tokens is not seen
+            top = log_probs.topk(min(self.top_k, log_probs.shape[-1]), dim=-1)
+            log_probs = torch.full_like(log_probs, -math.inf).scatter(-1, top.indices, top.values)
         log_yes = log_probs[:, self.yes_ids].logsumexp(dim=-1)
-        if self.scoring == "raw":
-            return log_yes.exp()
         log_no = log_probs[:, self.no_ids].logsumexp(dim=-1)
-        return torch.sigmoid(log_yes - log_no)
+        probs = log_yes.exp() if self.scoring == "raw" else torch.sigmoid(log_yes - log_no)
+        unseen = torch.isneginf(log_yes) & torch.isneginf(log_no)
+        return torch.where(unseen, torch.full_like(probs, _NO_YES_NO), probs)
+
+    def model_identity(self) -> tuple[str, str | None]:
+        """The model folder's name and the fingerprint of its config."""
+        config = self.model.config
+        name = Path(str(getattr(config, "_name_or_path", "") or type(self.model).__name__)).name
+        return name, config_fingerprint(config.to_dict())
 
     def generate(
         self,
@@ -398,6 +447,15 @@ class TransformersJudge(Judge):
         return self.generate_many(
             [(images, text)], max_new_tokens, temperature=temperature, system=system
         )[0]
+
+    def eos_token_ids(self) -> list[int]:
+        """The ids that end an answer: every one the model's generation config lists (Qwen2.5-VL
+        stops at both ``<|im_end|>`` and ``<|endoftext|>``), as the official ``generate`` calls
+        use them; the tokenizer's eos only when the generation config names none."""
+        ids = self.model.generation_config.eos_token_id
+        if ids is None:
+            ids = self.processor.tokenizer.eos_token_id
+        return [int(i) for i in ([ids] if isinstance(ids, int) else ids)]
 
     @torch.no_grad()
     def generate_many(
@@ -440,7 +498,7 @@ class TransformersJudge(Judge):
                 max_new_tokens=max_new_tokens,
                 **sampling,
                 pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
+                eos_token_id=self.eos_token_ids(),
             )
             new_tokens = out[:, enc["input_ids"].shape[1] :]
             answers += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

@@ -34,7 +34,14 @@ import torch
 from PIL import Image
 
 from rewards.images import image_hash, to_pil
-from rewards.judges.base import Judge, JudgeError, JudgeItem, JudgeResult, image_major
+from rewards.judges.base import (
+    Judge,
+    JudgeError,
+    JudgeItem,
+    JudgeResult,
+    config_fingerprint,
+    image_major,
+)
 from rewards.judges.openai_server import NO_YES_NO_TOKEN, BadAnswer, yes_prob_from_top
 from rewards.judges.prefix_scoring import ChatPrompt
 from rewards.rubric_set import check_scoring
@@ -87,6 +94,8 @@ class VLLMJudge(Judge):
 
         self.scoring = scoring
         self.top_logprobs = top_logprobs
+        self.yes_no_from, self.top_k = "top_k", top_logprobs  # all the engine returns
+        self.path = path
         self.prompt = ChatPrompt(load_processor(path))
         kwargs: dict[str, Any] = {
             "model": str(path),
@@ -107,6 +116,12 @@ class VLLMJudge(Judge):
         self.llm = LLM(**kwargs)
         self.sampling = SamplingParams(max_tokens=1, temperature=0.0, logprobs=top_logprobs)
         self._asleep = False
+
+    def model_identity(self) -> tuple[str, str | None]:
+        """The model folder's name and the fingerprint of its config (as the local judge's)."""
+        from transformers import AutoConfig
+
+        return self.path.name, config_fingerprint(AutoConfig.from_pretrained(self.path).to_dict())
 
     def requests(self, items: Sequence[JudgeItem]) -> tuple[list[dict[str, Any]], list[int]]:
         """The engine's prompts for ``items`` in image-major order, and that order."""

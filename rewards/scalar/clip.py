@@ -11,15 +11,33 @@ rounds inside the towers.
 from __future__ import annotations
 
 import contextlib
+import html
+import re
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from rewards.scalar.common import ScalarReward, pil_image_processor, require_dir
+from rewards.judges.transformers_judge import pil_image_processor
+from rewards.scalar.common import ScalarReward, require_dir
 
 MODEL_FILES = ("config.json", "model.safetensors|pytorch_model.bin")
 PROCESSOR_FILES = ("preprocessor_config.json|processor_config.json", "tokenizer.json|vocab.json")
+
+
+def clip_clean_text(text: str) -> str:
+    """A prompt as OpenAI CLIP's ``SimpleTokenizer`` (and OpenCLIP's copy of it) sees it before
+    BPE: ftfy-fixed (curly quotes straightened, mojibake repaired, NFC), HTML entities unescaped
+    twice, whitespace runs collapsed to one space, stripped, lower-cased.
+
+    transformers' CLIP tokenizer only normalises whitespace and case, so without this a prompt
+    like ``an astronaut’s glove`` or ``salt &amp; pepper`` tokenizes differently from what
+    ``clip.tokenize`` gives CLIP-S and from what HPSv2 was trained on.
+    """
+    import ftfy
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return re.sub(r"\s+", " ", text).strip().lower()
 
 
 class ClipSimilarityReward(ScalarReward):

@@ -29,19 +29,6 @@ def model_text(name: str) -> str:
     return (TEXTS_DIR / name).read_text(encoding="utf-8")
 
 
-def pil_image_processor(path: str | os.PathLike):
-    """The folder's image processor on transformers' PIL backend, whatever is installed.
-
-    The official reward code preprocesses with PIL and numpy (transformers 4.x image processors,
-    or torchvision transforms on PIL images); transformers 5 picks its torchvision backend when
-    torchvision is installed, which resizes tensors and gives other pixels. Pinning the backend
-    keeps the scores independent of whether torchvision happens to be there.
-    """
-    from transformers import AutoImageProcessor
-
-    return AutoImageProcessor.from_pretrained(str(path), backend="pil")
-
-
 def checkpoint_tensor(folder: Path, name: str) -> torch.Tensor:
     """One tensor of a transformers model folder, as stored (``model.safetensors``, a sharded
     safetensors index, or ``pytorch_model.bin``), read without loading the model."""

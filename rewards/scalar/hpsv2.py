@@ -10,26 +10,33 @@ projection is split into q/k/v, and its ``x @ proj`` projections become ``Linear
 tensor's longer side resized to 224, black padding to a square, nothing cropped). HPSv2 itself
 cannot score an RGBA image (it keeps the alpha as a fourth channel and its vision tower fails);
 here every image is converted to RGB first (alpha dropped), which is what hpsv2 does to every other
-mode. ``autocast=True`` runs both towers under float16 autocast, as ``hpsv2.score`` does on a GPU.
+mode. ``autocast=True`` runs both towers under float16 autocast, as ``hpsv2.score`` does on a GPU:
+the setting to use there.
+
+hpsv2 resizes the float tensor with torchvision's ``F.resize`` and no ``antialias`` argument, so
+what it computes depends on the torchvision installed beside it: from 0.17 on, tensors are
+antialiased by default; before, they were not (HPSv2's 2023 training and benchmark runs). The
+``antialias`` option picks one, named after the torchvision behaviour it reproduces:
+``"torchvision_0.17"`` (default, what ``pip install hpsv2`` gives today) or ``"torchvision_0.16"``
+(every torchvision before 0.17).
 
 Raw score: the cosine of the normalised image and text embeddings (what the official
 ``score.py`` prints), in [-1, 1]; typically 0.20-0.35. Normalisations (``normalize``):
 ``"none"``, or ``"percent"`` = 100 * cosine, the scale of the HPSv2 benchmark tables.
 
-Prompts are cleaned as OpenCLIP's tokenizer cleans them (:func:`openclip_clean`, with ftfy) before
-transformers' CLIP tokenizer, which shares OpenCLIP's BPE vocabulary, encodes them.
+Prompts are cleaned as OpenCLIP's tokenizer cleans them
+(:func:`~rewards.scalar.clip.clip_clean_text`) before transformers' CLIP tokenizer, which shares
+OpenCLIP's BPE vocabulary, encodes them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import html
-import re
 from pathlib import Path
 
 import torch
 
-from rewards.scalar.clip import ClipSimilarityReward
+from rewards.scalar.clip import ClipSimilarityReward, clip_clean_text
 from rewards.scalar.common import (
     assign_exactly,
     load_state_dict_file,
@@ -37,6 +44,9 @@ from rewards.scalar.common import (
     require_file,
 )
 from rewards.scalar.pixels import letterbox_pixels
+
+# torchvision's tensor resize without an ``antialias`` argument: antialiased from 0.17 on.
+ANTIALIAS = {"torchvision_0.17": True, "torchvision_0.16": False}
 
 _LAYER = {
     "ln_1": "layer_norm1",
@@ -109,19 +119,6 @@ def openclip_to_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.
     return out
 
 
-def openclip_clean(text: str) -> str:
-    """A prompt as OpenCLIP's tokenizer sees it: ftfy-fixed (curly quotes straightened, mojibake
-    repaired, ...), HTML entities unescaped twice, whitespace runs collapsed, lower-cased.
-
-    transformers' CLIP tokenizer only normalises whitespace and case, so without this a prompt
-    like ``an astronaut’s glove`` tokenizes differently from what HPSv2 was trained on.
-    """
-    import ftfy
-
-    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
-    return re.sub(r"\s+", " ", text).strip().lower()
-
-
 class HPSv2Reward(ClipSimilarityReward):
     """HPSv2 / HPSv2.1 from the local checkpoint file and a local CLIP-ViT-H-14 folder."""
 
@@ -138,20 +135,26 @@ class HPSv2Reward(ClipSimilarityReward):
         batch_size: int = 16,
         normalize: str | None = None,
         autocast: bool = False,
+        antialias: str = "torchvision_0.17",
     ) -> None:
+        if antialias not in ANTIALIAS:
+            choices = tuple(ANTIALIAS)
+            raise ValueError(f"hpsv2 antialias must be one of {choices}, got {antialias!r}")
         require_dir(processor_path, ("config.json",), "hpsv2 CLIP-ViT-H-14 config")
         super().__init__(path, processor_path, device, dtype, batch_size, normalize)
         self.autocast = bool(autocast)
+        self.antialias = antialias
 
     def check_model_path(self, path: str) -> Path:
         return require_file(path, "hpsv2 checkpoint")
 
     def texts(self, prompts: list[str]) -> list[str]:
-        return [openclip_clean(prompt) for prompt in prompts]
+        return [clip_clean_text(prompt) for prompt in prompts]
 
     def pixel_values(self, images):
         size = self.model.config.vision_config.image_size
-        return torch.stack([letterbox_pixels(image, size) for image in images])
+        antialias = ANTIALIAS[self.antialias]
+        return torch.stack([letterbox_pixels(im, size, antialias=antialias) for im in images])
 
     def forward_context(self) -> contextlib.AbstractContextManager:
         if not self.autocast:

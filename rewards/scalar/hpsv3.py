@@ -5,7 +5,12 @@ The image and a rating instruction that contains the prompt and ends with a spec
 head (``hidden -> 1024 -> 16 -> 2``, ReLU between, float32) whose two outputs are the mean and
 log-scale of a Gaussian preference score. The score is the mean (output 0), as the official
 inference code returns. As in the official forward, text positions are sequential (the image's
-multimodal RoPE grid is not used), and images are resized to ``pixels`` = 256*28*28 pixels.
+multimodal RoPE grid is not used), and images are resized to ``pixels`` = 256*28*28 pixels. In
+bf16 (the default, as the official inferencer) the backbone's buffers are cast too, as the
+official ``model.to(torch.bfloat16)`` casts them: the rotary frequencies are then bf16-rounded,
+which moves the scores by about as much as bf16 itself (measured in docs/scalar_rewards.md).
+The official config asks for flash-attention-2 where ``flash_attn`` is installed (a GPU);
+without it, and here, attention is sdpa: the same arithmetic, rounded differently in bf16.
 
 Raw score: unbounded; real images typically fall between about 0 and 15 (the HPSv3 paper reports
 model averages around 7-11). Normalisations (``normalize``): ``"none"``, ``"divide_10"``.
@@ -17,7 +22,8 @@ chat template; its weights are not read), and ``checkpoint``, the ``HPSv3.safete
 ``{prompt}`` filled in and must contain ``<|Reward|>``; the default is the official one: HPSv3's
 ``INSTRUCTION`` followed by its ``prompt_with_special_token`` (both stored verbatim in
 ``rewards/scalar/texts/``), as the official ``HPSv3RewardInferencer`` sends them. Images go through
-the folder's image processor on transformers' PIL backend, which gives the official pixels.
+the folder's image processor on transformers' PIL backend (``load_processor`` pins it), which
+gives the official pixels.
 """
 
 from __future__ import annotations
@@ -32,7 +38,6 @@ from rewards.scalar.common import (
     assign_exactly,
     load_state_dict_file,
     model_text,
-    pil_image_processor,
     require_dir,
     require_file,
 )
@@ -116,7 +121,6 @@ class HPSv3Reward(ScalarReward):
         from rewards.judges.transformers_judge import load_processor
 
         self.processor = load_processor(self.path)
-        self.processor.image_processor = pil_image_processor(self.path)
         self.processor.tokenizer.add_special_tokens({"additional_special_tokens": [REWARD_TOKEN]})
         self.reward_token_id = self.processor.tokenizer.convert_tokens_to_ids(REWARD_TOKEN)
         state = to_current_layout(load_state_dict_file(self.checkpoint))
@@ -140,7 +144,9 @@ class HPSv3Reward(ScalarReward):
         assign_exactly(backbone, state, self.dtype, misfit)
         head = reward_head(embed.shape[1])
         assign_exactly(head, head_state, torch.float32, misfit)
-        self.backbone = backbone.to(self.device).eval()
+        # As the official create_model_and_processor's model.to(torch.bfloat16): floating buffers
+        # (the rotary inv_freq) take the dtype too, which moves bf16 scores (tests/parity).
+        self.backbone = backbone.to(self.device, self.dtype).eval()
         self.head = head.to(self.device).eval()
 
     def unload(self) -> None:

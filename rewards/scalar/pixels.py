@@ -8,8 +8,9 @@ same order on the same types, so the pixels match to float32 rounding:
   ImageReward: ``Resize(n)`` on the PIL image (shorter side to ``n``, bicubic), ``CenterCrop(n)``
   with torchvision's *rounded* offsets, then RGB, ``ToTensor``, ``Normalize``.
 - :func:`letterbox_pixels`: HPSv2's evaluation transform: RGB, ``ToTensor``, then its
-  ``ResizeMaxSize`` on the *float tensor* (longer side to ``n``, bicubic with antialiasing, no
-  clamping, black padding to a square), then ``Normalize``.
+  ``ResizeMaxSize`` on the *float tensor* (longer side to ``n``, bicubic, no clamping, black
+  padding to a square), then ``Normalize``. Its ``F.resize`` passes no ``antialias``, so the
+  tensor is antialiased on torchvision >= 0.17 and not before (``antialias=False``).
 
 transformers' CLIP image processor differs from both: it crops at floored offsets (one pixel off
 whenever the overhang is 3 mod 4) and resizes uint8 images, not float tensors.
@@ -83,11 +84,14 @@ def letterbox_pixels(
     size: int,
     mean: Sequence[float] = CLIP_MEAN,
     std: Sequence[float] = CLIP_STD,
+    antialias: bool = True,
 ) -> torch.Tensor:
     """HPSv2's evaluation transform: ``[3, size, size]`` float32, normalised.
 
     The float tensor's longer side is resized to ``size`` (``round`` of each scaled side,
-    bicubic with antialiasing, values not clamped) and the shorter one padded with zeros (black),
+    bicubic, values not clamped; with ``antialias`` torch's antialiased bicubic, as torchvision
+    >= 0.17 resizes tensors by default, else the plain one, as torchvision <= 0.16 did) and the
+    shorter one padded with zeros (black),
     the odd pixel going right/bottom. Unlike HPSv2's own transform, an image whose longer side is
     already ``size`` but is not square is still padded (HPSv2 would pass it on unpadded and fail
     in the vision tower).
@@ -98,7 +102,11 @@ def letterbox_pixels(
     if scale != 1.0:
         new_h, new_w = round(height * scale), round(width * scale)
         pixels = torch.nn.functional.interpolate(
-            pixels[None], size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True
+            pixels[None],
+            size=(new_h, new_w),
+            mode="bicubic",
+            align_corners=False,
+            antialias=antialias,
         )[0]
         height, width = new_h, new_w
     pad_h, pad_w = size - height, size - width

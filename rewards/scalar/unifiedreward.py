@@ -17,13 +17,15 @@ every image to 512 x 512 first (``image_size=512``). Both questions are stored v
 ``rewards/scalar/texts/``; ``question`` may also be a template of one's own with ``{prompt}``, or
 ``question_file`` a file holding one.
 
-Parse policy (:func:`parse_final_score`): the *last* ``Final Score: X`` in the answer, written in
-any of the usual ways (``**Final Score:** 3.5``, ``final score = 4/5``, ``Final Score: [2]``).
-No score is NaN with reason ``"unparseable"``, a number outside [1, 5] NaN with reason
-``"out_of_range"``; both are counted, never turned into a number. Flow-GRPO's parser instead
-takes the *first* match of ``Final Score:\s*([1-5](?:\.\d+)?)``, so it reads ``Final Score: 10`` as
-1, ``Final Score: 5.9`` as 5.9, ``**Final Score:** 4`` as nothing, and gives 0 (a reward of 0
-after /5) for anything it cannot read.
+Parse policy (``parse``). ``"strict"`` (default, :func:`parse_final_score`): the *last*
+``Final Score: X`` in the answer, written in any of the usual ways (``**Final Score:** 3.5``,
+``final score = 4/5``, ``Final Score: [2]``). No score is NaN with reason ``"unparseable"``, a
+number outside [1, 5] NaN with reason ``"out_of_range"``; both are counted, never turned into a
+number. ``"flow_grpo"`` (:func:`parse_flow_grpo`) reproduces Flow-GRPO's training signal: the
+*first* match of ``Final Score:\s*([1-5](?:\.\d+)?)`` (case-sensitive), so ``Final Score: 10``
+reads as 1, ``Final Score: 5.9`` as 5.9 and ``**Final Score:** 4`` as nothing, and an answer it
+cannot read scores 0 (a reward of 0 after /5), counted under :data:`FLOW_GRPO_UNPARSED` so the run
+still shows how often that happened.
 
 Normalisations (``normalize``): ``"none"`` (1-5), ``"divide_5"`` (score / 5, in [0.2, 1]: the
 scale Flow-GRPO trains with), ``"unit"`` ((score - 1) / 4, in [0, 1]).
@@ -44,6 +46,10 @@ OFFICIAL_MAX_NEW_TOKENS = 512
 FLOW_GRPO_IMAGE_SIZE = 512
 
 SCORE_RANGE = (1.0, 5.0)
+# yifan123/flow_grpo, flow_grpo/rewards.py, unifiedreward_score_sglang._extract_scores: the first
+# re.search match of this pattern, 0.0 when there is none.
+FLOW_GRPO_PATTERN = re.compile(r"Final Score:\s*([1-5](?:\.\d+)?)")
+FLOW_GRPO_UNPARSED = "unparseable, scored 0 (parse=flow_grpo)"
 
 # "Final Score: 4", "**Final Score:** 3.5", "final score = 4/5", "Final Score: [2]" ...
 _FINAL_SCORE = re.compile(
@@ -63,6 +69,19 @@ def parse_final_score(
     if not low <= value <= high:
         return float("nan"), "out_of_range"
     return value, None
+
+
+def parse_flow_grpo(answer: str) -> tuple[float, str | None]:
+    """Flow-GRPO's parse: the first ``Final Score: X`` with X read as one digit 1-5 and an
+    optional decimal part -> ``(X, None)``; no match -> ``(0.0, FLOW_GRPO_UNPARSED)``, a real
+    0 (Flow-GRPO trains on it) whose reason is still counted."""
+    match = FLOW_GRPO_PATTERN.search(answer or "")
+    if match is None:
+        return 0.0, FLOW_GRPO_UNPARSED
+    return float(match.group(1)), None
+
+
+PARSERS = {"strict": parse_final_score, "flow_grpo": parse_flow_grpo}
 
 
 class UnifiedRewardReward(ScalarReward):
@@ -86,8 +105,12 @@ class UnifiedRewardReward(ScalarReward):
         image_size: int | None = None,
         question: str = "official",
         question_file: str | None = None,
+        parse: str = "strict",
     ) -> None:
         super().__init__(device=device, dtype=dtype, batch_size=batch_size, normalize=normalize)
+        if parse not in PARSERS:
+            raise ValueError(f"unifiedreward parse must be one of {tuple(PARSERS)}, got {parse!r}")
+        self.parse = parse
         self.path = require_dir(path, ("config.json",), "unifiedreward model")
         if question_file is not None:
             question = require_file(question_file, "unifiedreward question").read_text()
@@ -124,6 +147,7 @@ class UnifiedRewardReward(ScalarReward):
         return self.judge.generate_many(requests, max_new_tokens=self.max_new_tokens)
 
     def raw_scores(self, images, prompts):
-        parsed = [parse_final_score(answer) for answer in self.answers(images, prompts)]
+        parser = PARSERS[self.parse]
+        parsed = [parser(answer) for answer in self.answers(images, prompts)]
         scores = torch.tensor([value for value, _ in parsed], dtype=torch.float64)
         return scores, {}, [reason for _, reason in parsed]

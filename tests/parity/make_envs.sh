@@ -5,7 +5,9 @@
 # package gets its own environment that sees the base's packages through a .pth file, so their
 # pinned dependencies (protobuf<4, transformers 4.45.2, timm 0.6.13, ...) never meet. For each
 # requirements/NAME.txt: NAME.nodeps.txt is then installed with --no-deps and NAME.post.py run, if
-# present. An environment is rebuilt when its requirements file is newer than it.
+# present. A requirements file with the line "# parity-base: none" gets an environment of its own
+# (it installs its own torch, e.g. an older torchvision era) instead of the base's packages. An
+# environment is rebuilt when its requirements file is newer than it.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=${1:-.venv-parity}
@@ -41,7 +43,9 @@ for requirements in "$here"/requirements/*.txt; do
   echo "parity: building $env"
   rm -rf "$env"
   "$python" -m venv "$env"
-  echo "$base_site" > "$(site_of "$env")/_parity_base.pth"
+  if ! grep -qx '# parity-base: none' "$requirements"; then
+    echo "$base_site" > "$(site_of "$env")/_parity_base.pth"
+  fi
   "$env/bin/pip" install -q -r "$requirements"
   nodeps="${requirements%.txt}.nodeps.txt"
   if [ -f "$nodeps" ]; then "$env/bin/pip" install -q --no-deps -r "$nodeps"; fi

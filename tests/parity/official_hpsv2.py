@@ -1,4 +1,6 @@
-"""Official side of the HPSv2 parity test; runs in the hpsv2 environment (hpsv2 1.2.0 from PyPI).
+"""Official side of the HPSv2 parity test; runs in the hpsv2 environment (hpsv2 1.2.0 from PyPI,
+torchvision >= 0.17) and in hpsv2_torchvision016 (the same hpsv2 on torch 2.1.2 + torchvision
+0.16.2, whose tensor resize does not antialias unless asked).
 
 Builds the OpenCLIP model through hpsv2's own ``create_model_and_transforms`` with the arguments of
 ``hpsv2.img_score.initialize_model`` (only the architecture is a small one registered under a new
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import hpsv2.img_score as img_score
 import torch
+import torchvision
 from hpsv2.src.open_clip import factory
 from official_common import randomize, read_spec, write_result
 from PIL import Image
@@ -67,7 +70,7 @@ def main() -> None:
         if errors[-1] is None:
             pixels[Path(path).name] = preprocess_val(image)
     torch.save(pixels, spec["pixels"])
-    write_result(spec, {"scores": scores, "errors": errors})
+    write_result(spec, {"scores": scores, "errors": errors, "torchvision": torchvision.__version__})
 
 
 if __name__ == "__main__":

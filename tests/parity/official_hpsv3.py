@@ -10,7 +10,12 @@ transformers 4.45.2 as it pins).
    random weights and saves them as ``HPSv3.safetensors`` is laid out (transformers 4.x key names;
    backbone bfloat16, head float32, as training in bf16 leaves them).
 3. Scores every image with ``HPSv3RewardInferencer(config, checkpoint).reward`` (one batch, right
-   padded), keeping output 0 (the mean) as the official example does.
+   padded), keeping output 0 (the mean) as the official example does: in float32, then again in
+   the official bfloat16 setting (``bf16: True``, ``torch_dtype: bfloat16``, the head in float32).
+   On a GPU the head runs under ``torch.autocast("cuda", dtype=torch.float32)``, which casts the
+   bf16 hidden state to float32 for the head's matmuls; that autocast does nothing on the CPU, where
+   the float32 head would refuse a bf16 input, so here the head is given the hidden state cast to
+   float32 first: the same arithmetic.
 """
 
 from __future__ import annotations
@@ -93,19 +98,29 @@ def write_base_folder(spec, base: Path) -> None:
     processor.save_pretrained(base)
 
 
-def inference_config(spec, base: Path) -> Path:
-    """HPSv3's own HPSv3_7B.yaml with this base folder, in float32, without flash attention."""
+def inference_config(spec, base: Path, bf16: bool = False) -> Path:
+    """HPSv3's own HPSv3_7B.yaml with this base folder, without flash attention (flash_attn is not
+    installed, so the official code would pick sdpa anyway); float32 unless ``bf16`` keeps the
+    official bfloat16 setting."""
     official = Path(hpsv3.__file__).parent / "config" / "HPSv3_7B.yaml"
     config = OmegaConf.load(official)
     config.model_name_or_path = str(base)
-    config.bf16 = False
-    config.torch_dtype = "float32"
+    if not bf16:
+        config.bf16 = False
+        config.torch_dtype = "float32"
     config.disable_flash_attn2 = True
     config.output_dir = str(Path(spec["work"]) / "outputs")
     config.report_to = "none"
-    target = Path(spec["work"]) / "HPSv3_parity.yaml"
+    target = Path(spec["work"]) / f"HPSv3_parity{'_bf16' if bf16 else ''}.yaml"
     OmegaConf.save(config, target)
     return target
+
+
+class Float32Input(torch.nn.Module):
+    """Casts the hidden state to float32, as autocast(cuda, float32) does for the head's matmuls."""
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden.float()
 
 
 def main() -> None:
@@ -135,11 +150,22 @@ def main() -> None:
         spec["inputs"],
     )
     reward_id = inferencer.processor.tokenizer.convert_tokens_to_ids("<|Reward|>")
+    del inferencer
+
+    bf16 = HPSv3RewardInferencer(str(inference_config(spec, base, bf16=True)), spec["checkpoint"],
+                                 device="cpu")  # fmt: skip
+    assert next(bf16.model.model.parameters()).dtype == torch.bfloat16
+    assert next(bf16.model.rm_head.parameters()).dtype == torch.float32
+    head = bf16.model.rm_head
+    bf16.model.rm_head = torch.nn.Sequential(Float32Input(), head)  # the GPU autocast, by hand
+    with torch.no_grad():
+        rewards_bf16 = bf16.reward(spec["images"], spec["prompts"]).float()
     write_result(
         spec,
         {
             "scores": rewards[:, 0].tolist(),
             "log_sigma": rewards[:, 1].tolist(),
+            "scores_bf16": rewards_bf16[:, 0].tolist(),
             "reward_token_id": reward_id,
             "embedding_rows": int(state["model.embed_tokens.weight"].shape[0]),
         },

@@ -63,5 +63,9 @@ def run_official(name: str, script: str, spec: dict, folder: Path, timeout: int 
 
 
 def max_relative_difference(ours, theirs) -> float:
-    """max |ours - theirs| / max(|theirs|, 1e-6) over paired scores."""
+    """max |ours - theirs| / max(|theirs|, 1e-6) over paired scores; both sides must hold the
+    same number of scores (a missing score would otherwise vanish from the comparison)."""
+    ours, theirs = list(ours), list(theirs)
+    assert len(ours) == len(theirs), f"{len(ours)} scores here, {len(theirs)} official ones"
+    assert ours, "no scores to compare"
     return max(abs(a - b) / max(abs(b), 1e-6) for a, b in zip(ours, theirs))

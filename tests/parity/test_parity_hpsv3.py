@@ -27,6 +27,7 @@ from rewards.scalar import HPSv3Reward
 pytestmark = pytest.mark.parity
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "data" / "chat_templates"
+BF16_TOLERANCE = 0.25  # of the scores' spread: a random tiny model in bf16 is mostly rounding
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +100,27 @@ def test_scores_equal_the_official_package(official, reward):
                       "log_sigma_max_rel_diff": sigma}))  # fmt: skip
     assert difference < 1e-4 and sigma < 1e-4
     assert len({round(s, 5) for s in out.scores.tolist()}) > 1
+
+
+def test_bf16_scores_against_the_official_bf16_inferencer(official):
+    """The default dtype: both sides in bfloat16 (backbone bf16, head float32), on the CPU with
+    sdpa attention. Not bit-equal (transformers 4.45 and 5 order some bf16 operations
+    differently), so the difference is measured in units of the scores' spread, next to the
+    official run's own bf16-vs-float32 shift: ours must be no further from the official bf16
+    scores than bf16 rounding itself moves them."""
+    spec, result, _ = official
+    reward = HPSv3Reward(path=spec["base"], checkpoint=spec["checkpoint"], batch_size=7)
+    assert reward.dtype == torch.bfloat16
+    images = [Image.open(p) for p in spec["images"]]
+    ours = reward(images, spec["prompts"]).scores.double()
+    theirs, fp32 = torch.tensor(result["scores_bf16"]), torch.tensor(result["scores"])
+    spread = fp32.std().item()
+    difference = (ours - theirs).abs().max().item()
+    rounding = (theirs - fp32).abs().max().item()
+    ours_vs_fp32 = (ours - fp32).abs().max().item()
+    print(json.dumps({"reward": "hpsv3_bf16", "pairs": len(images), "score_std_fp32": spread,
+                      "max_abs_diff_vs_official_bf16": difference,
+                      "official_bf16_vs_fp32_max_abs": rounding,
+                      "ours_bf16_vs_official_fp32_max_abs": ours_vs_fp32}))  # fmt: skip
+    assert difference <= rounding
+    assert difference < BF16_TOLERANCE * spread
