@@ -5,14 +5,18 @@ AutoRubric-T2I as a working-set sparse logistic regression (see docs/rubric_lear
 1. **data**: load pairs (``data`` node), drop unreadable images and ties, split train/val/test;
 2. **seeds**: pick seed pairs by proxy-reward margin and prompt diversity;
 3. **synthesis**: the generative judge explains each seed preference and writes rubric
-   statements; they form the deduplicated working set;
+   statements; they form the deduplicated working set. An answer cut at ``max_new_tokens``
+   inside its list gives its complete statements; one that holds no list is asked again once
+   with ``synthesis.retry_max_new_tokens`` (both counted in ``cut_answers``);
 4. **rounds**: score the working set on train and validation pairs (cached, only new rubrics
-   cost judge calls), fit the L1 refiner, keep the Top-N positive rubrics as the reward,
-   remember the round with the best validation accuracy; prune the working set to the rubrics
-   the fit did not zero (``working_set.prune``; pruned ones are remembered and never admitted
-   again); then mine misranked training pairs by bucket and ask the generator, in two stages,
-   for the rubrics they show to be missing; they join the working set within the judge budget
-   (``budget.max_rubrics``). A round that admits nothing new ends the loop;
+   cost judge calls), fit the L1 refiner, bring back pruned rubrics the fit would now weigh
+   (``working_set.readmit``, judged from their remembered scores), keep the Top-N positive
+   rubrics as the reward, remember the round with the best validation accuracy; prune the
+   working set to the rubrics the fit did not zero (``working_set.prune``; a pruned rubric is
+   not admitted again when the writer proposes it anew); then mine misranked training pairs by
+   bucket and ask the generator, in two stages, for the rubrics they show to be missing; they
+   join the working set within the judge budget (``budget.max_rubrics``). A round that admits
+   nothing new ends the loop;
 5. **outputs**: the best round's rubric set (``rubric_set.json``, with the data source and a
    hash of every training and validation pair), its held-out test accuracy,
    ``report.json``/``report.md``/``accuracy.png``. When the data node declares ``hidden_rules``

@@ -6,15 +6,18 @@ fitted on each pair and its mirror image (``-d``, ``1 - y``) so that the order i
 shown cannot matter. scikit-learn's liblinear solver with an L1 penalty zeroes weak and redundant
 rubrics; the ``top_n`` rubrics with the largest positive weights are kept.
 
-``nonnegative=False`` (default) is the paper's procedure: one fit, the Top-N positive weights as
-they are define the reward. ``nonnegative=True`` (an option) makes the fitted model the deployed
-one: a rubric with a negative weight cannot be part of the reward, yet in a single fit it can carry
-signal that its positive counterpart then lacks (``"the image is dark"`` with a negative weight
-instead of ``"the image is bright"`` with a positive one; their score differences are exact
-opposites). So rubrics with negative weights are removed and the rest refitted until no weight is
-negative, and when Top-N truncates, the kept rubrics are refitted once more -- an active-set
-approximation of L1 logistic regression under ``w >= 0``. ``C`` (inverse penalty strength) is
-given, or chosen on the validation split (see :func:`refine`).
+``nonnegative=False`` is the paper's procedure: one fit, the Top-N positive weights as they are
+define the reward. ``nonnegative=True`` (the learner's default, ``conf/learn.yaml``) makes the
+fitted model the deployed one: a rubric with a negative weight cannot be part of the reward, yet in
+a single fit it can carry signal that its positive counterpart then lacks (``"the image is dark"``
+with a negative weight instead of ``"the image is bright"`` with a positive one; their score
+differences are exact opposites). So rubrics with negative weights are removed and the rest
+refitted until no weight is negative, and when Top-N truncates, the kept rubrics are refitted once
+more -- an active-set approximation of L1 logistic regression under ``w >= 0``. ``C`` (inverse
+penalty strength) is given, or chosen on the validation split (see :func:`refine`).
+
+:func:`entering` is the working-set method's optimality check: which rubrics outside the fit
+(pruned earlier) it would now give a positive weight, so the learner can bring them back.
 
 A feature that cannot be computed (the judge left one of the two scores NaN) is set to 0, i.e.
 "this rubric says nothing about this pair", and counted in :attr:`RefinerResult.nan_features`.
