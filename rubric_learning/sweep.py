@@ -16,7 +16,8 @@ set's own for the loop and the controls, hidden rules found (admitted at some po
 distractors kept, the budgets, and writer answers cut at ``max_new_tokens``; then the mean with a
 95% interval (Student t over the seeds) and, with ``--round0``, the mean paired difference loop
 minus equal-budget round 0 with its interval. Any further argument is a Hydra override applied
-to every run, e.g. ``python -m rubric_learning.sweep --seeds 0,1 refiner=paper``.
+to every run, e.g. ``python -m rubric_learning.sweep --seeds 0,1 refiner=paper``. ``--plot
+PATH`` draws accuracy against rubrics scored: the loop round by round and the controls.
 
 Acceptance lines (the ``passes`` column):
 
@@ -173,6 +174,51 @@ def table(experiment: str, results: dict[int, dict[str, dict | None]]) -> str:
     return "\n".join(lines)
 
 
+def plot_budget(out: Path, seeds: list[int], path: Path) -> Path:
+    """Accuracy against rubrics scored: each seed's loop round by round (its kept set's test
+    accuracy, reported only, over the hidden set's) and its one-round controls, from the run
+    folders' ``report.json``."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    marks = {
+        "round0_equal": ("s", "round 0, equal budget"),
+        "round0_small": ("^", "round 0, small"),
+    }
+    for n, seed in enumerate(seeds):
+        report = json.loads((out / f"seed{seed}" / "report.json").read_text())
+        oracle = report["oracle_accuracy"]
+        xs = [r["judge_budget"]["used"] for r in report["rounds"]]
+        ys = [r["test_accuracy"] / oracle for r in report["rounds"]]
+        ax.plot(
+            xs, ys, "-", color="tab:blue", alpha=0.5, label="full loop, by round" if not n else None
+        )
+        for name, (marker, label) in marks.items():
+            run = out / f"seed{seed}_{name}" / "report.json"
+            if run.exists():
+                other = json.loads(run.read_text())
+                ax.plot(
+                    other["judge_budget_used"],
+                    other["test_accuracy"] / other["oracle_accuracy"],
+                    marker,
+                    color="tab:orange" if name == "round0_equal" else "tab:green",
+                    alpha=0.7,
+                    label=label if not n else None,
+                )
+    ax.set_xlabel("distinct rubrics scored (judge budget used)")
+    ax.set_ylabel("test accuracy / hidden set's")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _fmt(value: float) -> str:
     return "-" if np.isnan(value) else f"{value:.3f}"
 
@@ -188,12 +234,16 @@ def main(argv: list[str] | None = None) -> str:
         "--round0-small", action="store_true", help="also run the preset's round 0 (rounds=1)"
     )
     parser.add_argument("--out", type=Path, default=None, help="run folders (default: a temp dir)")
+    parser.add_argument(
+        "--plot", type=Path, default=None, help="also draw accuracy against rubrics scored (PNG)"
+    )
     args, overrides = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         results: dict[int, dict[str, dict | None]] = {}
-        for seed in (int(s) for s in args.seeds.split(",")):
+        seeds = [int(s) for s in args.seeds.split(",")]
+        for seed in seeds:
             shared = [*overrides, f"scoring.cache_path={out / f'cache_seed{seed}.sqlite'}"]
             runs: dict[str, dict | None] = {
                 "loop": run_seed(args.experiment, seed, shared, out / f"seed{seed}")
@@ -210,6 +260,8 @@ def main(argv: list[str] | None = None) -> str:
                     args.experiment, seed, [*shared, "rounds=1"], out / f"seed{seed}_round0_small"
                 )
             results[seed] = runs
+        if args.plot:
+            plot_budget(out, seeds, args.plot)
     text = table(args.experiment, results)
     print(text)
     return text
