@@ -66,6 +66,10 @@ def run(tmp_path, max_new_tokens, retry):
 def test_an_answer_cut_inside_its_list_gives_its_complete_statements(tmp_path):
     final, _ = run(tmp_path, max_new_tokens=140, retry=None)  # cut inside the third statement
     assert final["cut_answers"] == {"cut in the list, statements kept": 4}
+    assert (
+        "cut_answers: {'cut in the list, statements kept': 4}"
+        in (tmp_path / "report.md").read_text()
+    )
     assert final["judge_budget_used"] == 2  # the two complete statements
     assert "unparseable answer" not in final["rejected_statements"]
 
