@@ -293,11 +293,11 @@ class RubricLearner:
             back = self.readmissible(train, fit)
             if not back:
                 break
-            self.pool.readmit(back)
+            self.pool.readmit(back)  # appended to the working set, in this order
             readmitted += back
             for text in back:
                 del self.dropped_train[text]
-            train, val, fit = self.score_and_fit(round_index)
+            train, val, fit = self.score_and_fit(round_index, train, val)
         texts = self.pool.texts()
         new = sum(r.provenance.get("round") == round_index for r in self.pool.rubrics)
         kept_texts = [texts[i] for i in fit.kept]
@@ -322,11 +322,22 @@ class RubricLearner:
             record["hidden"] = self.hidden.progress(self.pool.tried_texts(), kept_texts)
         return record, fit
 
-    def score_and_fit(self, round_index: int) -> tuple[np.ndarray, np.ndarray, RefinerResult]:
-        """The working set's train and validation scores (cached) and the refiner's fit."""
+    def score_and_fit(
+        self, round_index: int, train: np.ndarray | None = None, val: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, RefinerResult]:
+        """The working set's train and validation scores (cached) and the refiner's fit.
+
+        ``train``/``val``: scores of the working set's first rubrics, already looked up this
+        round; only the rubrics after them (re-admitted ones) are looked up.
+        """
         cfg, texts = self.cfg, self.pool.texts()
-        train = self.scorer.score_pairs(self.splits.train, texts, f"round {round_index} train")
-        val = self.scorer.score_pairs(self.splits.val, texts, f"round {round_index} val")
+        done = 0 if train is None else train.shape[1]
+        parts = {"train": (self.splits.train, train), "val": (self.splits.val, val)}
+        scores = {}
+        for name, (pairs, known) in parts.items():
+            new = self.scorer.score_pairs(pairs, texts[done:], f"round {round_index} {name}")
+            scores[name] = new if known is None else np.concatenate([known, new], axis=1)
+        train, val = scores["train"], scores["val"]
         self.train_scores = train
         fit = refine(
             train,

@@ -105,9 +105,15 @@ class RubricScorer:
         self.stats = stats or JudgeStats()
         self.retry_failed = retry_failed
         self.hashes = ImageHashes()
+        self._keys: dict[tuple[str, str, str], str] = {}
 
     def _key(self, image_hash: str, context: str, question: str) -> str:
-        return make_key("score", self.judge_id, context, question, image_hash)
+        """The cache key of one item, hashed once per run (rounds look the same items up)."""
+        parts = (image_hash, context, question)
+        key = self._keys.get(parts)
+        if key is None:
+            key = self._keys[parts] = make_key("score", self.judge_id, context, question, image_hash)
+        return key
 
     def score_pairs(
         self, pairs: Sequence[PreferencePair], rubrics: Sequence[str], desc: str = "scoring"
