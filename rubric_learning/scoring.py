@@ -112,7 +112,8 @@ class RubricScorer:
         parts = (image_hash, context, question)
         key = self._keys.get(parts)
         if key is None:
-            key = self._keys[parts] = make_key("score", self.judge_id, context, question, image_hash)
+            key = make_key("score", self.judge_id, context, question, image_hash)
+            self._keys[parts] = key
         return key
 
     def score_pairs(
