@@ -5,14 +5,18 @@ AutoRubric-T2I as a working-set sparse logistic regression (see docs/rubric_lear
 1. **data**: load pairs (``data`` node), drop unreadable images and ties, split train/val/test;
 2. **seeds**: pick seed pairs by proxy-reward margin and prompt diversity;
 3. **synthesis**: the generative judge explains each seed preference and writes rubric
-   statements; they form the deduplicated working set;
+   statements; they form the deduplicated working set. An answer cut at ``max_new_tokens``
+   inside its list gives its complete statements; one that holds no list is asked again once
+   with ``synthesis.retry_max_new_tokens`` (both counted in ``cut_answers``);
 4. **rounds**: score the working set on train and validation pairs (cached, only new rubrics
-   cost judge calls), fit the L1 refiner, keep the Top-N positive rubrics as the reward,
-   remember the round with the best validation accuracy; prune the working set to the rubrics
-   the fit did not zero (``working_set.prune``; pruned ones are remembered and never admitted
-   again); then mine misranked training pairs by bucket and ask the generator, in two stages,
-   for the rubrics they show to be missing; they join the working set within the judge budget
-   (``budget.max_rubrics``). A round that admits nothing new ends the loop;
+   cost judge calls), fit the L1 refiner, bring back pruned rubrics the fit would now weigh
+   (``working_set.readmit``, judged from their remembered scores), keep the Top-N positive
+   rubrics as the reward, remember the round with the best validation accuracy; prune the
+   working set to the rubrics the fit did not zero (``working_set.prune``; a pruned rubric is
+   not admitted again when the writer proposes it anew); then mine misranked training pairs by
+   bucket and ask the generator, in two stages, for the rubrics they show to be missing; they
+   join the working set within the judge budget (``budget.max_rubrics``). A round that admits
+   nothing new ends the loop;
 5. **outputs**: the best round's rubric set (``rubric_set.json``, with the data source and a
    hash of every training and validation pair), its held-out test accuracy,
    ``report.json``/``report.md``/``accuracy.png``. When the data node declares ``hidden_rules``
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +46,7 @@ from rewards.judges.base import Judge
 from rewards.rubric_set import DEFAULT_TEMPLATE, Rubric, RubricSetError
 from rl.redact import protect_run
 from rubric_learning.cache import JudgeCache, make_key
+from rubric_learning.dedup import StatementKey
 from rubric_learning.failures import diagnosis_requests, extraction_requests
 from rubric_learning.mining import HardPairMiner
 from rubric_learning.pairs import (
@@ -52,15 +58,27 @@ from rubric_learning.pairs import (
     pair_hash,
     split_pairs,
 )
-from rubric_learning.refiner import RefinerResult, pairwise_accuracy, refine, score_differences
+from rubric_learning.refiner import (
+    RefinerResult,
+    entering,
+    pairwise_accuracy,
+    refine,
+    score_differences,
+)
 from rubric_learning.report import RunReport, save_rubric_set
 from rubric_learning.scoring import CachedGenerator, JudgeStats, RubricScorer
 from rubric_learning.seeds import select_seed_pairs
-from rubric_learning.synthesis import RubricPool, synthesis_requests
+from rubric_learning.synthesis import (
+    RubricParseError,
+    RubricPool,
+    read_answer,
+    synthesis_requests,
+)
 
 log = logging.getLogger(__name__)
 ENTRY = "learn"
 PRUNE_POLICIES = ("nonzero", "kept", "none")
+READMIT_PASSES = 3  # fits per round that may bring pruned rubrics back
 
 
 class EmptyWorkingSetError(RuntimeError):
@@ -166,10 +184,15 @@ class RubricLearner:
             cfg.budget.max_rubrics,
             dict(cfg.synthesis.synonyms or {}),
         )
-        self.hidden = HiddenRules.from_config(cfg.data.get("hidden_rules"), self.pool)
+        self.hidden = HiddenRules.from_config(
+            cfg.data.get("hidden_rules"), self.pool, getattr(self.judge, "canonical", None)
+        )
         self.miner = HardPairMiner(seed=cfg.seed, **OmegaConf.to_container(cfg.mining))
         self.report = RunReport(out_dir, header={"data": self.data_info, "cache": str(cache_path)})
         self.train_scores = np.empty((0, 0, 2))  # the latest round's working-set scores on train
+        self.writer_pairs = 0  # pairs shown to the writer: seed pairs, then hard pairs
+        self.reasked: Counter = Counter()  # writer answers asked again with a larger budget
+        self.dropped_train: dict[str, np.ndarray] = {}  # pruned rubric -> its [n, 2] train scores
 
     def run(self) -> dict[str, Any]:
         cfg, best, mark = self.cfg, None, self.stats.snapshot()  # round 0 counts the synthesis
@@ -188,6 +211,7 @@ class RubricLearner:
             if round_index + 1 < cfg.rounds:
                 hard, record["buckets"] = self.mine(fit.weights, round_index)
                 record["hard_pairs"] = [p.id for p in hard]
+                self.writer_pairs += len(hard)
                 answers = self.analyse_failures(hard, kept)
                 record["pruned"] = self.prune(fit)
                 origin = {"round": round_index + 1, "source": "failure"}
@@ -216,10 +240,31 @@ class RubricLearner:
         if proxy is not None:
             proxy.release()
         self.report.header["seed_pairs"] = len(seeds)
+        self.writer_pairs += len(seeds)
         return seeds
 
     def synthesize(self, pairs: list[PreferencePair]) -> list[str]:
-        return self.writer.generate_many(synthesis_requests(pairs), desc="rule synthesis")
+        return self.ask_for_rubrics(synthesis_requests(pairs), "rule synthesis")
+
+    def ask_for_rubrics(self, requests: list, desc: str) -> list[str]:
+        """The writer's answers to requests for a rubric list. An answer that holds no list,
+        not even the start of one (e.g. cut at ``max_new_tokens`` inside a long explanation:
+        the generator does not say why it stopped), is asked again once with
+        ``synthesis.retry_max_new_tokens``; both counts go to the report."""
+        answers = self.writer.generate_many(requests, desc)
+        retry = self.cfg.synthesis.retry_max_new_tokens
+        if not retry or retry <= self.cfg.synthesis.max_new_tokens:
+            return answers
+        todo = [i for i, answer in enumerate(answers) if not holds_statements(answer)]
+        if todo:
+            again = self.writer.generate_many(
+                [requests[i] for i in todo], f"{desc} (re-asked)", retry
+            )
+            for i, answer in zip(todo, again):
+                answers[i] = answer
+            self.reasked["re-asked"] += len(todo)
+            self.reasked["re-asked, still no list"] += sum(not holds_statements(a) for a in again)
+        return answers
 
     def add_generated(self, pairs: list[PreferencePair], answers: list[str], origin: dict) -> int:
         """Admit the answers' statements to the working set; unparseable answers are counted."""
@@ -244,10 +289,60 @@ class RubricLearner:
             )
 
     def fit_round(self, round_index: int) -> tuple[dict[str, Any], RefinerResult]:
-        """Score the working set, fit the refiner, measure the kept set."""
+        """Score the working set, fit the refiner (re-admitting pruned rubrics the fit would
+        now weigh, ``working_set.readmit``), measure the kept set."""
+        cfg = self.cfg
+        train, val, fit = self.score_and_fit(round_index)
+        readmitted: list[str] = []
+        for _ in range(READMIT_PASSES):
+            back = self.readmissible(train, fit)
+            if not back:
+                break
+            self.pool.readmit(back)  # appended to the working set, in this order
+            readmitted += back
+            for text in back:
+                del self.dropped_train[text]
+            train, val, fit = self.score_and_fit(round_index, train, val)
+        texts = self.pool.texts()
+        new = sum(r.provenance.get("round") == round_index for r in self.pool.rubrics)
+        kept_texts = [texts[i] for i in fit.kept]
+        record = {
+            "round": round_index,
+            "train_accuracy": accuracy(train, self.splits.train, fit.weights),
+            "val_accuracy": accuracy(val, self.splits.val, fit.weights),
+            "test_accuracy": self.test_accuracy(kept_texts, fit.weights[fit.kept]),
+            "C": fit.C,
+            "working_set_size": len(texts),
+            "new_rubrics": new,
+            "nonzero_weights": int(np.count_nonzero(fit.fitted)),
+            "readmitted": len(readmitted),
+            "judge_budget": {"used": self.pool.admitted, "max": cfg.budget.max_rubrics},
+            "nan_features": fit.nan_features,
+            "kept": [
+                {"id": self.pool.rubrics[i].id, "text": texts[i], "weight": float(fit.weights[i])}
+                for i in fit.kept
+            ],
+        }
+        if self.hidden is not None:
+            record["hidden"] = self.hidden.progress(self.pool.tried_texts(), kept_texts)
+        return record, fit
+
+    def score_and_fit(
+        self, round_index: int, train: np.ndarray | None = None, val: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, RefinerResult]:
+        """The working set's train and validation scores (cached) and the refiner's fit.
+
+        ``train``/``val``: scores of the working set's first rubrics, already looked up this
+        round; only the rubrics after them (re-admitted ones) are looked up.
+        """
         cfg, texts = self.cfg, self.pool.texts()
-        train = self.scorer.score_pairs(self.splits.train, texts, f"round {round_index} train")
-        val = self.scorer.score_pairs(self.splits.val, texts, f"round {round_index} val")
+        done = 0 if train is None else train.shape[1]
+        parts = {"train": (self.splits.train, train), "val": (self.splits.val, val)}
+        scores = {}
+        for name, (pairs, known) in parts.items():
+            new = self.scorer.score_pairs(pairs, texts[done:], f"round {round_index} {name}")
+            scores[name] = new if known is None else np.concatenate([known, new], axis=1)
+        train, val = scores["train"], scores["val"]
         self.train_scores = train
         fit = refine(
             train,
@@ -262,27 +357,19 @@ class RubricLearner:
             cfg.refiner.nonnegative,
             cfg.refiner.min_weight_ratio,
         )
-        new = sum(r.provenance.get("round") == round_index for r in self.pool.rubrics)
-        kept_texts = [texts[i] for i in fit.kept]
-        record = {
-            "round": round_index,
-            "train_accuracy": accuracy(train, self.splits.train, fit.weights),
-            "val_accuracy": accuracy(val, self.splits.val, fit.weights),
-            "test_accuracy": self.test_accuracy(kept_texts, fit.weights[fit.kept]),
-            "C": fit.C,
-            "working_set_size": len(texts),
-            "new_rubrics": new,
-            "nonzero_weights": int(np.count_nonzero(fit.fitted)),
-            "judge_budget": {"used": self.pool.admitted, "max": cfg.budget.max_rubrics},
-            "nan_features": fit.nan_features,
-            "kept": [
-                {"id": self.pool.rubrics[i].id, "text": texts[i], "weight": float(fit.weights[i])}
-                for i in fit.kept
-            ],
-        }
-        if self.hidden is not None:
-            record["hidden"] = self.hidden.progress(self.pool.tried_texts(), kept_texts)
-        return record, fit
+        return train, val, fit
+
+    def readmissible(self, train: np.ndarray, fit: RefinerResult) -> list[str]:
+        """Pruned rubrics that the fit would now give a positive weight (``refiner.entering``),
+        judged from their remembered training scores: no judge call."""
+        if not self.cfg.working_set.readmit or not self.dropped_train:
+            return []
+        texts = list(self.dropped_train)
+        candidates = score_differences(np.stack([self.dropped_train[t] for t in texts], 1))[0]
+        mask = entering(
+            score_differences(train)[0], fit.fitted, candidates, labels_of(self.splits.train), fit.C
+        )
+        return [t for t, m in zip(texts, mask) if m]
 
     def test_accuracy(self, texts: list[str], weights: np.ndarray) -> float | None:
         """The kept set's accuracy on the test split, for the report only (None: not measured)."""
@@ -297,7 +384,11 @@ class RubricLearner:
         if policy == "none":
             return 0
         keep = fit.kept if policy == "kept" else np.flatnonzero(fit.fitted).tolist()
-        return len(self.pool.prune(keep))
+        texts = self.pool.texts()
+        gone = self.pool.prune(keep)
+        for rubric in gone:  # remembered for re-admission (working_set.readmit)
+            self.dropped_train[rubric.text] = self.train_scores[:, texts.index(rubric.text)]
+        return len(gone)
 
     def mine(self, weights: np.ndarray, round_index: int) -> tuple[list[PreferencePair], dict]:
         """Draw this round's hard training pairs from the current reward's mistakes."""
@@ -312,7 +403,7 @@ class RubricLearner:
         """Two-stage failure analysis: diagnose the missing dimension, then extract rubrics."""
         current = [r.text for r in kept]
         diagnoses = self.writer.generate_many(diagnosis_requests(pairs, current), "diagnosis")
-        return self.writer.generate_many(
+        return self.ask_for_rubrics(
             extraction_requests(pairs, self.pool.tried_texts(), diagnoses), "extraction"
         )
 
@@ -334,6 +425,9 @@ class RubricLearner:
         final["judge_totals"] = self.stats.snapshot()
         final["working_set_size"] = len(self.pool)
         final["rejected_statements"] = dict(self.pool.rejected)
+        final["writer_pairs"] = self.writer_pairs
+        final["cut_answers"] = {"cut in the list, statements kept": self.pool.cut_answers}
+        final["cut_answers"] |= dict(self.reasked)
         final["rubric_set"] = None
         if rubrics:
             figures = {k: v for k, v in final.items() if not isinstance(v, dict)}
@@ -367,20 +461,46 @@ class RubricLearner:
         }
 
 
-class HiddenRules:
-    """The synthetic world's hidden rule set, matched to rubrics by their dedup key."""
+def holds_statements(answer: str) -> bool:
+    """Whether the answer holds a statement list (maybe empty), complete or cut inside."""
+    try:
+        read_answer(answer)
+    except RubricParseError:
+        return False
+    return True
 
-    def __init__(self, rules: list[tuple[str, float]], pool: RubricPool) -> None:
+
+class HiddenRules:
+    """The synthetic world's hidden rule set, matched to rubrics by their dedup key.
+
+    When the judge can say which statement of its grammar a text means (``canonical``, the
+    realistic world's judge), texts are matched by that meaning, so a hidden rule found in any
+    spelling counts as found, and two spellings of it kept count once.
+    """
+
+    def __init__(
+        self,
+        rules: list[tuple[str, float]],
+        pool: RubricPool,
+        canonical: Callable[[str], str | None] | None = None,
+    ) -> None:
         self.texts = [text for text, _ in rules]
         self.weights = np.array([weight for _, weight in rules])
-        self.key = pool.key
+        self.canonical = canonical
+        self.pool = pool
         self.keys = {self.key(text) for text in self.texts}
 
+    def key(self, text: str) -> StatementKey:
+        meaning = self.canonical(text) if self.canonical is not None else None
+        return self.pool.key(meaning or text)
+
     @classmethod
-    def from_config(cls, node: Any, pool: RubricPool) -> HiddenRules | None:
+    def from_config(
+        cls, node: Any, pool: RubricPool, canonical: Callable[[str], str | None] | None = None
+    ) -> HiddenRules | None:
         if not node:
             return None
-        return cls([(str(r["text"]), float(r["weight"])) for r in node], pool)
+        return cls([(str(r["text"]), float(r["weight"])) for r in node], pool, canonical)
 
     def progress(self, tried: list[str], kept: list[str]) -> dict[str, int]:
         """Hidden rules found so far (admitted to the working set at some point) and kept now."""

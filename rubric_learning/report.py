@@ -2,9 +2,10 @@
 
 - ``report.json``: the run's settings summary, one entry per round (train/validation accuracy,
   test accuracy as reported only, C, working-set size, new/pruned/admitted rubrics, kept
-  rubrics with weights, judge budget used, hidden rules found so far in a synthetic world,
-  mining bucket counts with the pairs drawn, judge calls and cache hits of that round) and, at
-  the end, the best round and the held-out figures;
+  rubrics with weights, pruned rubrics re-admitted, judge budget used, hidden rules found so far
+  in a synthetic world, mining bucket counts with the pairs drawn, judge calls and cache hits of
+  that round) and, at the end, the best round, the held-out figures, the pairs shown to the
+  writer and the writer answers cut at ``max_new_tokens`` (``cut_answers``);
 - ``report.md``: the same as tables for people;
 - ``accuracy.png``: train, validation and test accuracy by round (the best round marked), and
   hidden rules found so far when the world has them;
@@ -99,6 +100,8 @@ class RunReport:
         if self.final:
             lines += ["", "## Result", ""]
             lines += [f"- {k}: {v}" for k, v in self.final.items() if not isinstance(v, dict)]
+            if self.final.get("cut_answers"):  # writer answers cut at max_new_tokens
+                lines.append(f"- cut_answers: {self.final['cut_answers']}")
         return "\n".join(lines) + "\n"
 
     def plot(self, path: Path) -> None:

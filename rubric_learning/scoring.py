@@ -105,9 +105,16 @@ class RubricScorer:
         self.stats = stats or JudgeStats()
         self.retry_failed = retry_failed
         self.hashes = ImageHashes()
+        self._keys: dict[tuple[str, str, str], str] = {}
 
     def _key(self, image_hash: str, context: str, question: str) -> str:
-        return make_key("score", self.judge_id, context, question, image_hash)
+        """The cache key of one item, hashed once per run (rounds look the same items up)."""
+        parts = (image_hash, context, question)
+        key = self._keys.get(parts)
+        if key is None:
+            key = make_key("score", self.judge_id, context, question, image_hash)
+            self._keys[parts] = key
+        return key
 
     def score_pairs(
         self, pairs: Sequence[PreferencePair], rubrics: Sequence[str], desc: str = "scoring"
@@ -190,20 +197,25 @@ class CachedGenerator:
         self.batch_size = batch_size
         self.stats = stats or JudgeStats()
 
-    def _key(self, images: Sequence[Image.Image], text: str) -> str:
+    def _key(self, images: Sequence[Image.Image], text: str, max_new_tokens: int) -> str:
         hashes = [pil_hash(im) for im in images]
-        return make_key("generate", self.judge_id, str(self.max_new_tokens), text, *hashes)
+        return make_key("generate", self.judge_id, str(max_new_tokens), text, *hashes)
 
     def generate_many(
-        self, requests: Sequence[tuple[Sequence[Image.Image], str]], desc: str = "generating"
+        self,
+        requests: Sequence[tuple[Sequence[Image.Image], str]],
+        desc: str = "generating",
+        max_new_tokens: int | None = None,
     ) -> list[str]:
-        keys = [self._key(images, text) for images, text in requests]
+        """Answers to ``requests``, each at most ``max_new_tokens`` long (None: the default)."""
+        max_new_tokens = max_new_tokens or self.max_new_tokens
+        keys = [self._key(images, text, max_new_tokens) for images, text in requests]
         answers = [self.cache.get_answer(k) for k in keys]
         todo = [i for i, a in enumerate(answers) if a is None]
         self.stats.generate_cache_hits += len(requests) - len(todo)
         for start in tqdm(range(0, len(todo), self.batch_size), desc=desc, leave=False):
             chunk = todo[start : start + self.batch_size]
-            new = self.judge.generate_many([requests[i] for i in chunk], self.max_new_tokens)
+            new = self.judge.generate_many([requests[i] for i in chunk], max_new_tokens)
             if len(new) != len(chunk):
                 raise RuntimeError(
                     f"generator {self.judge_id}: {len(new)} answers for {len(chunk)} requests"

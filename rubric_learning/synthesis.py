@@ -115,6 +115,47 @@ def parse_rubric_list(answer: str) -> list[str]:
     raise RubricParseError(f"generator answer holds no JSON list of rubric statements: {snippet!r}")
 
 
+def cut_list_statements(answer: str) -> list[str]:
+    """The complete statements of a list that the answer opens and never closes: an answer cut
+    at ``max_new_tokens`` in the middle of its list. Items are read one by one from the last
+    unclosed ``[``; the first incomplete one ends the list. Empty when there is no such list or
+    no item in it is complete.
+    """
+    stack = []
+    for i, ch in enumerate(answer):
+        if ch == "[":
+            stack.append(i)
+        elif ch == "]" and stack:
+            stack.pop()
+    if not stack:
+        return []
+    decoder, text, pos, items = json.JSONDecoder(), answer, stack[0] + 1, []
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        try:
+            item, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            break
+        if pos >= len(text) and not isinstance(item, str):
+            break  # a number or word at the very end may itself be cut; a closed string is not
+        items.append(item)
+    return _statements(items) or []
+
+
+def read_answer(answer: str) -> tuple[list[str], bool]:
+    """(statements, cut): the answer's statement list, or, when it holds no complete list, the
+    complete statements of the list it was cut in (``cut`` True). Raises
+    :class:`RubricParseError` when it holds neither."""
+    try:
+        return parse_rubric_list(answer), False
+    except RubricParseError:
+        statements = cut_list_statements(answer)
+        if statements:
+            return statements, True
+        raise
+
+
 def normalise(text: str) -> str:
     """Lower case, punctuation and extra spaces removed: the exact-duplicate key."""
     return " ".join(_WORD.findall(text.lower()))
@@ -129,7 +170,8 @@ class RubricPool:
     (an exact duplicate or a paraphrase) or of one pruned earlier (``previously dropped``: a
     rubric the fit rejected is not scored again), or the judge budget is spent: ``max_rubrics``
     caps the distinct rubrics ever admitted, each of which the next round scores (None: no cap).
-    Rejections are counted by reason in :attr:`rejected`. Ids run over everything admitted.
+    Rejections are counted by reason in :attr:`rejected`, answers cut inside their list in
+    :attr:`cut_answers`. Ids run over everything admitted.
     """
 
     min_words: int = 3
@@ -139,6 +181,7 @@ class RubricPool:
     rubrics: list[Rubric] = field(default_factory=list)
     dropped: list[Rubric] = field(default_factory=list)
     rejected: Counter = field(default_factory=Counter)
+    cut_answers: int = 0
     _keys: dict[StatementKey, Rubric] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
@@ -215,18 +258,29 @@ class RubricPool:
     ) -> tuple[list[Rubric], list[str]]:
         """Parse generator answers and admit their statements; returns (added, parse errors).
 
-        An answer without a statement list is counted (``unparseable answer``) and skipped.
+        An answer without a statement list is counted (``unparseable answer``) and skipped; one
+        cut inside its list gives its complete statements and is counted in :attr:`cut_answers`.
         """
         candidates, errors = [], []
         for answer, provenance in zip(answers, provenances, strict=True):
             try:
-                statements = parse_rubric_list(answer)
+                statements, cut = read_answer(answer)
             except RubricParseError as err:
                 self.rejected["unparseable answer"] += 1
                 errors.append(str(err))
                 continue
+            self.cut_answers += cut
             candidates += [(text, provenance) for text in statements]
         return self.add_candidates(candidates, max_new), errors
+
+    def readmit(self, texts: Iterable[str]) -> list[Rubric]:
+        """Move the dropped rubrics with these texts back into the working set (they were
+        admitted once, so the judge budget does not count them again)."""
+        wanted = set(texts)
+        back = [r for r in self.dropped if r.text in wanted]
+        self.dropped = [r for r in self.dropped if r.text not in wanted]
+        self.rubrics += back
+        return back
 
     def prune(self, keep: Iterable[int]) -> list[Rubric]:
         """Keep the working-set rubrics at indices ``keep``; the others move to the dropped list."""

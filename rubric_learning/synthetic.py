@@ -104,9 +104,28 @@ def check_rules(rules: Sequence[Mapping]) -> list[tuple[str, float]]:
     return out
 
 
-def utilities(images: Sequence[Image.Image], rules: Sequence[tuple[str, float]]) -> np.ndarray:
-    """Hidden utility ``sum_k w_k P(yes | rule k)`` of each image under the pixel judge."""
+def perceive(
+    image: Image.Image, gamma: float = 1.0, gains: Sequence[float] | None = None
+) -> Image.Image:
+    """The image as an observer with its own eyes sees it: ``(rgb ** gamma) * gains`` per
+    channel, clipped. ``gamma`` > 1 darkens mid-tones, ``gains`` tint; (1, None) is the image."""
+    if gamma == 1.0 and gains is None:
+        return image
+    rgb = np.asarray(image.convert("RGB"), dtype=float) / 255.0
+    rgb = rgb**gamma * np.asarray(gains if gains is not None else (1.0, 1.0, 1.0))
+    return Image.fromarray((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8))
+
+
+def utilities(
+    images: Sequence[Image.Image],
+    rules: Sequence[tuple[str, float]],
+    gamma: float = 1.0,
+    gains: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Hidden utility ``sum_k w_k P(yes | rule k)`` of each image under the pixel judge, the
+    image seen through :func:`perceive` (``gamma``, ``gains``: the people's own eyes)."""
     judge = PixelJudge()
+    images = [perceive(im, gamma, gains) for im in images]
     items = [JudgeItem(im, "", text) for im in images for text, _ in rules]
     probs = judge.yes_prob(items).probs.double().numpy().reshape(len(images), len(rules))
     return probs @ np.array([w for _, w in rules])
@@ -124,6 +143,9 @@ def build_world(
     layout: str = "quadrants",
     redraw: float = 0.35,
     bt_scale: float | None = None,
+    human_gamma: float = 1.0,
+    human_gains: Sequence[float] | None = None,
+    taste_sd: float = 0.0,
 ) -> Splits:
     """Draw the world's train/validation/test pairs, labelled by the hidden rules plus noise.
 
@@ -137,6 +159,12 @@ def build_world(
     ``noise``; or, with ``bt_scale`` set, A wins with probability ``sigmoid(bt_scale * (u_A -
     u_B))`` (Bradley-Terry, the refiner's own model, so the hidden set is the true model and a
     proxy statement gains nothing from the labels' shape; ``noise`` is then unused).
+
+    The people who label need not see what the judge measures (the realistic world,
+    ``experiment=synthetic_open``): ``human_gamma``/``human_gains`` are their eyes
+    (:func:`perceive`: the hidden rules are applied to the image as they see it), and
+    ``taste_sd`` adds to each image's utility a term of its own, drawn once, that no statement
+    describes. Defaults (1, None, 0) give the pixel judge's own utility.
     """
     if not 0.0 <= noise < 0.5:
         raise ValueError(f"data.noise is a label flip probability in [0, 0.5), got {noise}")
@@ -150,7 +178,11 @@ def build_world(
             for _ in range(total - len(utility))
             for image in draw_pair(rng, layout, image_size, redraw)
         ]
-        gaps = utilities([Image.fromarray(a) for a in drawn], rules).reshape(-1, 2)
+        images = [Image.fromarray(a) for a in drawn]
+        gaps = utilities(images, rules, human_gamma, human_gains)
+        if taste_sd:
+            gaps = gaps + rng.normal(0.0, taste_sd, len(gaps))
+        gaps = gaps.reshape(-1, 2)
         for k in np.flatnonzero(np.abs(gaps[:, 0] - gaps[:, 1]) >= min_gap):
             arrays += drawn[2 * k : 2 * k + 2]
             utility.append(gaps[k])

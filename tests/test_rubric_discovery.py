@@ -1,7 +1,9 @@
 """The discovery world: rounds of failure analysis find what seed synthesis cannot.
 
-Acceptance (issue 11), checked here on world seed 0; docs/rubric_learning.md has seeds 0-3 from
-``python -m rubric_learning.sweep --experiment synthetic_discovery --seeds 0,1,2,3 --round0``.
+Acceptance (issue 11), checked here on world seed 0 with the default learner; docs/rubric_learning.md
+has seeds 0-3 from ``python -m rubric_learning.sweep --experiment synthetic_discovery --seeds
+0,1,2,3 --round0 --round0-small`` (the small round 0 is the one checked here; ``--round0`` adds
+round 0 at the loop's budget).
 """
 
 import json
@@ -30,7 +32,8 @@ def config(*overrides):
 
 @pytest.fixture(scope="module")
 def discovery(tmp_path_factory):
-    """The full loop and the same world with rounds=1, sharing one judge cache."""
+    """The full loop and the same world with rounds=1 (the preset's small round 0), sharing one
+    judge cache."""
     out = tmp_path_factory.mktemp("discovery")
     cache = f"scoring.cache_path={out / 'cache.sqlite'}"
     full = learn(config(cache), out / "full")

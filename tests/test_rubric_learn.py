@@ -43,8 +43,10 @@ class NotAListGenerator(Judge):
 
 @pytest.fixture(scope="module")
 def synthetic_run(tmp_path_factory):
+    """The paper's literal procedure (``refiner=paper``) on the first world, seed 0."""
     out = tmp_path_factory.mktemp("synthetic")
-    cfg = config("experiment=synthetic", f"scoring.cache_path={out / 'cache.sqlite'}")
+    cache = f"scoring.cache_path={out / 'cache.sqlite'}"
+    cfg = config("experiment=synthetic", "refiner=paper", cache)
     return cfg, out, learn(cfg, out / "run1")
 
 
@@ -52,6 +54,7 @@ def test_synthetic_world_recovers_the_hidden_rules(synthetic_run):
     """The paper's procedure on the first world (seed 0; docs/rubric_learning.md has seeds 0-3)."""
     cfg, out, final = synthetic_run
     assert cfg.data.num_train == 256 and not cfg.refiner.nonnegative
+    assert cfg.refiner.selection == "one_se" and not cfg.working_set.readmit
     assert final["test_accuracy"] >= 0.85 * final["oracle_accuracy"]
     assert final["hidden_kept"] == final["hidden_rules"] == len(cfg.data.hidden_rules)
     assert final["distractors_kept"] <= 0.2 * final["distractors_offered"]
@@ -65,6 +68,7 @@ def test_synthetic_world_recovers_the_hidden_rules(synthetic_run):
     # The working set is pruned after each fit: the next round scores what the L1 fit kept
     # (non-zero weights) plus the rubrics admitted from the failure analysis.
     for before, after in zip(rounds, rounds[1:]):
+        assert after["readmitted"] == 0  # the paper never brings a pruned rubric back
         assert after["working_set_size"] == before["nonzero_weights"] + before["admitted"]
         assert before["pruned"] == before["working_set_size"] - before["nonzero_weights"]
     assert report["stopped"] == "no new rubrics"  # the 45-statement grammar is used up
@@ -84,12 +88,18 @@ def test_synthetic_world_recovers_the_hidden_rules(synthetic_run):
     assert len(set(pairs["train"])) == 256 and len(set(pairs["val"])) == 256
 
 
-def test_the_nonnegative_refit_option_on_the_first_world(tmp_path):
-    """The non-negative refit (an option) on the same world: every hidden rule is kept too."""
-    cfg = config("experiment=synthetic", "refiner.nonnegative=true")
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_default_learner_keeps_the_good_rubrics_on_the_first_world(tmp_path, seed):
+    """Issue 19: the default (non-negative refit, C by validation accuracy, re-admission)
+    reaches 0.95 of the hidden set's accuracy; docs/rubric_learning.md has seeds 0-3."""
+    cfg = config(
+        "experiment=synthetic", f"seed={seed}", f"data.seed={seed}", f"generator.seed={seed}"
+    )
+    assert cfg.refiner.nonnegative and cfg.refiner.selection == "accuracy"
+    assert cfg.working_set.readmit
     final = learn(cfg, tmp_path)
     assert final["test_accuracy"] >= 0.95 * final["oracle_accuracy"]
-    assert final["hidden_kept"] == final["hidden_rules"]
+    assert final["hidden_kept"] >= final["hidden_rules"] - 1
 
 
 def test_a_second_run_on_the_same_cache_asks_the_judges_nothing(synthetic_run):
@@ -157,6 +167,7 @@ def test_one_round_with_a_tiny_random_qwen3_vl_judging_and_generating(tmp_path):
         "seeds.num=2",
         "mining.per_round=1",
         "synthesis.max_new_tokens=6",
+        "synthesis.retry_max_new_tokens=12",
         "refiner.C=1.0",
         "+synthesis.initial_rubrics=[The image is bright.,A red square is visible.]",
     )
@@ -170,6 +181,7 @@ def test_one_round_with_a_tiny_random_qwen3_vl_judging_and_generating(tmp_path):
     assert first["generate_calls"] >= 1 and first["items_scored"] > 0
     assert final["judge_totals"]["failures"] == {}  # a real VLM always yields P(yes)
     assert final["rejected_statements"]["unparseable answer"] >= 1  # garbage text, counted
+    assert final["cut_answers"]["re-asked"] >= 1  # asked again with 12 tokens first
     assert 0 <= final["test_accuracy"] <= 1
 
 
@@ -198,4 +210,4 @@ def test_real_data_presets_select_seeds_by_a_proxy_reward_margin(preset):
     assert cfg.entry == "learn" and cfg.seeds.num == 256 and cfg.refiner.top_n == 20
     assert cfg.seeds.proxy_reward._target_ == "rewards.scalar.PickScoreReward"
     assert cfg.generator._target_ == "rewards.judges.openai_server.OpenAIJudge"
-    assert not cfg.refiner.nonnegative and cfg.working_set.prune == "nonzero"
+    assert cfg.refiner.nonnegative and cfg.working_set.prune == "nonzero"  # the default learner

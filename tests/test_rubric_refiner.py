@@ -11,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from rewards.pixel_target import PixelTargetReward
 from rubric_learning.mining import HardPairMiner, bucket_pairs, bucket_shares
 from rubric_learning.pairs import PreferencePair
-from rubric_learning.refiner import pairwise_accuracy, refine, score_differences
+from rubric_learning.refiner import entering, pairwise_accuracy, refine, score_differences
 from rubric_learning.seeds import composite_scores, proxy_margins, select_seed_pairs
 
 
@@ -74,9 +74,21 @@ def test_auto_c_uses_validation_and_one_se_prefers_sparser_sets():
     best = refine(
         *train, C="auto", C_grid=grid, val_scores=val[0], val_labels=val[1], selection="best"
     )
-    one_se = refine(*train, C="auto", C_grid=grid, val_scores=val[0], val_labels=val[1])
+    one_se = refine(
+        *train, C="auto", C_grid=grid, val_scores=val[0], val_labels=val[1], selection="one_se"
+    )
     assert best.C in grid and one_se.C <= best.C
     assert len(one_se.kept) <= len(best.kept)
+    # The default: the C whose kept set ranks the most validation pairs right.
+    chosen = refine(*train, C="auto", C_grid=grid, val_scores=val[0], val_labels=val[1])
+    val_diffs = score_differences(val[0])[0]
+    accuracies = [
+        pairwise_accuracy(val_diffs, val[1], refine(*train, C=c, nonnegative=False).weights)
+        for c in grid
+    ]
+    assert pairwise_accuracy(val_diffs, val[1], chosen.weights) == max(accuracies)
+    with pytest.raises(ValueError, match="refiner.selection must be one of"):
+        refine(*train, C="auto", val_scores=val[0], val_labels=val[1], selection="smallest")
     with pytest.raises(ValueError, match="needs a non-empty validation split"):
         refine(*train, C="auto")
     with pytest.raises(ValueError, match="empty working set"):
@@ -167,3 +179,19 @@ def test_min_weight_ratio_drops_kept_rubrics_far_below_the_largest():
     trimmed = refine(scores, labels, top_n=6, C=1.0, min_weight_ratio=0.3)
     assert trimmed.kept == [i for i in plain.kept if i not in small]
     np.testing.assert_allclose(trimmed.fitted, plain.fitted)  # the same fit, fewer kept
+
+
+def test_entering_names_the_pruned_rubrics_a_refit_would_weigh():
+    """The working-set optimality check against real refits: a rubric outside the fit that the
+    check names gets a positive weight when it joins; one it does not name stays at zero."""
+    scores, labels = make_scores(n=400, k=6, seed=4)
+    d = score_differences(scores)[0]
+    C = 0.05
+    outside = [0, 3, 4]  # rubric 0 decides the label, 3 and 4 are noise
+    inside = [i for i in range(6) if i not in outside]
+    weights = refine(scores[:, inside], labels, top_n=6, C=C, nonnegative=False).fitted
+    flags = entering(d[:, inside], weights, d[:, outside], labels, C)
+    assert list(flags) == [True, False, False]
+    for j, flag in zip(outside, flags):
+        refit = refine(scores[:, inside + [j]], labels, top_n=6, C=C, nonnegative=False)
+        assert (refit.fitted[-1] > 0) == flag

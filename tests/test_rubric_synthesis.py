@@ -75,3 +75,21 @@ def test_extraction_lists_every_tried_statement_so_the_proposer_moves_to_new_dim
     assert all(f"- {s}" in text for s in first)
     second = proposer.propose(images, text)
     assert second and not set(second) & set(first)  # tried statements are not offered again
+
+
+def test_an_answer_cut_inside_its_list_keeps_its_complete_statements():
+    from rubric_learning.synthesis import cut_list_statements, read_answer
+
+    cut = 'Image 1 is brighter.\n```json\n["The sky is blue.", "A cat is visible.", "The d'
+    assert cut_list_statements(cut) == ["The sky is blue.", "A cat is visible."]
+    assert read_answer(cut) == (["The sky is blue.", "A cat is visible."], True)
+    assert read_answer('["The sky is blue."]') == (["The sky is blue."], False)
+    assert cut_list_statements('{"rubrics": [{"rubric": "Text is legible."}, {"rub') == [
+        "Text is legible."
+    ]
+    assert cut_list_statements("A long explanation that never reaches its list") == []
+    assert cut_list_statements("[1, 2") == []  # no statement, and the 2 may itself be cut
+    pool = RubricPool()
+    added, errors = pool.add_answers([cut, "no list"], [{}, {}])
+    assert [r.text for r in added] == ["The sky is blue.", "A cat is visible."]
+    assert pool.cut_answers == 1 and len(errors) == 1
