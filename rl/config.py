@@ -5,7 +5,8 @@ merges the composed Hydra config into these schemas (an unknown or mistyped key 
 the section and key), then checks the values and how they combine, and raises ONE
 :class:`ConfigError` listing every problem, one line each, before anything heavy loads. The
 ``model``, ``reward``, ``judge`` and ``eval_hook`` nodes belong to their own builders and pass
-through untouched; ``rollout`` is checked by building :class:`rl.rollout.RolloutConfig`.
+through untouched; ``rollout`` is checked by building :class:`rl.rollout.RolloutConfig` and
+``algorithm`` by :func:`rl.algorithms.parse_algorithm`, then against the rollout and train sections.
 
 Also here: the OmegaConf resolvers that give a multi-process run ONE run folder (rank 0 picks the
 timestamp and shares it) and keep Hydra's own files to rank 0.
@@ -116,6 +117,7 @@ class TrainConfig:
     resume: str | None
     data: DataSection
     rollout: Any  # rl.rollout.RolloutConfig
+    algorithm: Any  # the settings dataclass of rl.algorithms (conf/algorithm/)
     train: TrainSection
     lora: LoraSettings
     ema: EmaSection
@@ -170,6 +172,15 @@ def parse_config(cfg: DictConfig) -> TrainConfig:
         rollout = RolloutConfig(**node)  # makes sde_window a tuple
     except (TypeError, ValueError) as err:
         problems.append(f"rollout: {err}")
+    algorithm = None
+    try:
+        from rl.algorithms import algorithm_problems, parse_algorithm
+
+        algorithm = parse_algorithm(cfg.get("algorithm"))
+        if rollout is not None:
+            problems += algorithm_problems(algorithm, rollout, sections["train"])
+    except (ValueError, OmegaConfBaseException) as err:
+        problems.append(f"algorithm: {str(err).splitlines()[0]}")
     problems += value_problems(sections)
     try:
         from rl.models import precision_plan
@@ -189,6 +200,7 @@ def parse_config(cfg: DictConfig) -> TrainConfig:
         seed=int(cfg.get("seed", 0)),
         resume=cfg.get("resume"),
         rollout=rollout,
+        algorithm=algorithm,
         model=plain("model"),
         reward=cfg.reward,
         eval_hook=plain("eval_hook"),

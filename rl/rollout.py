@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from diffusers import StableDiffusion3Pipeline
@@ -33,6 +33,9 @@ from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import c
 from tqdm.auto import tqdm
 
 from rl.sde import sde_step
+
+if TYPE_CHECKING:
+    from rl.algorithms.solvers import DPMSolver
 
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 PROMPT_CACHE_MODES = ("auto", "all", "epoch")
@@ -373,10 +376,19 @@ class Rollout:
     sigmas: torch.Tensor  # [T + 1]
     train_steps: torch.Tensor  # [B, S] int64
     images: torch.Tensor  # [B, 3, H, W] in [0, 1]
+    means: torch.Tensor | None = None  # [B, T, C, h, w] each step's mean, if an algorithm asks
 
     _PER_SAMPLE = (
         "embeds", "pooled", "latents", "log_probs", "timesteps", "train_steps", "images",
     )  # fmt: skip
+
+    def _per_sample(self) -> tuple[str, ...]:
+        return self._PER_SAMPLE + (("means",) if self.means is not None else ())
+
+    def old_mean(self, position: int) -> torch.Tensor:
+        """The rollout's step mean [B, ...] of each sample's ``position``-th trained transition."""
+        step = self.step_index(position).to(self.means.device)
+        return self.means[torch.arange(step.numel(), device=step.device), step]
 
     @property
     def num_train_steps(self) -> int:
@@ -403,7 +415,7 @@ class Rollout:
         else:
             index = torch.as_tensor(index)
             positions = (index.nonzero().flatten() if index.dtype == torch.bool else index).tolist()
-        chosen = {name: getattr(self, name)[positions] for name in self._PER_SAMPLE}
+        chosen = {name: getattr(self, name)[positions] for name in self._per_sample()}
         return replace(self, prompts=[self.prompts[i] for i in positions], **chosen)
 
     def to(self, device: torch.device | str) -> Rollout:
@@ -427,7 +439,8 @@ class Rollout:
                 raise ValueError(
                     "Rollout.cat needs rollouts with the same sigmas and number of trained steps"
                 )
-        joined = {name: torch.cat([getattr(r, name) for r in rollouts]) for name in cls._PER_SAMPLE}
+        names = first._per_sample()
+        joined = {name: torch.cat([getattr(r, name) for r in rollouts]) for name in names}
         return replace(first, prompts=[p for r in rollouts for p in r.prompts], **joined)
 
 
@@ -477,6 +490,8 @@ def sample(
     generator: torch.Generator | list[torch.Generator] | None = None,
     latents: torch.Tensor | None = None,
     window: tuple[int, int] | None = None,
+    record_means: bool = False,
+    ode_solver: DPMSolver | None = None,
 ) -> Rollout:
     """Sample one image per prompt along the SDE/ODE schedule of ``cfg`` and record the trajectory.
 
@@ -484,12 +499,17 @@ def sample(
     (peft, accelerate). ``generator`` draws the start noise (unless ``latents`` [B, C, h, w] is
     given) and every step's noise. ``window`` is this batch's SDE window: required when ``cfg``
     draws random windows (``cfg.draw_window(generator)``), else ``cfg``'s fixed window or none.
+    ``record_means`` keeps every step's mean (GRPO-Guard); ``ode_solver`` takes the ODE steps from
+    its start on instead of Euler, possibly on a re-spaced schedule (MixGRPO-Flash, DiffusionNFT).
     """
     window = cfg.check_window(window)
     device = cache.device
     embeds, pooled = cache.encode(prompts)
     neg_embeds, neg_pooled = _negative(cache, cfg)
     timesteps, sigmas = _schedule(pipe, cfg, device)
+    solver = ode_solver.begin(timesteps, sigmas, window) if ode_solver is not None else None
+    if solver is not None:
+        timesteps, sigmas = solver.timesteps, solver.sigmas
     x = pipe.prepare_latents(
         len(prompts),
         pipe.transformer.config.in_channels,
@@ -501,18 +521,26 @@ def sample(
         latents,
     )
     sigma_max = sigmas[1].item()
-    trajectory, log_probs = [x], []
+    trajectory, log_probs, means = [x], [], []
     for i, t in enumerate(timesteps):
         velocity = predict_velocity(
             transformer, x, t.expand(len(prompts)), embeds, pooled, neg_embeds, neg_pooled,
             cfg.guidance_scale,
         )  # fmt: skip
-        x, log_prob, _, _ = sde_step(
-            x, velocity, sigmas[i], sigmas[i + 1], cfg.step_noise_level(i, window),
-            generator=generator, kind=cfg.sde_kind, sigma_max=sigma_max,
-        )  # fmt: skip
+        if solver is not None and solver.solves(i):
+            x = mean = solver.step(i, x, velocity)
+            log_prob = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
+        else:
+            if solver is not None:
+                solver.observe(i, x, velocity)
+            x, log_prob, mean, _ = sde_step(
+                x, velocity, sigmas[i], sigmas[i + 1], cfg.step_noise_level(i, window),
+                generator=generator, kind=cfg.sde_kind, sigma_max=sigma_max,
+            )  # fmt: skip
         trajectory.append(x)
         log_probs.append(log_prob)
+        if record_means:
+            means.append(mean)
     train_steps = torch.tensor(cfg.train_steps(window), dtype=torch.long)
     return Rollout(
         prompts=list(prompts),
@@ -524,6 +552,7 @@ def sample(
         sigmas=sigmas,
         train_steps=train_steps.expand(len(prompts), -1).clone(),
         images=decode_images(pipe, x),
+        means=torch.stack(means, dim=1) if record_means else None,
     )
 
 

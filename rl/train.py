@@ -35,13 +35,14 @@ import hydra
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from rewards import Reward, RewardOutput, build_reward
 from rewards.async_reward import AsyncReward
 from rl.advantages import PromptStatTracker
+from rl.algorithms import build_algorithm
 from rl.checkpoint import (
     CheckpointManager,
     checkpoint_name,
@@ -59,7 +60,7 @@ from rl.config import (
 from rl.distributed import LaunchError, configure_deepspeed, distributed_state
 from rl.ema import EMA
 from rl.lora import ReferencePolicy, base_model_name, export_lora, make_trainable
-from rl.loss import StepLoss, grpo_step_loss, kl_to_reference
+from rl.loss import StepLoss
 from rl.metrics import RunLogger
 from rl.models import (
     ModelFolderError,
@@ -68,7 +69,7 @@ from rl.models import (
     load_pipeline,
     precision_plan,
 )
-from rl.rollout import PromptCache, Rollout, move_text_encoders, sample, step_log_prob
+from rl.rollout import PromptCache, Rollout, move_text_encoders, sample
 from rl.sampler import GroupLayout, GroupSampler, SamplerConfigError, load_prompts
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,10 @@ class FlowGRPOTrainer:
         self.prompts, self.metadata = load_prompts(cfg.data.prompts, cfg.data.prompt_file)
         self.layout, self.micro_batches = epoch_plan(t, len(self.prompts), state.num_processes)
         self.sampler = GroupSampler(self.layout, rank=state.process_index, seed=cfg.seed)
-        self.num_train_steps = cfg.rollout.num_train_steps
+        # the algorithm (conf/algorithm/) says which steps a rollout trains and how they turn into
+        # a loss; accumulation spans its largest number of trained steps per rollout
+        self.algorithm = build_algorithm(cfg.algorithm, cfg.rollout)
+        self.num_train_steps = self.algorithm.max_train_steps
         accumulation = self.micro_batches // t.optimizer_steps_per_epoch * self.num_train_steps
         self.accelerator = acc = Accelerator(
             mixed_precision=t.mixed_precision, gradient_accumulation_steps=accumulation
@@ -153,6 +157,7 @@ class FlowGRPOTrainer:
 
         transformer = pipe.transformer.to(acc.device)
         self.params = make_trainable(transformer, cfg.lora)
+        self.algorithm.bind(self.params)
         # beta = 0 (the fast preset): no reference policy, so its forward never runs
         self.reference = ReferencePolicy(transformer, cfg.lora) if t.beta > 0 else None
         if t.gradient_checkpointing:
@@ -254,7 +259,8 @@ class FlowGRPOTrainer:
             with timer("advantages_s"):
                 advantages, row = self.epoch_advantages(group_ids, scores)
             with timer("train_s"):
-                row |= self.train_epoch(rollout, advantages)
+                row |= self.train_epoch(rollout, advantages, ~torch.isnan(scores.scores))
+                row |= self.algorithm.end_epoch(self.optimizer_step)
             done = epoch + 1  # epochs are numbered by how many are done, as checkpoints are
             row = {"epoch": done, **row}
             if self.sample_images_due(done):
@@ -280,20 +286,23 @@ class FlowGRPOTrainer:
         if self.cache_mode == "epoch":
             # memory bounded by the epoch's prompts, not by a data set of tens of thousands
             self.cache = self.new_prompt_cache()
+        algorithm = self.algorithm
         for indices in tqdm(batches, desc="sampling", leave=False, disable=not self.is_main):
             prompts = [self.prompts[i] for i in indices]
             start = self.group_start_noise(epoch, indices) if self.cfg.train.same_latent else None
-            window = self.cfg.rollout.draw_window(self.window_gen)
-            with self.accelerator.autocast():
+            window = algorithm.epoch_window(epoch, self.window_gen)
+            with self.accelerator.autocast(), algorithm.sampling_weights():
                 rollout = sample(
                     self.pipe,
                     unwrapped,
                     self.cache,
                     prompts,
-                    self.cfg.rollout,
+                    algorithm.rollout_config(window),
                     self.noise_gen,
                     latents=start,
                     window=window,
+                    record_means=algorithm.record_means,
+                    ode_solver=algorithm.ode_solver(),
                 )
             metadata = [self.metadata[i] for i in indices]
             if self.scorer is not None:
@@ -338,8 +347,11 @@ class FlowGRPOTrainer:
         mine = advantages[acc.process_index * local : (acc.process_index + 1) * local]
         return mine, stats
 
-    def train_epoch(self, rollout: Rollout, advantages: torch.Tensor) -> dict[str, float]:
-        """One inner epoch over this rank's samples with non-zero advantage, every trained step.
+    def train_epoch(
+        self, rollout: Rollout, advantages: torch.Tensor, valid: torch.Tensor
+    ) -> dict[str, float]:
+        """One inner epoch over this rank's samples with non-zero advantage (with a valid reward,
+        for an algorithm that trains zero advantages too), every trained step.
 
         The kept samples are split into the same number of micro-batches on every rank (a rank
         that runs out trains a weight-0 stand-in), and gradients accumulate over
@@ -347,10 +359,13 @@ class FlowGRPOTrainer:
         steps after every micro-batch, as in the reference.
         """
         t, acc = self.cfg.train, self.accelerator
-        keep = (advantages != 0).nonzero().flatten()
+        rollout = self.algorithm.prepare_training(rollout)
+        num_steps = self.algorithm.train_steps_this_epoch(rollout)
+        mask = valid if self.algorithm.trains_zero_advantage else advantages != 0
+        keep = mask.nonzero().flatten()
         kept = int(acc.gather(torch.tensor([keep.numel()], device=acc.device)).sum())
-        if kept == 0:
-            log.warning("every advantage is 0 this epoch (all rewards equal or NaN); no update")
+        if kept == 0 or num_steps == 0:
+            log.warning("nothing to train this epoch (no kept sample or no window step)")
             skipped = dict.fromkeys(LOSS_METRICS + ("grad_norm", *MAX_METRICS), math.nan)
             return skipped | {"kept_samples": 0.0, "optimizer_step": float(self.optimizer_step)}
         if t.shuffle_samples:
@@ -363,10 +378,11 @@ class FlowGRPOTrainer:
         # compiled blocks keep static shapes: every micro-batch padded to the largest possible
         pad_to = -(-self.layout.batches_per_epoch * t.batch_size // self.micro_batches)
         chunks = micro_batch_chunks(keep, self.micro_batches, pad_to if t.compile else None)
+        self.set_accumulation(num_steps)
         for chunk, weight in tqdm(chunks, desc="training", leave=False, disable=not self.is_main):
             weight = weight.to(acc.device)
             batch, batch_advantages = rollout.select(chunk), advantages[chunk].to(acc.device)
-            for position in range(self.num_train_steps):
+            for position in range(num_steps):
                 with acc.accumulate(self.transformer):
                     out = self.step_loss(batch, position, batch_advantages, weight)
                     acc.backward(out.loss)
@@ -384,7 +400,7 @@ class FlowGRPOTrainer:
                 if acc.sync_gradients:
                     self.optimizer_step += 1
                 for name in LOSS_METRICS:
-                    means[name] += float(getattr(out, name)) / (len(chunks) * self.num_train_steps)
+                    means[name] += float(getattr(out, name)) / (len(chunks) * num_steps)
             if self.ema is not None:
                 self.ema.step(self.optimizer_step)
         means["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
@@ -395,31 +411,22 @@ class FlowGRPOTrainer:
     def step_loss(
         self, batch: Rollout, position: int, advantages: torch.Tensor, weight: torch.Tensor
     ) -> StepLoss:
-        """Loss of the ``position``-th trained step of one micro-batch: policy forward, reference
-        forward (only when ``train.beta > 0``), KL."""
-        cfg, t = self.cfg, self.cfg.train
-        with self.accelerator.autocast():
-            log_prob, mean, std = step_log_prob(
-                self.transformer, batch, position, self.cache, cfg.rollout
-            )
-            kl = None
-            if self.reference is not None:
-                with torch.no_grad(), self.reference.active() as ref_model:
-                    _, ref_mean, _ = step_log_prob(
-                        ref_model, batch, position, self.cache, cfg.rollout
-                    )
-                include_dt = t.kl_include_dt and cfg.rollout.sde_kind == "sde"
-                kl = kl_to_reference(mean, ref_mean, std, batch.step_dt(position), include_dt)
-        return grpo_step_loss(
-            log_prob,
-            batch.old_log_prob(position),
-            advantages,
-            weight,
-            clip_range=t.clip_range,
-            adv_clip_max=t.adv_clip_max,
-            beta=t.beta,
-            kl=kl,
-        )
+        """Loss of the ``position``-th trained step of one micro-batch: the algorithm's."""
+        return self.algorithm.step_loss(self, batch, position, advantages, weight)
+
+    def set_accumulation(self, num_steps: int) -> None:
+        """Accumulate over this epoch's micro-batches x ``num_steps`` trained steps (fewer than
+        planned only where an algorithm's window shrinks, as MixGRPO's at its tail)."""
+        acc = self.accelerator
+        steps = self.micro_batches // self.cfg.train.optimizer_steps_per_epoch * num_steps
+        if steps != acc.gradient_accumulation_steps:
+            if acc.distributed_type == DistributedType.DEEPSPEED:
+                raise LaunchError(
+                    f"this epoch trains {num_steps} steps instead of {self.num_train_steps}, and "
+                    "DeepSpeed fixes gradient accumulation at launch: keep the run inside the "
+                    "algorithm's full-size windows (e.g. fewer epochs)"
+                )
+            acc.gradient_accumulation_steps = steps
 
     def sample_images_due(self, epochs_done: int) -> bool:
         """Sample grids after the first epoch, every ``log.sample_every_n_epochs`` and the last."""
@@ -463,6 +470,7 @@ class FlowGRPOTrainer:
             "sampler": self.sampler.state_dict(),
             "tracker": self.tracker.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "algorithm": self.algorithm.state_dict(),
             "metrics_row": row,
             "per_rank": {
                 "noise_gen": self.noise_gen.get_state(),
@@ -480,6 +488,7 @@ class FlowGRPOTrainer:
         self.start_epoch = state["epochs_done"]
         self.optimizer_step = state["optimizer_step"]
         self.sampler.load_state_dict(state["sampler"])
+        self.algorithm.load_state_dict(state.get("algorithm", {}))
         self.tracker.load_state_dict(state["tracker"])
         if self.ema is not None:
             if state["ema"] is None:
