@@ -127,6 +127,7 @@ class TrainConfig:
     model: dict[str, Any]
     reward: DictConfig  # kept as a node: it may interpolate the root (e.g. ${judge})
     eval_hook: dict[str, Any]
+    eval_rewards: Any  # rl.heldout.EvalRewardsSection, its rewards kept as config nodes
 
 
 SCHEMAS = {
@@ -182,6 +183,7 @@ def parse_config(cfg: DictConfig) -> TrainConfig:
     except (ValueError, OmegaConfBaseException) as err:
         problems.append(f"algorithm: {str(err).splitlines()[0]}")
     problems += value_problems(sections)
+    eval_rewards = parse_eval_rewards(cfg.get("eval_rewards"), problems)
     try:
         from rl.models import precision_plan
 
@@ -204,8 +206,36 @@ def parse_config(cfg: DictConfig) -> TrainConfig:
         model=plain("model"),
         reward=cfg.reward,
         eval_hook=plain("eval_hook"),
+        eval_rewards=eval_rewards,
         **sections,
     )
+
+
+def parse_eval_rewards(node: Any, problems: list[str]) -> Any:
+    """``eval_rewards`` as :class:`rl.heldout.EvalRewardsSection`; its reward nodes stay nodes
+    (a reward may interpolate the root, e.g. ``${judge}``). Problems are appended."""
+    from rl.heldout import EvalRewardsSection
+
+    if node is None:
+        return EvalRewardsSection()
+    rest = {k: v for k, v in OmegaConf.to_container(node, resolve=False).items() if k != "rewards"}
+    try:
+        section = OmegaConf.to_object(
+            OmegaConf.merge(OmegaConf.structured(EvalRewardsSection), rest)
+        )
+    except OmegaConfBaseException as err:
+        problems.append(f"eval_rewards: {str(err).splitlines()[0]}")
+        return EvalRewardsSection()
+    rewards = node.get("rewards") or {}
+    if not hasattr(rewards, "items"):
+        problems.append("eval_rewards.rewards must map a name to a reward config")
+        return section
+    section.rewards = {str(name): rewards[name] for name in rewards}
+    if section.every_n_epochs < 0 or section.patience < 1 or section.num_prompts < 1:
+        problems.append(
+            "eval_rewards: every_n_epochs must be >= 0, patience >= 1 and num_prompts >= 1"
+        )
+    return section
 
 
 def value_problems(s: dict[str, Any]) -> list[str]:

@@ -59,9 +59,11 @@ from rl.config import (
 )
 from rl.distributed import LaunchError, configure_deepspeed, distributed_state
 from rl.ema import EMA
+from rl.heldout import CURVE_FILE as HELDOUT_CURVE
+from rl.heldout import HeldOutEvaluator, eval_rollout_config, plot_heldout
 from rl.lora import ReferencePolicy, base_model_name, export_lora, make_trainable
 from rl.loss import StepLoss
-from rl.metrics import RunLogger
+from rl.metrics import RunLogger, read_rows
 from rl.models import (
     ModelFolderError,
     apply_precision,
@@ -149,6 +151,9 @@ class FlowGRPOTrainer:
         set_seed(cfg.seed)  # identical LoRA init on every rank
         pipe = load_pipeline(cfg.model)  # checks a model folder before any weights load
         self.reward: Reward = build_reward(cfg.reward)
+        # held-out rewards (eval_rewards): built on rank 0 only, and only when listed
+        wanted = bool(cfg.eval_rewards.rewards) and acc.is_main_process
+        self.heldout = HeldOutEvaluator(cfg.eval_rewards, self.prompts) if wanted else None
         self.precision = precision_plan(t.mixed_precision, cfg.model.get("dtype") or "float32")
         apply_precision(pipe, self.precision)
         pipe.vae.to(acc.device)
@@ -267,8 +272,12 @@ class FlowGRPOTrainer:
                 self.logger.save_samples(done, *self.sample_preview(rollout, scores))
             row |= timer.seconds
             row["images_per_s"] = self.layout.images_per_epoch / timer.seconds["sample_s"]
+            checkpointed = done % self.cfg.checkpoint.every_n_epochs == 0
+            checkpointed = checkpointed or done == self.cfg.train.epochs
+            with timer("eval_s"):  # before the checkpoint, which saves the divergence history
+                row |= self.heldout_rewards(done, checkpointed)
             with timer("checkpoint_s"):
-                if done % self.cfg.checkpoint.every_n_epochs == 0 or done == self.cfg.train.epochs:
+                if checkpointed:
                     self.save(done, row)
             with timer("eval_s"):
                 row |= self.maybe_evaluate(done)
@@ -457,6 +466,31 @@ class FlowGRPOTrainer:
         self.accelerator.wait_for_everyone()
         return results
 
+    def heldout_rewards(self, epochs_done: int, checkpointed: bool) -> dict[str, float]:
+        """Rank 0: sample the eval prompts by the ODE from fixed noise with the trained weights and
+        score them with the training and held-out rewards (rl/heldout.py); {} when not due."""
+        section = self.cfg.eval_rewards
+        every = section.every_n_epochs
+        due = checkpointed or (every > 0 and epochs_done % every == 0)
+        if not section.rewards or not due:
+            return {}
+        row: dict[str, float] = {}
+        if self.heldout is not None:
+            unwrapped = self.accelerator.unwrap_model(self.transformer)
+            unwrapped.eval()
+            prompts, size = self.heldout.prompts, self.cfg.train.batch_size
+            generator = torch.Generator().manual_seed(section.seed)
+            rollout_cfg = eval_rollout_config(self.cfg.rollout)
+            images = []
+            with self.trained_weights(), self.accelerator.autocast():
+                for i in range(0, len(prompts), size):
+                    chunk = prompts[i : i + size]
+                    out = sample(self.pipe, unwrapped, self.cache, chunk, rollout_cfg, generator)
+                    images.append(out.images)
+            row = self.heldout.evaluate(torch.cat(images), self.reward)
+        self.accelerator.wait_for_everyone()
+        return row
+
     def trained_weights(self):
         """The weights to export and evaluate: the EMA's when enabled, else the live ones."""
         return self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
@@ -471,6 +505,7 @@ class FlowGRPOTrainer:
             "tracker": self.tracker.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "algorithm": self.algorithm.state_dict(),
+            "heldout": self.heldout.monitor.state_dict() if self.heldout is not None else None,
             "metrics_row": row,
             "per_rank": {
                 "noise_gen": self.noise_gen.get_state(),
@@ -489,6 +524,8 @@ class FlowGRPOTrainer:
         self.optimizer_step = state["optimizer_step"]
         self.sampler.load_state_dict(state["sampler"])
         self.algorithm.load_state_dict(state.get("algorithm", {}))
+        if self.heldout is not None and state.get("heldout") is not None:
+            self.heldout.monitor.load_state_dict(state["heldout"])
         self.tracker.load_state_dict(state["tracker"])
         if self.ema is not None:
             if state["ema"] is None:
@@ -524,10 +561,14 @@ class FlowGRPOTrainer:
         if self.is_main:
             self.export(self.run_dir, self.cfg.train.epochs)
             self.logger.finish()
+            if self.heldout is not None:
+                plot_heldout(read_rows(self.logger.path), self.run_dir / HELDOUT_CURVE)
             log.info("done; metrics, samples, checkpoints and the LoRA are in %s", self.run_dir)
         if self.scorer is not None:
             self.scorer.close()
         self.reward.release()
+        if self.heldout is not None:
+            self.heldout.release()
         self.accelerator.end_training()
         torch.set_num_threads(self.threads_before)
 

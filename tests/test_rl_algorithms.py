@@ -367,6 +367,8 @@ def test_nft_refuses_cfg_and_windows_and_trains_zero_advantages():
         preset("demo", "algorithm=diffusion_nft", "rollout.sde_window=null")
     with pytest.raises(ConfigError, match="diffusion_nft samples ODE-only"):
         preset("demo_nft", "rollout.sde_window=[0,4]")
+    with pytest.raises(ConfigError, match="every image of a group identical"):
+        preset("demo_nft", "train.same_latent=true")
     nft = build_algorithm(parse_algorithm({"name": "diffusion_nft"}), RolloutConfig())
     assert nft.trains_zero_advantage and nft.rollout_config(None).noise_level == 0.0
     with pytest.raises(ConfigError, match="algorithm.name='nft' is not one of"):

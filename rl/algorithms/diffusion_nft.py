@@ -258,6 +258,11 @@ class DiffusionNFT(Algorithm):
                 "algorithm=diffusion_nft samples ODE-only and trains forward-process timesteps: "
                 "unset rollout.sde_window and rollout.sde_window_size (see experiment=demo_nft)"
             )
+        if train.same_latent:
+            out.append(
+                "algorithm=diffusion_nft samples by the ODE, so train.same_latent=true would make "
+                "every image of a group identical (no advantage): set it false"
+            )
         if s.decay_type not in DECAY_TYPES:
             out.append(f"algorithm.decay_type={s.decay_type} must be one of {sorted(DECAY_TYPES)}")
         if s.adv_mode not in ADV_MODES:
