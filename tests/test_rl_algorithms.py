@@ -21,6 +21,7 @@ import math
 import pytest
 import torch
 from test_rl_reference import check, preset
+from test_rl_train import TINY, run_training, timing_free
 
 from rl.algorithms import build_algorithm, parse_algorithm
 from rl.algorithms.diffusion_nft import (
@@ -373,3 +374,30 @@ def test_nft_refuses_cfg_and_windows_and_trains_zero_advantages():
     assert nft.trains_zero_advantage and nft.rollout_config(None).noise_level == 0.0
     with pytest.raises(ConfigError, match="algorithm.name='nft' is not one of"):
         preset("demo", "algorithm.name=nft")
+
+
+# ---------------------------------------------------------------------------------- in the trainer
+def tiny(experiment: str, *overrides: str) -> list[str]:
+    return [f"experiment={experiment}", *TINY[1:], "log.sample_every_n_epochs=0", *overrides]
+
+
+def test_guard_and_mixgrpo_flash_train_on_policy_in_the_trainer(tmp_path):
+    guard = run_training(tmp_path / "guard", tiny("demo", "algorithm=grpo_guard", "train.epochs=1"))
+    assert guard[0]["onpolicy_log_ratio_abs_max"] == 0.0 and guard[0]["optimizer_step"] == 1
+    mix = run_training(
+        tmp_path / "mix",
+        tiny("demo_mixgrpo", "algorithm.window_size=2", "algorithm.iters_per_group=1",
+             "algorithm.flash=true", "train.epochs=2"),
+    )  # fmt: skip
+    assert [r["onpolicy_log_ratio_abs_max"] for r in mix] == [0.0, 0.0]
+    assert mix[-1]["optimizer_step"] == 2 and mix[-1]["kept_samples"] > 0
+
+
+def test_nft_resume_restores_the_old_policy_and_equals_the_straight_run(tmp_path):
+    overrides = tiny("demo_nft", "train.learning_rate=1e-2")
+    straight = run_training(tmp_path / "straight", [*overrides, "train.epochs=2"])
+    run_training(tmp_path / "resumed", [*overrides, "train.epochs=1"])
+    resumed = run_training(tmp_path / "resumed", [*overrides, "train.epochs=2", "resume=latest"])
+    assert timing_free(resumed) == timing_free(straight)
+    assert [r["old_policy_decay"] for r in straight] == [0.001, 0.002]  # decay_type 1
+    assert straight[-1]["reward_std"] > 0 and straight[-1]["kept_samples"] == 4
