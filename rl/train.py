@@ -79,7 +79,7 @@ log = logging.getLogger(__name__)
 LOSS_METRICS = ("policy_loss", "kl", "clipfrac", "approx_kl")  # epoch means
 MAX_METRICS = ("log_ratio_abs_max", "onpolicy_log_ratio_abs_max")  # epoch maxima over ranks
 # Per-rank generator seeds: distinct per rank and purpose, fixed by the run seed.
-NOISE_STREAM, SHUFFLE_STREAM, WINDOW_STREAM = 1, 2, 3
+NOISE_STREAM, SHUFFLE_STREAM, WINDOW_STREAM, ALGORITHM_STREAM = 1, 2, 3, 4
 
 
 def rank_seed(seed: int, rank: int, stream: int) -> int:
@@ -162,7 +162,7 @@ class FlowGRPOTrainer:
 
         transformer = pipe.transformer.to(acc.device)
         self.params = make_trainable(transformer, cfg.lora)
-        self.algorithm.bind(self.params)
+        self.algorithm.bind(self.params, rank_seed(cfg.seed, acc.process_index, ALGORITHM_STREAM))
         # beta = 0 (the fast preset): no reference policy, so its forward never runs
         self.reference = ReferencePolicy(transformer, cfg.lora) if t.beta > 0 else None
         if t.gradient_checkpointing:

@@ -44,8 +44,9 @@ class Algorithm:
         self.settings = settings
         self.rollout = rollout
 
-    def bind(self, params: list[torch.nn.Parameter]) -> None:
-        """Called once the trained parameters exist (DiffusionNFT copies its old policy here)."""
+    def bind(self, params: list[torch.nn.Parameter], seed: int) -> None:
+        """Called once the trained parameters exist, with a seed of this rank's own (DiffusionNFT
+        copies its old policy and seeds its training noise here)."""
 
     # -------------------------------------------------------------- what a rollout records
     def rollout_config(self, window: tuple[int, int] | None) -> RolloutConfig:

@@ -62,7 +62,6 @@ class DiffusionNFTSettings:
         adv_mode: ``config.train.adv_mode`` ("all"; or positive_only, negative_only, one_only,
             binary).
         solver_order: the sampling solver, DPM-Solver++ of order 1 or 2 (``solver="dpm2"``).
-        seed: seeds the training noise and timestep permutations (saved for exact resume).
     """
 
     name: str = "diffusion_nft"
@@ -70,7 +69,6 @@ class DiffusionNFTSettings:
     decay_type: int = 1
     adv_mode: str = "all"
     solver_order: int = 2
-    seed: int = 0
 
 
 def old_policy_decay(optimizer_step: int, decay_type: int) -> float:
@@ -176,10 +174,11 @@ class DiffusionNFT(Algorithm):
     def __init__(self, settings: DiffusionNFTSettings, rollout: RolloutConfig) -> None:
         super().__init__(settings, rollout)
         self.old: OldPolicy | None = None
-        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.generator = torch.Generator()  # training noise and timesteps (seeded per rank)
 
-    def bind(self, params: list[torch.nn.Parameter]) -> None:
+    def bind(self, params: list[torch.nn.Parameter], seed: int) -> None:
         self.old = OldPolicy(params)
+        self.generator.manual_seed(seed)
 
     def rollout_config(self, window: tuple[int, int] | None) -> RolloutConfig:
         return replace(self.rollout, noise_level=0.0)

@@ -91,12 +91,14 @@ class MixGRPO(FlowGRPO):
         super().__init__(settings, rollout)
         self.epoch = 0
 
-    def epoch_window(self, epoch: int, generator: torch.Generator) -> tuple[int, int]:
+    def epoch_window(self, epoch: int, generator: torch.Generator) -> tuple[int, int] | None:
+        """This epoch's window; None for the code's empty tail window (sampled ODE-only)."""
         self.epoch = epoch
-        return epoch_window(epoch, self.settings, self.rollout.num_steps)
+        start, end = epoch_window(epoch, self.settings, self.rollout.num_steps)
+        return (start, end) if end > start else None
 
     def rollout_config(self, window: tuple[int, int] | None) -> RolloutConfig:
-        if window is None or window[0] == window[1]:  # the code's empty tail window: ODE only
+        if window is None:  # the empty tail window: every step ODE, nothing trained
             return replace(self.rollout, noise_level=0.0)
         return replace(self.rollout, sde_window=window)
 
