@@ -5,7 +5,8 @@ merges the composed Hydra config into these schemas (an unknown or mistyped key 
 the section and key), then checks the values and how they combine, and raises ONE
 :class:`ConfigError` listing every problem, one line each, before anything heavy loads. The
 ``model``, ``reward``, ``judge`` and ``eval_hook`` nodes belong to their own builders and pass
-through untouched; ``rollout`` is checked by building :class:`rl.rollout.RolloutConfig`.
+through untouched; ``rollout`` is checked by building :class:`rl.rollout.RolloutConfig` and
+``algorithm`` by :func:`rl.algorithms.parse_algorithm`, then against the rollout and train sections.
 
 Also here: the OmegaConf resolvers that give a multi-process run ONE run folder (rank 0 picks the
 timestamp and shares it) and keep Hydra's own files to rank 0.
@@ -127,6 +128,7 @@ class TrainConfig:
     resume: str | None
     data: DataSection
     rollout: Any  # rl.rollout.RolloutConfig
+    algorithm: Any  # the settings dataclass of rl.algorithms (conf/algorithm/)
     train: TrainSection
     lora: LoraSettings
     ema: EmaSection
@@ -136,6 +138,7 @@ class TrainConfig:
     model: dict[str, Any]
     reward: DictConfig  # kept as a node: it may interpolate the root (e.g. ${judge})
     eval_hook: dict[str, Any]
+    eval_rewards: Any  # rl.heldout.EvalRewardsSection, its rewards kept as config nodes
 
 
 SCHEMAS = {
@@ -184,7 +187,17 @@ def parse_config(cfg: DictConfig) -> TrainConfig:
         rollout = RolloutConfig(**node)  # makes sde_window a tuple
     except (TypeError, ValueError) as err:
         problems.append(f"rollout: {err}")
+    algorithm = None
+    try:
+        from rl.algorithms import algorithm_problems, parse_algorithm
+
+        algorithm = parse_algorithm(cfg.get("algorithm"))
+        if rollout is not None:
+            problems += algorithm_problems(algorithm, rollout, sections["train"])
+    except (ValueError, OmegaConfBaseException) as err:
+        problems.append(f"algorithm: {str(err).splitlines()[0]}")
     problems += value_problems(sections)
+    eval_rewards = parse_eval_rewards(cfg.get("eval_rewards"), problems)
     try:
         from rl.models import precision_plan
 
@@ -203,11 +216,40 @@ def parse_config(cfg: DictConfig) -> TrainConfig:
         seed=int(cfg.get("seed", 0)),
         resume=cfg.get("resume"),
         rollout=rollout,
+        algorithm=algorithm,
         model=plain("model"),
         reward=cfg.reward,
         eval_hook=plain("eval_hook"),
+        eval_rewards=eval_rewards,
         **sections,
     )
+
+
+def parse_eval_rewards(node: Any, problems: list[str]) -> Any:
+    """``eval_rewards`` as :class:`rl.heldout.EvalRewardsSection`; its reward nodes stay nodes
+    (a reward may interpolate the root, e.g. ``${judge}``). Problems are appended."""
+    from rl.heldout import EvalRewardsSection
+
+    if node is None:
+        return EvalRewardsSection()
+    rest = {k: v for k, v in OmegaConf.to_container(node, resolve=False).items() if k != "rewards"}
+    try:
+        section = OmegaConf.to_object(
+            OmegaConf.merge(OmegaConf.structured(EvalRewardsSection), rest)
+        )
+    except OmegaConfBaseException as err:
+        problems.append(f"eval_rewards: {str(err).splitlines()[0]}")
+        return EvalRewardsSection()
+    rewards = node.get("rewards") or {}
+    if not hasattr(rewards, "items"):
+        problems.append("eval_rewards.rewards must map a name to a reward config")
+        return section
+    section.rewards = {str(name): rewards[name] for name in rewards}
+    if section.every_n_epochs < 0 or section.patience < 1 or section.num_prompts < 1:
+        problems.append(
+            "eval_rewards: every_n_epochs must be >= 0, patience >= 1 and num_prompts >= 1"
+        )
+    return section
 
 
 def value_problems(s: dict[str, Any]) -> list[str]:

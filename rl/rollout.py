@@ -35,7 +35,7 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from diffusers import DiffusionPipeline
@@ -44,6 +44,9 @@ from tqdm.auto import tqdm
 
 from rl.families import ModelFamily, family_of
 from rl.sde import sde_step
+
+if TYPE_CHECKING:
+    from rl.algorithms.solvers import DPMSolver
 
 PROMPT_CACHE_MODES = ("auto", "all", "epoch")
 
@@ -467,10 +470,19 @@ class Rollout:
     sigmas: torch.Tensor  # [T + 1]
     train_steps: torch.Tensor  # [B, S] int64
     images: torch.Tensor  # [B, 3, H, W] in [0, 1]
+    means: torch.Tensor | None = None  # [B, T, C, h, w] each step's mean, if an algorithm asks
 
     _PER_SAMPLE = (
         "embeds", "pooled", "latents", "log_probs", "timesteps", "train_steps", "images",
     )  # fmt: skip
+
+    def _per_sample(self) -> tuple[str, ...]:
+        return self._PER_SAMPLE + (("means",) if self.means is not None else ())
+
+    def old_mean(self, position: int) -> torch.Tensor:
+        """The rollout's step mean [B, ...] of each sample's ``position``-th trained transition."""
+        step = self.step_index(position).to(self.means.device)
+        return self.means[torch.arange(step.numel(), device=step.device), step]
 
     @property
     def num_train_steps(self) -> int:
@@ -497,7 +509,7 @@ class Rollout:
         else:
             index = torch.as_tensor(index)
             positions = (index.nonzero().flatten() if index.dtype == torch.bool else index).tolist()
-        chosen = {name: getattr(self, name)[positions] for name in self._PER_SAMPLE}
+        chosen = {name: getattr(self, name)[positions] for name in self._per_sample()}
         return replace(self, prompts=[self.prompts[i] for i in positions], **chosen)
 
     def to(self, device: torch.device | str) -> Rollout:
@@ -521,7 +533,8 @@ class Rollout:
                 raise ValueError(
                     "Rollout.cat needs rollouts with the same sigmas and number of trained steps"
                 )
-        joined = {name: torch.cat([getattr(r, name) for r in rollouts]) for name in cls._PER_SAMPLE}
+        names = first._per_sample()
+        joined = {name: torch.cat([getattr(r, name) for r in rollouts]) for name in names}
         return replace(first, prompts=[p for r in rollouts for p in r.prompts], **joined)
 
 
@@ -550,6 +563,8 @@ def sample(
     generator: torch.Generator | list[torch.Generator] | None = None,
     latents: torch.Tensor | None = None,
     window: tuple[int, int] | None = None,
+    record_means: bool = False,
+    ode_solver: DPMSolver | None = None,
 ) -> Rollout:
     """Sample one image per prompt along the SDE/ODE schedule of ``cfg`` and record the trajectory.
 
@@ -557,29 +572,42 @@ def sample(
     (peft, accelerate). ``generator`` draws the start noise (unless ``latents`` [B, *latent_shape]
     of the family is given) and every step's noise. ``window`` is this batch's SDE window:
     required when ``cfg`` draws random windows (``cfg.draw_window(generator)``), else ``cfg``'s
-    fixed window or none.
+    fixed window or none. ``record_means`` keeps every step's mean (GRPO-Guard); ``ode_solver``
+    takes the ODE steps from its start on instead of Euler, possibly on a re-spaced schedule
+    (MixGRPO-Flash, DiffusionNFT).
     """
     window = cfg.check_window(window)
     device, family, size = cache.device, family_of(pipe), (cfg.height, cfg.width)
     embeds, pooled = cache.encode(prompts)
     neg_embeds, neg_pooled = _negative(cache, cfg)
     timesteps, sigmas = family.schedule(pipe, cfg.num_steps, cfg.height, cfg.width, device)
+    solver = ode_solver.begin(timesteps, sigmas, window) if ode_solver is not None else None
+    if solver is not None:
+        timesteps, sigmas = solver.timesteps, solver.sigmas
     x = family.prepare_latents(
         pipe, len(prompts), cfg.height, cfg.width, device, generator, latents
     )
     sigma_max = sigmas[1].item()
-    trajectory, log_probs = [x], []
+    trajectory, log_probs, means = [x], [], []
     for i, t in enumerate(timesteps):
         velocity = predict_velocity(
             transformer, x, t.expand(len(prompts)), embeds, pooled, neg_embeds, neg_pooled,
             cfg.guidance_scale, size,
         )  # fmt: skip
-        x, log_prob, _, _ = sde_step(
-            x, velocity, sigmas[i], sigmas[i + 1], cfg.step_noise_level(i, window),
-            generator=generator, kind=cfg.sde_kind, sigma_max=sigma_max,
-        )  # fmt: skip
+        if solver is not None and solver.solves(i):
+            x = mean = solver.step(i, x, velocity)
+            log_prob = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
+        else:
+            if solver is not None:
+                solver.observe(i, x, velocity)
+            x, log_prob, mean, _ = sde_step(
+                x, velocity, sigmas[i], sigmas[i + 1], cfg.step_noise_level(i, window),
+                generator=generator, kind=cfg.sde_kind, sigma_max=sigma_max,
+            )  # fmt: skip
         trajectory.append(x)
         log_probs.append(log_prob)
+        if record_means:
+            means.append(mean)
     train_steps = torch.tensor(cfg.train_steps(window), dtype=torch.long)
     return Rollout(
         prompts=list(prompts),
@@ -591,6 +619,7 @@ def sample(
         sigmas=sigmas,
         train_steps=train_steps.expand(len(prompts), -1).clone(),
         images=decode_images(pipe, x, size),
+        means=torch.stack(means, dim=1) if record_means else None,
     )
 
 

@@ -36,7 +36,7 @@ import hydra
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
@@ -45,6 +45,7 @@ from rewards.async_reward import AsyncReward
 from rewards.judges.base import JudgeError
 from rewards.rubric_set import RubricSetError
 from rl.advantages import PromptStatTracker
+from rl.algorithms import build_algorithm
 from rl.checkpoint import (
     CheckpointManager,
     UntrustedCheckpointError,
@@ -70,9 +71,11 @@ from rl.guards import (
     check_finite,
     exit_with,
 )
+from rl.heldout import CURVE_FILE as HELDOUT_CURVE
+from rl.heldout import HeldOutEvaluator, eval_rollout_config, plot_heldout
 from rl.lora import ReferencePolicy, base_model_name, export_lora, make_trainable
-from rl.loss import StepLoss, grpo_step_loss, kl_to_reference
-from rl.metrics import MetricsFileError, RunLogger
+from rl.loss import StepLoss
+from rl.metrics import MetricsFileError, RunLogger, read_rows
 from rl.models import (
     ModelFolderError,
     apply_precision,
@@ -81,7 +84,7 @@ from rl.models import (
     precision_plan,
 )
 from rl.redact import protect_run
-from rl.rollout import PromptCache, Rollout, move_text_encoders, sample, step_log_prob
+from rl.rollout import PromptCache, Rollout, move_text_encoders, sample
 from rl.sampler import GroupLayout, GroupSampler, SamplerConfigError, load_prompts
 
 log = logging.getLogger(__name__)
@@ -94,7 +97,7 @@ PROMPT_CACHE_SOURCES = {
     "disk": "read from rollout.prompt_cache_dir (no encoder ran)",
 }
 # Per-rank generator seeds: distinct per rank and purpose, fixed by the run seed.
-NOISE_STREAM, SHUFFLE_STREAM, WINDOW_STREAM = 1, 2, 3
+NOISE_STREAM, SHUFFLE_STREAM, WINDOW_STREAM, ALGORITHM_STREAM = 1, 2, 3, 4
 
 
 def rank_seed(seed: int, rank: int, stream: int) -> int:
@@ -138,7 +141,10 @@ class FlowGRPOTrainer:
         self.prompts, self.metadata = load_prompts(cfg.data.prompts, cfg.data.prompt_file)
         self.layout, self.micro_batches = epoch_plan(t, len(self.prompts), state.num_processes)
         self.sampler = GroupSampler(self.layout, rank=state.process_index, seed=cfg.seed)
-        self.num_train_steps = cfg.rollout.num_train_steps
+        # the algorithm (conf/algorithm/) says which steps a rollout trains and how they turn into
+        # a loss; accumulation spans its largest number of trained steps per rollout
+        self.algorithm = build_algorithm(cfg.algorithm, cfg.rollout)
+        self.num_train_steps = self.algorithm.max_train_steps
         accumulation = self.micro_batches // t.optimizer_steps_per_epoch * self.num_train_steps
         self.accelerator = acc = Accelerator(
             mixed_precision=t.mixed_precision, gradient_accumulation_steps=accumulation
@@ -169,6 +175,9 @@ class FlowGRPOTrainer:
         reward.check_prompts(self.prompts, self.metadata)  # e.g. OCR: each needs a "text"
         # a hung judge costs at most train.reward_timeout_s per call (rl/guards.py)
         self.reward = TimeLimitedReward(reward, t.reward_timeout_s)
+        # held-out rewards (eval_rewards): built on rank 0 only, and only when listed
+        wanted = bool(cfg.eval_rewards.rewards) and acc.is_main_process
+        self.heldout = HeldOutEvaluator(cfg.eval_rewards, self.prompts) if wanted else None
         self.precision = precision_plan(t.mixed_precision, cfg.model.get("dtype") or "float32")
         apply_precision(pipe, self.precision)
         pipe.vae.to(acc.device)
@@ -177,6 +186,7 @@ class FlowGRPOTrainer:
 
         transformer = pipe.transformer.to(acc.device)
         self.params = make_trainable(transformer, cfg.lora)
+        self.algorithm.bind(self.params, rank_seed(cfg.seed, acc.process_index, ALGORITHM_STREAM))
         # beta = 0 (the fast preset): no reference policy, so its forward never runs
         self.reference = ReferencePolicy(transformer, cfg.lora) if t.beta > 0 else None
         if t.gradient_checkpointing:
@@ -294,16 +304,23 @@ class FlowGRPOTrainer:
             # a failed epoch (too many NaN rewards) is neither trained on nor checkpointed
             usable = self.rewards_usable(epoch + 1, row)
             with timer("train_s"):
-                row |= self.train_epoch(rollout, advantages) if usable else self.no_update()
+                if usable:
+                    row |= self.train_epoch(rollout, advantages, ~torch.isnan(scores.scores))
+                    row |= self.algorithm.end_epoch(self.optimizer_step)
+                else:
+                    row |= self.no_update()
             done = epoch + 1  # epochs are numbered by how many are done, as checkpoints are
             row = {"epoch": done, **row}
             if self.sample_images_due(done):
                 self.logger.save_samples(done, *self.sample_preview(rollout, scores))
             row |= timer.seconds
             row["images_per_s"] = self.layout.images_per_epoch / timer.seconds["sample_s"]
+            checkpointed = done % self.cfg.checkpoint.every_n_epochs == 0
+            checkpointed = checkpointed or done == self.cfg.train.epochs
+            with timer("eval_s"):  # before the checkpoint, which saves the divergence history
+                row |= self.heldout_rewards(done, checkpointed)
             with timer("checkpoint_s"):
-                due = done % self.cfg.checkpoint.every_n_epochs == 0
-                if usable and (due or done == self.cfg.train.epochs):
+                if usable and checkpointed:
                     self.save(done, row)
             with timer("eval_s"):
                 row |= self.maybe_evaluate(done)
@@ -329,20 +346,23 @@ class FlowGRPOTrainer:
                 self.cache.encode_released(epoch_prompts + negative)
             else:
                 self.cache.encode_all(epoch_prompts + negative)
+        algorithm = self.algorithm
         for indices in tqdm(batches, desc="sampling", leave=False, disable=not self.is_main):
             prompts = [self.prompts[i] for i in indices]
             start = self.group_start_noise(epoch, indices) if self.cfg.train.same_latent else None
-            window = self.cfg.rollout.draw_window(self.window_gen)
-            with self.accelerator.autocast():
+            window = algorithm.epoch_window(epoch, self.window_gen)
+            with self.accelerator.autocast(), algorithm.sampling_weights():
                 rollout = sample(
                     self.pipe,
                     unwrapped,
                     self.cache,
                     prompts,
-                    self.cfg.rollout,
+                    algorithm.rollout_config(window),
                     self.noise_gen,
                     latents=start,
                     window=window,
+                    record_means=algorithm.record_means,
+                    ode_solver=algorithm.ode_solver(),
                 )
             metadata = [self.metadata[i] for i in indices]
             if self.scorer is not None:
@@ -410,8 +430,11 @@ class FlowGRPOTrainer:
             "optimizer_step": float(self.optimizer_step),
         }
 
-    def train_epoch(self, rollout: Rollout, advantages: torch.Tensor) -> dict[str, float]:
-        """One inner epoch over this rank's samples with non-zero advantage, every trained step.
+    def train_epoch(
+        self, rollout: Rollout, advantages: torch.Tensor, valid: torch.Tensor
+    ) -> dict[str, float]:
+        """One inner epoch over this rank's samples with non-zero advantage (with a valid reward,
+        for an algorithm that trains zero advantages too), every trained step.
 
         The kept samples are split into the same number of micro-batches on every rank (a rank
         that runs out trains a weight-0 stand-in), and gradients accumulate over
@@ -419,10 +442,13 @@ class FlowGRPOTrainer:
         steps after every optimizer step.
         """
         t, acc = self.cfg.train, self.accelerator
-        keep = (advantages != 0).nonzero().flatten()
+        rollout = self.algorithm.prepare_training(rollout)
+        num_steps = self.algorithm.train_steps_this_epoch(rollout)
+        mask = valid if self.algorithm.trains_zero_advantage else advantages != 0
+        keep = mask.nonzero().flatten()
         kept = int(acc.gather(torch.tensor([keep.numel()], device=acc.device)).sum())
-        if kept == 0:
-            log.warning("every advantage is 0 this epoch (all rewards equal or NaN); no update")
+        if kept == 0 or num_steps == 0:
+            log.warning("nothing to train this epoch (no kept sample or no window step)")
             return self.no_update()
         if t.shuffle_samples:
             keep = keep[torch.randperm(keep.numel(), generator=self.shuffle_gen)]
@@ -435,10 +461,11 @@ class FlowGRPOTrainer:
         # compiled blocks keep static shapes: every micro-batch padded to the largest possible
         pad_to = -(-self.layout.batches_per_epoch * t.batch_size // self.micro_batches)
         chunks = micro_batch_chunks(keep, self.micro_batches, pad_to if t.compile else None)
+        self.set_accumulation(num_steps)
         for chunk, weight in tqdm(chunks, desc="training", leave=False, disable=not self.is_main):
             weight = weight.to(acc.device)
             batch, batch_advantages = rollout.select(chunk), advantages[chunk].to(acc.device)
-            for position in range(self.num_train_steps):
+            for position in range(num_steps):
                 with acc.accumulate(self.transformer):
                     out = self.step_loss(batch, position, batch_advantages, weight)
                     self.step_guard.saw_loss(out.loss)
@@ -464,7 +491,7 @@ class FlowGRPOTrainer:
                     if self.ema is not None:  # one EMA event per optimizer step
                         self.ema.step(self.optimizer_step)
                 for name in LOSS_METRICS:
-                    means[name] += float(getattr(out, name)) / (len(chunks) * self.num_train_steps)
+                    means[name] += float(getattr(out, name)) / (len(chunks) * num_steps)
         means["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
         stats = {k: reduce_scalar(acc, v, "mean") for k, v in means.items()}
         stats |= {k: reduce_scalar(acc, v, "max") for k, v in maxima.items()}
@@ -477,31 +504,22 @@ class FlowGRPOTrainer:
     def step_loss(
         self, batch: Rollout, position: int, advantages: torch.Tensor, weight: torch.Tensor
     ) -> StepLoss:
-        """Loss of the ``position``-th trained step of one micro-batch: policy forward, reference
-        forward (only when ``train.beta > 0``), KL."""
-        cfg, t = self.cfg, self.cfg.train
-        with self.accelerator.autocast():
-            log_prob, mean, std = step_log_prob(
-                self.transformer, batch, position, self.cache, cfg.rollout, t.detach_uncond
-            )
-            kl = None
-            if self.reference is not None:
-                with torch.no_grad(), self.reference.active() as ref_model:
-                    _, ref_mean, _ = step_log_prob(
-                        ref_model, batch, position, self.cache, cfg.rollout
-                    )
-                include_dt = t.kl_include_dt and cfg.rollout.sde_kind == "sde"
-                kl = kl_to_reference(mean, ref_mean, std, batch.step_dt(position), include_dt)
-        return grpo_step_loss(
-            log_prob,
-            batch.old_log_prob(position),
-            advantages,
-            weight,
-            clip_range=t.clip_range,
-            adv_clip_max=t.adv_clip_max,
-            beta=t.beta,
-            kl=kl,
-        )
+        """Loss of the ``position``-th trained step of one micro-batch: the algorithm's."""
+        return self.algorithm.step_loss(self, batch, position, advantages, weight)
+
+    def set_accumulation(self, num_steps: int) -> None:
+        """Accumulate over this epoch's micro-batches x ``num_steps`` trained steps (fewer than
+        planned only where an algorithm's window shrinks, as MixGRPO's at its tail)."""
+        acc = self.accelerator
+        steps = self.micro_batches // self.cfg.train.optimizer_steps_per_epoch * num_steps
+        if steps != acc.gradient_accumulation_steps:
+            if acc.distributed_type == DistributedType.DEEPSPEED:
+                raise LaunchError(
+                    f"this epoch trains {num_steps} steps instead of {self.num_train_steps}, and "
+                    "DeepSpeed fixes gradient accumulation at launch: keep the run inside the "
+                    "algorithm's full-size windows (e.g. fewer epochs)"
+                )
+            acc.gradient_accumulation_steps = steps
 
     def sample_images_due(self, epochs_done: int) -> bool:
         """Sample grids after the first epoch, every ``log.sample_every_n_epochs`` and the last."""
@@ -532,6 +550,31 @@ class FlowGRPOTrainer:
         self.accelerator.wait_for_everyone()
         return results
 
+    def heldout_rewards(self, epochs_done: int, checkpointed: bool) -> dict[str, float]:
+        """Rank 0: sample the eval prompts by the ODE from fixed noise with the trained weights and
+        score them with the training and held-out rewards (rl/heldout.py); {} when not due."""
+        section = self.cfg.eval_rewards
+        every = section.every_n_epochs
+        due = checkpointed or (every > 0 and epochs_done % every == 0)
+        if not section.rewards or not due:
+            return {}
+        row: dict[str, float] = {}
+        if self.heldout is not None:
+            unwrapped = self.accelerator.unwrap_model(self.transformer)
+            unwrapped.eval()
+            prompts, size = self.heldout.prompts, self.cfg.train.batch_size
+            generator = torch.Generator().manual_seed(section.seed)
+            rollout_cfg = eval_rollout_config(self.cfg.rollout)
+            images = []
+            with self.trained_weights(), self.accelerator.autocast():
+                for i in range(0, len(prompts), size):
+                    chunk = prompts[i : i + size]
+                    out = sample(self.pipe, unwrapped, self.cache, chunk, rollout_cfg, generator)
+                    images.append(out.images)
+            row = self.heldout.evaluate(torch.cat(images), self.reward)
+        self.accelerator.wait_for_everyone()
+        return row
+
     def trained_weights(self):
         """The weights to export and evaluate: the EMA's when enabled, else the live ones."""
         return self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
@@ -550,6 +593,8 @@ class FlowGRPOTrainer:
             "sampler": self.sampler.state_dict(),
             "tracker": self.tracker.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "algorithm": self.algorithm.state_dict(),
+            "heldout": self.heldout.monitor.state_dict() if self.heldout is not None else None,
             "metrics_row": row,
             "per_rank": {
                 "noise_gen": self.noise_gen.get_state(),
@@ -567,6 +612,9 @@ class FlowGRPOTrainer:
         self.start_epoch = state["epochs_done"]
         self.optimizer_step = state["optimizer_step"]
         self.sampler.load_state_dict(state["sampler"])
+        self.algorithm.load_state_dict(state.get("algorithm", {}))
+        if self.heldout is not None and state.get("heldout") is not None:
+            self.heldout.monitor.load_state_dict(state["heldout"])
         self.tracker.load_state_dict(state["tracker"])
         if self.ema is not None:
             if state["ema"] is None:
@@ -604,10 +652,14 @@ class FlowGRPOTrainer:
         if self.is_main:
             self.export(self.run_dir, self.cfg.train.epochs)
             self.logger.finish()
+            if self.heldout is not None:
+                plot_heldout(read_rows(self.logger.path), self.run_dir / HELDOUT_CURVE)
             log.info("done; metrics, samples, checkpoints and the LoRA are in %s", self.run_dir)
         if self.scorer is not None:
             self.scorer.close()
         self.reward.release()
+        if self.heldout is not None:
+            self.heldout.release()
         self.accelerator.end_training()
         torch.set_num_threads(self.threads_before)
         torch.backends.cuda.matmul.allow_tf32 = self.tf32_before

@@ -17,6 +17,7 @@ from test_rl_reference import preset
 from test_rl_train import TINY, compose_train
 
 import eval.tiif
+import rl.algorithms.flow_grpo
 import rl.train
 from eval.after_checkpoint import hook_generation, run_generation
 from eval.checkpoints import evaluate_checkpoints
@@ -255,7 +256,7 @@ def test_trainer_sets_tf32_encodes_outside_autocast_and_evaluates_at_its_own_siz
         return run_tiif(pipe, judge, cases, out, name, gen, *rest)
 
     monkeypatch.setattr(rl.train, "load_pipeline", load_recording)
-    monkeypatch.setattr(rl.train, "step_log_prob", step_log_prob_recording)
+    monkeypatch.setattr(rl.algorithms.flow_grpo, "step_log_prob", step_log_prob_recording)
     monkeypatch.setattr(eval.tiif, "run_tiif", run_tiif_recording)
     overrides = [
         *TINY, "train.epochs=1", "log.sample_every_n_epochs=0", "train.mixed_precision=bf16",
