@@ -21,11 +21,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from rewards.judges.transformers_judge import pil_image_processor
 from rewards.scalar.common import (
     ScalarReward,
     assign_exactly,
     load_state_dict_file,
-    pil_image_processor,
     require_dir,
     require_file,
 )
