@@ -30,10 +30,16 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from eval.after_checkpoint import evaluate_pipeline, run_generation
-from eval.common import check_entry, check_resume_settings, exit_on_input_error
+from eval.common import (
+    check_entry,
+    check_resume_settings,
+    exit_on_input_error,
+    protect_secrets,
+)
 from eval.generation import build_pipeline, load_lora, resolve_device
 from rl.checkpoint import CHECKPOINT_DIR, MARKER, checkpoint_name
 from rl.metrics import read_rows
+from rl.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +168,7 @@ def log_to_wandb(rows: list[dict[str, Any]], cfg: DictConfig) -> None:
         name=f"{Path(cfg.run_dir).name}-checkpoints",
         mode=cfg.wandb.mode,
         dir=str(Path(cfg.run_dir) / cfg.output_name),
-        config=OmegaConf.to_container(cfg.eval_hook, resolve=True),
+        config=redact(OmegaConf.to_container(cfg.eval_hook, resolve=True)),
     )
     run.define_metric("eval/*", step_metric="epoch")
     for row in rows:
@@ -177,6 +183,7 @@ def log_to_wandb(rows: list[dict[str, Any]], cfg: DictConfig) -> None:
 def main(cfg: DictConfig) -> list[dict[str, Any]]:
     """Entry point: evaluate, write metrics.jsonl and checkpoints.png, optionally log to wandb;
     bad input (a wrong benchmark setting, a missing folder) ends in one line."""
+    protect_secrets(cfg)
     with exit_on_input_error("eval.checkpoints", FileNotFoundError):
         check_entry(cfg, "checkpoints")
         rows = evaluate_checkpoints(cfg)

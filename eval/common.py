@@ -39,6 +39,17 @@ def exit_on_input_error(command: str, *known: type[Exception]) -> Iterator[None]
         raise SystemExit(f"{command}: {err}") from None
 
 
+def protect_secrets(cfg: Any) -> None:
+    """What every eval command does first (:func:`rl.redact.protect_run`): a key-like field's
+    value (``judge.api_key``, a token) is scrubbed from the command line, from Hydra's
+    ``.hydra/*.yaml`` in the run folder and from every log line of the run."""
+    from omegaconf import OmegaConf
+
+    from rl.redact import protect_run
+
+    protect_run(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False), run_dir())
+
+
 def check_entry(cfg: Any, expected: str) -> None:
     """Fail with one message when an experiment preset meant for another entry was selected."""
     entry = cfg.get("entry")

@@ -42,6 +42,7 @@ from eval.common import (
     MissingInputError,
     check_entry,
     exit_on_input_error,
+    protect_secrets,
     write_json,
 )
 from eval.generation import GenerationConfig, ImageJob, prepare_images
@@ -219,6 +220,7 @@ def main(cfg: DictConfig) -> None:
     """Entry point; bad benchmark input ends the command with one line."""
     from eval.command import output_dir
 
+    protect_secrets(cfg)
     with exit_on_input_error("eval.geneval"):
         evaluate(cfg, output_dir(cfg))
 

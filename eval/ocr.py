@@ -29,6 +29,7 @@ from eval.common import (
     MissingInputError,
     check_entry,
     exit_on_input_error,
+    protect_secrets,
     write_json,
 )
 from eval.generation import GenerationConfig, ImageJob, prepare_images
@@ -115,6 +116,7 @@ def main(cfg: DictConfig) -> None:
     """Entry point; bad benchmark input ends the command with one line."""
     from eval.command import output_dir
 
+    protect_secrets(cfg)
     with exit_on_input_error("eval.ocr"):
         evaluate(cfg, output_dir(cfg))
 

@@ -57,6 +57,7 @@ from eval.common import (
     markdown_table,
     nan_to_none,
     print_report,
+    protect_secrets,
     run_dir,
     write_json,
 )
@@ -425,6 +426,7 @@ def main(cfg: DictConfig) -> None:
     """Entry point: load the pairs, build the reward, score, write the report into
     ``output_dir`` (resumed) or the Hydra run folder; bad input ends in one line."""
     out = Path(cfg.output_dir) if cfg.get("output_dir") else run_dir()
+    protect_secrets(cfg)
     with exit_on_input_error("eval.preference", PairDataError, LeakageError, FileNotFoundError):
         evaluate(cfg, out)
 

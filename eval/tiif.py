@@ -64,6 +64,7 @@ from eval.common import (
     fmt,
     markdown_table,
     print_report,
+    protect_secrets,
     write_json,
 )
 from eval.generation import GenerationConfig, ImageJob, prepare_images
@@ -618,6 +619,7 @@ def evaluate(cfg: DictConfig, out: Path) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     """Entry point: everything goes to ``output_dir`` or else the Hydra run folder; bad
     benchmark input ends the command with one line."""
+    protect_secrets(cfg)
     with exit_on_input_error("eval.tiif", FileNotFoundError):
         evaluate(cfg, output_dir(cfg))
 

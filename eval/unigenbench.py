@@ -68,6 +68,7 @@ from eval.common import (
     markdown_table,
     nan_to_none,
     print_report,
+    protect_secrets,
     write_json,
 )
 from eval.generation import GenerationConfig, ImageJob, prepare_images
@@ -601,6 +602,7 @@ def evaluate(cfg: DictConfig, out: Path) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     """Entry point: everything goes to ``output_dir`` or else the Hydra run folder; bad
     benchmark input ends the command with one line."""
+    protect_secrets(cfg)
     with exit_on_input_error("eval.unigenbench", FileNotFoundError):
         evaluate(cfg, output_dir(cfg))
 

@@ -78,3 +78,19 @@ def test_bad_input_ends_in_one_line(name, tmp_path):
     assert "Traceback" not in proc.stderr and "Error executing job" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert expected in last, proc.stderr[-2000:]
+
+
+def test_an_eval_command_writes_no_secret(tmp_path):
+    """A key-like field given on the command line (here a stand-in ``+hf_token``; a
+    ``judge.api_key`` is the same rule) reaches no file of the run folder: Hydra's
+    ``.hydra/*.yaml`` are scrubbed as soon as the command starts, and no log line holds it."""
+    secret = "s3cret-token-value-4711"
+    cmd = [sys.executable, "-m", "eval.preference", "benchmark=jsonl", "reward=rubric",
+           "judge=pixel", f"reward.rubric_set={FIX / 'preference' / 'red_rubric.json'}",
+           f"data.path={FIX / 'preference' / 'pairs.jsonl'}", f"+hf_token={secret}",
+           f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "config.yaml" for p in written) and (tmp_path / "results.json").is_file()
+    assert not [p for p in written if secret in p.read_text(errors="replace")]
