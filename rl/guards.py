@@ -63,6 +63,12 @@ class TimeLimitedReward:
         self.timeout_s = timeout_s
         self._overdue: threading.Thread | None = None
 
+    def __getattr__(self, name: str) -> Any:
+        """Anything else (its judge, ``release``, ``check_prompts``) is the wrapped reward's."""
+        if name == "reward":  # not set yet (copy, unpickling): no recursion through here
+            raise AttributeError(name)
+        return getattr(self.reward, name)
+
     def __call__(
         self,
         images: Any,

@@ -228,16 +228,16 @@ def test_a_reward_infinite_in_float32_is_nan_with_its_reason(tmp_path):
 
 
 def test_non_finite_losses_skip_the_step_and_stop_the_run_after_k(tmp_path, monkeypatch):
-    import rl.train
+    import rl.algorithms.flow_grpo
 
-    real = rl.train.grpo_step_loss
+    real = rl.algorithms.flow_grpo.grpo_step_loss
 
     def nan_loss(*args, **kwargs):
         out = real(*args, **kwargs)
         out.loss = out.loss * math.nan
         return out
 
-    monkeypatch.setattr(rl.train, "grpo_step_loss", nan_loss)
+    monkeypatch.setattr(rl.algorithms.flow_grpo, "grpo_step_loss", nan_loss)
     cfg = compose_train([*QUICK, "train.epochs=5", "train.max_nonfinite_steps=2"])
     trainer = FlowGRPOTrainer(parse_config(cfg), tmp_path, raw_config={})
     with pytest.raises(TrainingStopped) as stop:
