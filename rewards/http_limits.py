@@ -56,7 +56,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
@@ -167,13 +167,19 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to any interface
 
 
-def check_exposure(host: str, api_key: str | None, allow_no_auth: bool) -> None:
-    """Refuse to listen beyond this machine without an API key unless explicitly allowed."""
+def check_exposure(
+    host: str,
+    api_key: str | None,
+    allow_no_auth: bool,
+    remedy: str = "give --api-key (or its environment variable), or --allow-no-auth on a network "
+    "you trust",
+) -> None:
+    """Refuse to listen beyond this machine without an API key unless explicitly allowed;
+    ``remedy`` says how, in the words of the server's command line."""
     if not is_loopback(host) and api_key is None and not allow_no_auth:
         raise ValueError(
             f"refusing to serve on {host} without an API key: anyone who can reach it could use "
-            "it; give --api-key (or its environment variable), or --allow-no-auth on a network "
-            "you trust"
+            f"it; {remedy}"
         )
 
 
@@ -194,10 +200,20 @@ def decode_image_data_url(url: str, limits: Limits) -> Image.Image:
     header, sep, payload = url.partition(",")
     if not sep or not header.startswith("data:image/") or ";base64" not in header:
         raise Rejected(400, f"not a base64 image data URL: {url[:40]!r}")
+    return load_rgb(open_base64_image(payload, limits))
+
+
+def open_base64_image(payload: Any, limits: Limits) -> Image.Image:
+    """The image in base64 ``payload`` with only its header read: its format is one of
+    ``limits.image_formats`` and its size at most ``limits.max_image_pixels`` (else
+    :class:`Rejected`, 400 / 413); its pixels are not decoded yet (:func:`load_rgb` does that),
+    so a server can check every image of a request before it decodes any."""
+    if not isinstance(payload, str):
+        raise Rejected(400, "an image must be a base64 string")
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as err:
-        raise Rejected(400, f"image data URL is not valid base64 ({err})") from None
+        raise Rejected(400, f"image is not valid base64 ({err})") from None
     try:
         image = Image.open(io.BytesIO(data), formats=list(limits.image_formats))
     except Image.DecompressionBombError as err:
@@ -213,6 +229,12 @@ def decode_image_data_url(url: str, limits: Limits) -> Image.Image:
             f"image of {width}x{height} = {width * height} pixels, the limit is "
             f"{limits.max_image_pixels}",
         )
+    return image
+
+
+def load_rgb(image: Image.Image) -> Image.Image:
+    """Decode an image opened by :func:`open_base64_image` to RGB (400 if its data is truncated or
+    corrupt)."""
     try:
         image.load()
         return image.convert("RGB")
@@ -587,17 +609,35 @@ def add_limit_arguments(parser: argparse.ArgumentParser, env_var: str) -> None:
     group.add_argument("--cache-mb", type=float, default=d.cache_bytes / MIB)
 
 
+# config names in megabytes -> the Limits fields in bytes
+_MB_FIELDS = {
+    "max_body_mb": "max_body_bytes",
+    "max_active_mb": "max_active_bytes",
+    "cache_mb": "cache_bytes",
+}
+
+
+def limits_from_config(values: Mapping[str, Any]) -> Limits:
+    """The :class:`Limits` of a config block (a Hydra ``limits:`` mapping) in the command-line
+    options' names and units (``max_body_mb``, ``max_images``, ``read_timeout_s``, ...); a limit
+    it leaves out keeps its default, an unknown name is a ValueError naming it."""
+    plain = {f.name for f in fields(Limits)} - set(_MB_FIELDS.values())
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        if name in _MB_FIELDS:
+            kwargs[_MB_FIELDS[name]] = int(float(value) * MIB)
+        elif name in plain:
+            kwargs[name] = tuple(value) if name == "image_formats" else value
+        else:
+            raise ValueError(
+                f"unknown limit {name!r} (known: {', '.join(sorted({*plain, *_MB_FIELDS}))})"
+            )
+    return Limits(**kwargs)
+
+
 def limits_from_args(args: argparse.Namespace) -> Limits:
     """The :class:`Limits` that :func:`add_limit_arguments`' options describe."""
-    return Limits(
-        max_body_bytes=int(args.max_body_mb * MIB),
-        max_images=args.max_images,
-        max_image_pixels=args.max_image_pixels,
-        read_timeout_s=args.read_timeout_s,
-        request_deadline_s=args.request_deadline_s,
-        max_connections=args.max_connections,
-        max_active=args.max_active,
-        max_active_bytes=int(args.max_active_mb * MIB),
-        max_decodes=args.max_decodes,
-        cache_bytes=int(args.cache_mb * MIB),
-    )
+    names = ("max_body_mb", "max_images", "max_image_pixels", "read_timeout_s",
+             "request_deadline_s", "max_connections", "max_active", "max_active_mb",
+             "max_decodes", "cache_mb")  # fmt: skip
+    return limits_from_config({name: getattr(args, name) for name in names})

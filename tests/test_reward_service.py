@@ -24,9 +24,10 @@ from PIL import Image
 
 from rewards import build_reward
 from rewards.base import Reward, RewardOutput
+from rewards.http_limits import Limits
 from rewards.remote import RemoteReward
 from rewards.scalar import AestheticReward, OcrReward
-from rewards.serve_reward import RewardServer, ServiceLimits
+from rewards.serve_reward import RewardServer
 from tests.test_scalar_flow_grpo import write_aesthetic_files
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +93,9 @@ def test_wrong_api_key_is_a_nan_with_reason_not_retried(served_aesthetic, monkey
     monkeypatch.setenv("REWARD_API_KEY", "wrong")
     out = RemoteReward(url, retries=3, backoff_s=5.0)(_images(2), ["a", "b"])  # no 5 s waits
     assert torch.isnan(out.scores).all()
-    assert out.failures == {"remote: HTTP 401: missing or wrong API key": 2}
+    assert out.failures == {
+        "remote: HTTP 401: missing or wrong API key (Authorization: Bearer <key>)": 2
+    }
 
 
 class Flaky(Reward):
@@ -144,14 +147,17 @@ def _png(image: Image.Image) -> str:
 
 
 def test_limits_and_malformed_requests_are_refused_before_decoding():
-    limits = ServiceLimits(max_body_bytes=20_000, max_images=2, max_image_pixels=32 * 32)
+    limits = Limits(
+        max_body_bytes=20_000, max_images=2, max_image_pixels=32 * 32, image_formats=("PNG", "JPEG")
+    )
     ocr = OcrReward(recognizer=lambda image: [("hello", 0.9)])
     with RewardServer(ocr, limits=limits) as server:
         url = f"{server.url}/score"
 
         def post(body):
             reply = requests.post(url, data=body if isinstance(body, bytes) else json.dumps(body))
-            return reply.status_code, reply.json().get("error", reply.json())
+            answer = reply.json()
+            return reply.status_code, answer["error"]["message"] if "error" in answer else answer
 
         small = _png(Image.new("RGB", (8, 8)))
         assert post({"images": [small], "prompts": ['"hello"']})[0] == 200
@@ -160,13 +166,13 @@ def test_limits_and_malformed_requests_are_refused_before_decoding():
             (b"not json", 400, "not JSON"),
             ({"images": small, "prompts": ["x"]}, 400, "must be lists"),
             ({"images": [small], "prompts": ["a", "b"]}, 400, "1 images, 2 prompts"),
-            ({"images": [small] * 3, "prompts": ["x"] * 3}, 413, "over the limit of 2"),
+            ({"images": [small] * 3, "prompts": ["x"] * 3}, 413, "the limit is 2"),
             ({"images": ["@@@"], "prompts": ["x"]}, 400, "not valid base64"),
             ({"images": [base64.b64encode(b"GIF89a....").decode()], "prompts": ["x"]}, 400,
-             "neither PNG nor JPEG"),
+             "not a PNG/JPEG image"),
             ({"images": [_png(Image.new("RGB", (64, 32)))], "prompts": ["x"]}, 413, "64x32"),
             ({"images": [small], "prompts": ["no quotes"]}, 400, 'no quoted text to read: "no'),
-            (b"x" * 20_001, 413, "over the limit of 20000"),
+            (b"x" * 20_001, 413, "the limit is 20000"),
         ]  # fmt: skip
         for body, status, message in cases:
             got_status, got_message = post(body)
