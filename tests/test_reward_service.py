@@ -14,6 +14,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -38,18 +40,19 @@ def _images(n: int, seed: int = 0) -> list[Image.Image]:
     return [Image.fromarray(rng.integers(0, 256, (36, 44, 3), dtype=np.uint8)) for _ in range(n)]
 
 
-@pytest.fixture(scope="module")
-def served_aesthetic(tmp_path_factory):
-    """``python -m rewards.serve_reward reward=aesthetic ... port=0`` as a real process with an
-    API key; yields (url, clip folder, mlp file)."""
-    folder, mlp, _ = write_aesthetic_files(tmp_path_factory.mktemp("clip"))
-    run_dir = tmp_path_factory.mktemp("serve")
-    env = {**os.environ, "REWARD_API_KEY": "s3cret", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "rewards.serve_reward", "reward=aesthetic",
-               f"reward.path={folder}", f"reward.mlp_path={mlp}", "port=0",
+@contextmanager
+def reward_service(overrides: list[str], run_dir: Path, env: dict[str, str]) -> Iterator[tuple]:
+    """``python -m rewards.serve_reward port=0 OVERRIDES`` as a real process with ``env`` added;
+    yields (url, process) once its first line names the URL, and ends the process after."""
+    command = [sys.executable, "-m", "rewards.serve_reward", "port=0", *overrides,
                f"hydra.run.dir={run_dir}"]  # fmt: skip
     process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command,
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     lines = []
     try:
@@ -63,15 +66,27 @@ def served_aesthetic(tmp_path_factory):
                 break
         else:
             pytest.fail("the reward service did not start:\n" + "".join(lines))
-        assert lines and lines[-1].startswith("serving reward aesthetic on http://127.0.0.1:"), (
-            "".join(lines)
-        )
-        url = lines[-1].split(" on ")[1].split()[0]
-        yield url, folder, mlp
+        assert (
+            lines
+            and lines[-1].startswith("serving reward")
+            and " on http://127.0.0.1:" in (lines[-1])
+        ), "".join(lines)
+        yield lines[-1].split(" on ")[1].split()[0], process
     finally:
         process.terminate()
         process.wait(timeout=30)
         process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def served_aesthetic(tmp_path_factory):
+    """The aesthetic reward served by a real process with an API key; yields (url, clip folder,
+    mlp file)."""
+    folder, mlp, _ = write_aesthetic_files(tmp_path_factory.mktemp("clip"))
+    overrides = ["reward=aesthetic", f"reward.path={folder}", f"reward.mlp_path={mlp}"]
+    run_dir = tmp_path_factory.mktemp("serve")
+    with reward_service(overrides, run_dir, {"REWARD_API_KEY": "s3cret"}) as (url, _):
+        yield url, folder, mlp
 
 
 def test_served_aesthetic_equals_in_process(served_aesthetic, monkeypatch):
