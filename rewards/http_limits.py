@@ -1,8 +1,9 @@
 """Limits, authentication and admission control for the project's small HTTP servers.
 
-The judge server (:mod:`rewards.judges.serve`) is built on this layer, and any other server of the
-project that takes requests from the network (a reward service) should be too: every input is
-untrusted, so what a request may cost is bounded BEFORE it is paid for. Standard library only
+The judge server (:mod:`rewards.judges.serve`) and the reward service (:mod:`rewards.serve_reward`)
+are built on this layer, and any other server of the project that takes requests from the network
+should be too: every input is untrusted, so what a request may cost is bounded BEFORE it is paid
+for. Standard library only
 (``http.server``), no framework.
 
 What a request goes through, in order, and what it gets when it fails:
@@ -22,7 +23,8 @@ What a request goes through, in order, and what it gets when it fails:
    body is read (and the connection is closed, the unread body with it).
 5. **Content.** The body must be JSON (``400``, also for nesting too deep to parse); the server
    counts the images of a request before decoding any (``max_images``, ``413``), and
-   :func:`decode_image_data_url` reads each image's header (its size) before decoding it: more than
+   :func:`decode_image_data_url` (:func:`open_base64_image` for a bare base64 image, which a
+   server decodes later) reads each image's header (its size) before decoding it: more than
    ``max_image_pixels`` is ``413`` (a decompression bomb costs its compressed bytes, not its
    pixels); only ``image_formats`` are opened (``400`` otherwise, also for bytes that are no such
    image or are truncated). At most ``max_decodes`` images are decoded at once.
@@ -200,14 +202,14 @@ def decode_image_data_url(url: str, limits: Limits) -> Image.Image:
     header, sep, payload = url.partition(",")
     if not sep or not header.startswith("data:image/") or ";base64" not in header:
         raise Rejected(400, f"not a base64 image data URL: {url[:40]!r}")
-    return load_rgb(open_base64_image(payload, limits))
+    return _load_rgb(open_base64_image(payload, limits))
 
 
 def open_base64_image(payload: Any, limits: Limits) -> Image.Image:
     """The image in base64 ``payload`` with only its header read: its format is one of
     ``limits.image_formats`` and its size at most ``limits.max_image_pixels`` (else
-    :class:`Rejected`, 400 / 413); its pixels are not decoded yet (:func:`load_rgb` does that),
-    so a server can check every image of a request before it decodes any."""
+    :class:`Rejected`, 400 / 413); its pixels are not decoded yet, so a server can check every
+    image of a request before it decodes any."""
     if not isinstance(payload, str):
         raise Rejected(400, "an image must be a base64 string")
     try:
@@ -232,7 +234,7 @@ def open_base64_image(payload: Any, limits: Limits) -> Image.Image:
     return image
 
 
-def load_rgb(image: Image.Image) -> Image.Image:
+def _load_rgb(image: Image.Image) -> Image.Image:
     """Decode an image opened by :func:`open_base64_image` to RGB (400 if its data is truncated or
     corrupt)."""
     try:
