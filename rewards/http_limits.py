@@ -64,7 +64,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 from PIL import Image
 
@@ -455,6 +455,45 @@ class LimitedHTTPServer(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("connection from %s ended with an error", client_address, exc_info=True)
+
+
+class HTTPService:
+    """Running a :class:`LimitedHTTPServer` (``self.httpd``, set by the subclass): ``start()``
+    serves from a background thread (tests), ``serve_forever()`` blocks (command line), ``stop()``
+    or leaving a ``with`` block ends it and calls :meth:`close`."""
+
+    httpd: LimitedHTTPServer
+    _thread: threading.Thread | None = None
+
+    def start(self) -> Self:
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        try:
+            self.httpd.serve_forever(poll_interval=0.25)
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self.httpd.shutdown()
+            self._thread.join(timeout=10)
+            self._thread = None
+        self.httpd.server_close()
+        self.close()
+
+    def close(self) -> None:  # noqa: B027 - optional hook, default is a no-op
+        """Release what the service holds besides its server (its worker thread)."""
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def _refuse_connection(sock: socket.socket, retry_after_s: float) -> None:

@@ -57,6 +57,7 @@ from rewards.base import Reward, RewardOutput
 from rewards.http_limits import (
     MIB,
     ClientGone,
+    HTTPService,
     LimitedHandler,
     LimitedHTTPServer,
     Limits,
@@ -129,7 +130,7 @@ def _error(message: str, kind: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind}}
 
 
-class RewardServer:
+class RewardServer(HTTPService):
     """HTTP front of one :class:`Reward` (see the module docstring). ``start()`` serves from a
     background thread; ``serve_forever()`` blocks. ``api_key=None`` accepts any request;
     ``limits`` default to :data:`SERVICE_LIMITS`."""
@@ -153,7 +154,6 @@ class RewardServer:
         self.httpd = LimitedHTTPServer(
             (host, port), self._handler_class(), self.limits, api_key or None
         )
-        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -172,32 +172,8 @@ class RewardServer:
             "expired_connections": self.httpd.expired_connections,
         }
 
-    def start(self) -> RewardServer:
-        self._thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def serve_forever(self) -> None:
-        try:
-            self.httpd.serve_forever(poll_interval=0.25)
-        finally:
-            self.stop()
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self.httpd.shutdown()
-            self._thread.join(timeout=10)
-            self._thread = None
-        self.httpd.server_close()
+    def close(self) -> None:
         self.worker.shutdown(wait=False, cancel_futures=True)
-
-    def __enter__(self) -> RewardServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def score(self, body: Any, client_gone: Callable[[], bool] | None = None) -> tuple[int, Any]:
         """(HTTP status, JSON answer) of one parsed ``/score`` body, or :class:`Rejected`.
