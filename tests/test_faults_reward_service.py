@@ -136,7 +136,7 @@ def test_a_wrong_or_missing_key_is_401_and_the_client_does_not_retry(service, mo
     before = _stats(service)["refused"]["401"]
     start = time.monotonic()
     out = RemoteReward(service.url, retries=3, backoff_s=5.0)([Image.new("RGB", (8, 8))], ["a"])
-    assert time.monotonic() - start < 4  # no 5 s backoff: not retried
+    assert time.monotonic() - start < 5  # no 5 s backoff: not retried
     assert torch.isnan(out.scores).all()
     assert out.failures == {
         "remote: HTTP 401: missing or wrong API key (Authorization: Bearer <key>)": 1

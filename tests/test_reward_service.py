@@ -22,14 +22,15 @@ import numpy as np
 import pytest
 import requests
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from rewards import build_reward
 from rewards.base import Reward, RewardOutput
-from rewards.http_limits import Limits
+from rewards.http_limits import MIB, Limits, limits_from_config
 from rewards.remote import RemoteReward
 from rewards.scalar import AestheticReward, OcrReward
-from rewards.serve_reward import RewardServer
+from rewards.serve_reward import SERVICE_LIMITS, RewardServer
 from tests.test_scalar_flow_grpo import write_aesthetic_files
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,3 +201,11 @@ def test_unreachable_service_fails_with_one_line():
         port = sock.getsockname()[1]  # nothing listens here once closed
     with pytest.raises(ConnectionError, match=r"unreachable.*python -m rewards.serve_reward"):
         RemoteReward(f"http://127.0.0.1:{port}")
+
+
+def test_the_config_limits_are_the_service_defaults_and_unknown_ones_are_refused():
+    limits = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "serve_reward.yaml").limits)
+    assert limits_from_config(limits) == SERVICE_LIMITS
+    assert limits_from_config({"max_body_mb": 0.5}).max_body_bytes == MIB // 2
+    with pytest.raises(ValueError, match="unknown limit 'max_body_bytes' .*max_body_mb"):
+        limits_from_config({"max_body_bytes": 10})
