@@ -267,3 +267,21 @@ def test_a_full_service_answers_503_and_the_client_waits_its_retry_after():
         first.join()
         assert out.scores.tolist() == [9.0] and not out.failures
         assert server.stats()["refused_busy"] == 1 and server.reward.calls == 2
+
+
+def test_a_refused_connection_is_retried_so_a_restarting_service_is_waited_for():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens here until the timer starts the service
+    servers: list[RewardServer] = []
+    timer = threading.Timer(0.3, lambda: servers.append(RewardServer(Flaky(), port=port).start()))
+    timer.start()
+    try:
+        client = RemoteReward(f"http://127.0.0.1:{port}", retries=3, backoff_s=0.4,
+                              check_health=False)  # fmt: skip
+        out = client([Image.new("RGB", (4, 4), (7, 0, 0))], ["a"])
+        assert out.scores.tolist() == [7.0] and not out.failures
+    finally:
+        timer.join()
+        for server in servers:
+            server.stop()
