@@ -1,8 +1,9 @@
 """Limits, authentication and admission control for the project's small HTTP servers.
 
-The judge server (:mod:`rewards.judges.serve`) is built on this layer, and any other server of the
-project that takes requests from the network (a reward service) should be too: every input is
-untrusted, so what a request may cost is bounded BEFORE it is paid for. Standard library only
+The judge server (:mod:`rewards.judges.serve`) and the reward service (:mod:`rewards.serve_reward`)
+are built on this layer, and any other server of the project that takes requests from the network
+should be too: every input is untrusted, so what a request may cost is bounded BEFORE it is paid
+for. Standard library only
 (``http.server``), no framework.
 
 What a request goes through, in order, and what it gets when it fails:
@@ -22,7 +23,8 @@ What a request goes through, in order, and what it gets when it fails:
    body is read (and the connection is closed, the unread body with it).
 5. **Content.** The body must be JSON (``400``, also for nesting too deep to parse); the server
    counts the images of a request before decoding any (``max_images``, ``413``), and
-   :func:`decode_image_data_url` reads each image's header (its size) before decoding it: more than
+   :func:`decode_image_data_url` (:func:`open_base64_image` for a bare base64 image, which a
+   server decodes later) reads each image's header (its size) before decoding it: more than
    ``max_image_pixels`` is ``413`` (a decompression bomb costs its compressed bytes, not its
    pixels); only ``image_formats`` are opened (``400`` otherwise, also for bytes that are no such
    image or are truncated). At most ``max_decodes`` images are decoded at once.
@@ -56,13 +58,13 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 from PIL import Image
 
@@ -167,13 +169,19 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to any interface
 
 
-def check_exposure(host: str, api_key: str | None, allow_no_auth: bool) -> None:
-    """Refuse to listen beyond this machine without an API key unless explicitly allowed."""
+def check_exposure(
+    host: str,
+    api_key: str | None,
+    allow_no_auth: bool,
+    remedy: str = "give --api-key (or its environment variable), or --allow-no-auth on a network "
+    "you trust",
+) -> None:
+    """Refuse to listen beyond this machine without an API key unless explicitly allowed;
+    ``remedy`` says how, in the words of the server's command line."""
     if not is_loopback(host) and api_key is None and not allow_no_auth:
         raise ValueError(
             f"refusing to serve on {host} without an API key: anyone who can reach it could use "
-            "it; give --api-key (or its environment variable), or --allow-no-auth on a network "
-            "you trust"
+            f"it; {remedy}"
         )
 
 
@@ -194,10 +202,20 @@ def decode_image_data_url(url: str, limits: Limits) -> Image.Image:
     header, sep, payload = url.partition(",")
     if not sep or not header.startswith("data:image/") or ";base64" not in header:
         raise Rejected(400, f"not a base64 image data URL: {url[:40]!r}")
+    return _load_rgb(open_base64_image(payload, limits))
+
+
+def open_base64_image(payload: Any, limits: Limits) -> Image.Image:
+    """The image in base64 ``payload`` with only its header read: its format is one of
+    ``limits.image_formats`` and its size at most ``limits.max_image_pixels`` (else
+    :class:`Rejected`, 400 / 413); its pixels are not decoded yet, so a server can check every
+    image of a request before it decodes any."""
+    if not isinstance(payload, str):
+        raise Rejected(400, "an image must be a base64 string")
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as err:
-        raise Rejected(400, f"image data URL is not valid base64 ({err})") from None
+        raise Rejected(400, f"image is not valid base64 ({err})") from None
     try:
         image = Image.open(io.BytesIO(data), formats=list(limits.image_formats))
     except Image.DecompressionBombError as err:
@@ -213,6 +231,12 @@ def decode_image_data_url(url: str, limits: Limits) -> Image.Image:
             f"image of {width}x{height} = {width * height} pixels, the limit is "
             f"{limits.max_image_pixels}",
         )
+    return image
+
+
+def _load_rgb(image: Image.Image) -> Image.Image:
+    """Decode an image opened by :func:`open_base64_image` to RGB (400 if its data is truncated or
+    corrupt)."""
     try:
         image.load()
         return image.convert("RGB")
@@ -433,6 +457,45 @@ class LimitedHTTPServer(ThreadingHTTPServer):
         log.debug("connection from %s ended with an error", client_address, exc_info=True)
 
 
+class HTTPService:
+    """Running a :class:`LimitedHTTPServer` (``self.httpd``, set by the subclass): ``start()``
+    serves from a background thread (tests), ``serve_forever()`` blocks (command line), ``stop()``
+    or leaving a ``with`` block ends it and calls :meth:`close`."""
+
+    httpd: LimitedHTTPServer
+    _thread: threading.Thread | None = None
+
+    def start(self) -> Self:
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        try:
+            self.httpd.serve_forever(poll_interval=0.25)
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self.httpd.shutdown()
+            self._thread.join(timeout=10)
+            self._thread = None
+        self.httpd.server_close()
+        self.close()
+
+    def close(self) -> None:  # noqa: B027 - optional hook, default is a no-op
+        """Release what the service holds besides its server (its worker thread)."""
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 def _refuse_connection(sock: socket.socket, retry_after_s: float) -> None:
     """Answer 503 on a connection over the cap without blocking the accepting thread."""
     body = json.dumps(_error_body("too many connections, retry later", "server_busy")).encode()
@@ -587,17 +650,35 @@ def add_limit_arguments(parser: argparse.ArgumentParser, env_var: str) -> None:
     group.add_argument("--cache-mb", type=float, default=d.cache_bytes / MIB)
 
 
+# config names in megabytes -> the Limits fields in bytes
+_MB_FIELDS = {
+    "max_body_mb": "max_body_bytes",
+    "max_active_mb": "max_active_bytes",
+    "cache_mb": "cache_bytes",
+}
+
+
+def limits_from_config(values: Mapping[str, Any]) -> Limits:
+    """The :class:`Limits` of a config block (a Hydra ``limits:`` mapping) in the command-line
+    options' names and units (``max_body_mb``, ``max_images``, ``read_timeout_s``, ...); a limit
+    it leaves out keeps its default, an unknown name is a ValueError naming it."""
+    plain = {f.name for f in fields(Limits)} - set(_MB_FIELDS.values())
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        if name in _MB_FIELDS:
+            kwargs[_MB_FIELDS[name]] = int(float(value) * MIB)
+        elif name in plain:
+            kwargs[name] = tuple(value) if name == "image_formats" else value
+        else:
+            raise ValueError(
+                f"unknown limit {name!r} (known: {', '.join(sorted({*plain, *_MB_FIELDS}))})"
+            )
+    return Limits(**kwargs)
+
+
 def limits_from_args(args: argparse.Namespace) -> Limits:
     """The :class:`Limits` that :func:`add_limit_arguments`' options describe."""
-    return Limits(
-        max_body_bytes=int(args.max_body_mb * MIB),
-        max_images=args.max_images,
-        max_image_pixels=args.max_image_pixels,
-        read_timeout_s=args.read_timeout_s,
-        request_deadline_s=args.request_deadline_s,
-        max_connections=args.max_connections,
-        max_active=args.max_active,
-        max_active_bytes=int(args.max_active_mb * MIB),
-        max_decodes=args.max_decodes,
-        cache_bytes=int(args.cache_mb * MIB),
-    )
+    names = ("max_body_mb", "max_images", "max_image_pixels", "read_timeout_s",
+             "request_deadline_s", "max_connections", "max_active", "max_active_mb",
+             "max_decodes", "cache_mb")  # fmt: skip
+    return limits_from_config({name: getattr(args, name) for name in names})

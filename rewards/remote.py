@@ -5,13 +5,19 @@ often one running in another virtual environment or on another machine.
 
 Images go as base64 PNG (lossless, the default) or JPEG (``image_format=jpeg``, at
 ``jpeg_quality``; Flow-GRPO sends its GenEval server PIL's default JPEG, quality 75), with the
-prompts and each sample's metadata, ``batch_size`` samples per request. A request that gets a 5xx
-answer is retried (``retries`` times, waiting ``backoff_s`` doubling each time); nothing else is
-retried. A batch that still fails (a 4xx, a timeout after ``timeout_s``, a lost connection) makes
-its samples NaN with the reason counted; it never becomes a 0. The constructor checks
-``/health`` once, so a service that is not there fails at start-up with one line saying how to
-start it. The API key is read from the environment variable ``api_key_env`` (never from a
-config file that a run folder would keep) and sent as ``Authorization: Bearer <key>``.
+prompts and each sample's metadata, ``batch_size`` samples per request.
+
+Retries follow the project's one rule, the judge client's
+(:func:`rewards.judges.base.retryable_status`): a 5xx answer but 501, a 408 or a 429, and a lost
+connection, are asked again ``retries`` times, waiting ``backoff_s * 2**attempt`` or the answer's
+``Retry-After`` when longer, at most ``max_backoff_s``. Any other 4xx (a wrong key, a body or image
+over the service's limits, a prompt the reward cannot score) is the request's own fault and is not
+retried; nor is a timeout (the service is still scoring that batch: a resend would queue behind
+it). A batch that still fails makes its samples NaN with the reason counted; it never becomes a 0.
+The constructor checks ``/health`` once, so a service that is not there fails at start-up with one
+line saying how to start it. The API key is read from the environment variable ``api_key_env``
+(never from a config file that a run folder would keep) and sent as ``Authorization: Bearer
+<key>``.
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ import base64
 import io
 import logging
 import math
-import os
 import time
 from collections import Counter
 from typing import Any
@@ -30,6 +35,9 @@ import torch
 from PIL import Image
 
 from rewards.base import Reward, RewardOutput
+from rewards.http_limits import resolve_api_key
+from rewards.judges.base import retryable_status
+from rewards.judges.openai_server import retry_after_s
 from rewards.scalar.common import batches
 
 log = logging.getLogger(__name__)
@@ -45,6 +53,7 @@ class RemoteReward(Reward):
         timeout_s: float = 120.0,
         retries: int = 3,
         backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
         image_format: str = "png",
         jpeg_quality: int = 75,
         api_key_env: str | None = "REWARD_API_KEY",
@@ -52,16 +61,20 @@ class RemoteReward(Reward):
     ) -> None:
         if image_format not in ("png", "jpeg"):
             raise ValueError(f"remote: image_format must be png or jpeg, got {image_format!r}")
-        if retries < 0 or batch_size < 1 or timeout_s <= 0:
-            raise ValueError("remote: need retries >= 0, batch_size >= 1 and timeout_s > 0")
+        if retries < 0 or batch_size < 1 or timeout_s <= 0 or not 0 <= backoff_s <= max_backoff_s:
+            raise ValueError(
+                "remote: need retries >= 0, batch_size >= 1, timeout_s > 0 and "
+                "0 <= backoff_s <= max_backoff_s"
+            )
         self.url = url.rstrip("/")
         self.batch_size = int(batch_size)
         self.timeout_s = float(timeout_s)
         self.retries = int(retries)
         self.backoff_s = float(backoff_s)
+        self.max_backoff_s = float(max_backoff_s)
         self.image_format = image_format
         self.jpeg_quality = int(jpeg_quality)
-        key = os.environ.get(api_key_env) if api_key_env else None
+        key = resolve_api_key(None, api_key_env) if api_key_env else None
         self.session = requests.Session()
         if key:
             self.session.headers["Authorization"] = f"Bearer {key}"
@@ -90,31 +103,32 @@ class RemoteReward(Reward):
         return base64.b64encode(buffer.getvalue()).decode("ascii")
 
     def _post(self, body: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
-        """(answer, None) or (None, why it failed), retrying 5xx answers only."""
-        wait = self.backoff_s
+        """(answer, None) or (None, why it failed), retried as the module docstring says."""
         for attempt in range(self.retries + 1):
+            wait_s = 0.0
             try:
                 reply = self.session.post(f"{self.url}/score", json=body, timeout=self.timeout_s)
             except requests.Timeout:
                 return None, f"timeout after {self.timeout_s:g} s"
+            except requests.ConnectionError as err:
+                problem = f"connection failed ({type(err).__name__})"
             except requests.RequestException as err:
-                return None, f"connection failed ({type(err).__name__})"
-            if reply.status_code < 500 or attempt == self.retries:
-                break
-            log.warning("%s: HTTP %d, retry %d in %.1f s", self.name, reply.status_code,
-                        attempt + 1, wait)  # fmt: skip
-            time.sleep(wait)
-            wait *= 2
-        if reply.status_code != 200:
-            try:
-                message = str(reply.json().get("error", ""))[:200]
-            except ValueError:
-                message = reply.text[:200]
-            return None, f"HTTP {reply.status_code}: {message}"
-        try:
-            return reply.json(), None
-        except ValueError:
-            return None, "answer is not JSON"
+                return None, f"request failed ({type(err).__name__})"
+            else:
+                if reply.status_code == 200:
+                    try:
+                        return reply.json(), None
+                    except ValueError:
+                        return None, "answer is not JSON"
+                problem = f"HTTP {reply.status_code}: {_error_message(reply)}"
+                if not retryable_status(reply.status_code):
+                    return None, problem
+                wait_s = retry_after_s(reply.headers.get("Retry-After"))
+            if attempt < self.retries:
+                wait_s = min(self.max_backoff_s, max(self.backoff_s * 2**attempt, wait_s))
+                log.warning("%s: %s, retry %d in %.1f s", self.name, problem, attempt + 1, wait_s)
+                time.sleep(wait_s)
+        return None, problem
 
     def score(
         self, images: list[Image.Image], prompts: list[str], metadata: list[dict[str, Any]]
@@ -146,3 +160,13 @@ class RemoteReward(Reward):
 
 def _tensor(values: list[float | None]) -> torch.Tensor:
     return torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float64)
+
+
+def _error_message(reply: requests.Response) -> str:
+    """The one-line message of an error answer (the service's ``{"error": {"message": ...}}``)."""
+    try:
+        error = reply.json().get("error")
+    except (ValueError, AttributeError):
+        return reply.text[:200]
+    message = error.get("message") if isinstance(error, dict) else error
+    return str(message)[:200]

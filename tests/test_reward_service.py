@@ -14,19 +14,23 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from rewards import build_reward
 from rewards.base import Reward, RewardOutput
+from rewards.http_limits import MIB, Limits, limits_from_config
 from rewards.remote import RemoteReward
 from rewards.scalar import AestheticReward, OcrReward
-from rewards.serve_reward import RewardServer, ServiceLimits
+from rewards.serve_reward import SERVICE_LIMITS, RewardServer
 from tests.test_scalar_flow_grpo import write_aesthetic_files
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,18 +41,19 @@ def _images(n: int, seed: int = 0) -> list[Image.Image]:
     return [Image.fromarray(rng.integers(0, 256, (36, 44, 3), dtype=np.uint8)) for _ in range(n)]
 
 
-@pytest.fixture(scope="module")
-def served_aesthetic(tmp_path_factory):
-    """``python -m rewards.serve_reward reward=aesthetic ... port=0`` as a real process with an
-    API key; yields (url, clip folder, mlp file)."""
-    folder, mlp, _ = write_aesthetic_files(tmp_path_factory.mktemp("clip"))
-    run_dir = tmp_path_factory.mktemp("serve")
-    env = {**os.environ, "REWARD_API_KEY": "s3cret", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "rewards.serve_reward", "reward=aesthetic",
-               f"reward.path={folder}", f"reward.mlp_path={mlp}", "port=0",
+@contextmanager
+def reward_service(overrides: list[str], run_dir: Path, env: dict[str, str]) -> Iterator[tuple]:
+    """``python -m rewards.serve_reward port=0 OVERRIDES`` as a real process with ``env`` added;
+    yields (url, process) once its first line names the URL, and ends the process after."""
+    command = [sys.executable, "-m", "rewards.serve_reward", "port=0", *overrides,
                f"hydra.run.dir={run_dir}"]  # fmt: skip
     process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command,
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     lines = []
     try:
@@ -62,15 +67,27 @@ def served_aesthetic(tmp_path_factory):
                 break
         else:
             pytest.fail("the reward service did not start:\n" + "".join(lines))
-        assert lines and lines[-1].startswith("serving reward aesthetic on http://127.0.0.1:"), (
-            "".join(lines)
-        )
-        url = lines[-1].split(" on ")[1].split()[0]
-        yield url, folder, mlp
+        assert (
+            lines
+            and lines[-1].startswith("serving reward")
+            and " on http://127.0.0.1:" in (lines[-1])
+        ), "".join(lines)
+        yield lines[-1].split(" on ")[1].split()[0], process
     finally:
         process.terminate()
         process.wait(timeout=30)
         process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def served_aesthetic(tmp_path_factory):
+    """The aesthetic reward served by a real process with an API key; yields (url, clip folder,
+    mlp file)."""
+    folder, mlp, _ = write_aesthetic_files(tmp_path_factory.mktemp("clip"))
+    overrides = ["reward=aesthetic", f"reward.path={folder}", f"reward.mlp_path={mlp}"]
+    run_dir = tmp_path_factory.mktemp("serve")
+    with reward_service(overrides, run_dir, {"REWARD_API_KEY": "s3cret"}) as (url, _):
+        yield url, folder, mlp
 
 
 def test_served_aesthetic_equals_in_process(served_aesthetic, monkeypatch):
@@ -92,7 +109,9 @@ def test_wrong_api_key_is_a_nan_with_reason_not_retried(served_aesthetic, monkey
     monkeypatch.setenv("REWARD_API_KEY", "wrong")
     out = RemoteReward(url, retries=3, backoff_s=5.0)(_images(2), ["a", "b"])  # no 5 s waits
     assert torch.isnan(out.scores).all()
-    assert out.failures == {"remote: HTTP 401: missing or wrong API key": 2}
+    assert out.failures == {
+        "remote: HTTP 401: missing or wrong API key (Authorization: Bearer <key>)": 2
+    }
 
 
 class Flaky(Reward):
@@ -144,14 +163,17 @@ def _png(image: Image.Image) -> str:
 
 
 def test_limits_and_malformed_requests_are_refused_before_decoding():
-    limits = ServiceLimits(max_body_bytes=20_000, max_images=2, max_image_pixels=32 * 32)
+    limits = Limits(
+        max_body_bytes=20_000, max_images=2, max_image_pixels=32 * 32, image_formats=("PNG", "JPEG")
+    )
     ocr = OcrReward(recognizer=lambda image: [("hello", 0.9)])
     with RewardServer(ocr, limits=limits) as server:
         url = f"{server.url}/score"
 
         def post(body):
             reply = requests.post(url, data=body if isinstance(body, bytes) else json.dumps(body))
-            return reply.status_code, reply.json().get("error", reply.json())
+            answer = reply.json()
+            return reply.status_code, answer["error"]["message"] if "error" in answer else answer
 
         small = _png(Image.new("RGB", (8, 8)))
         assert post({"images": [small], "prompts": ['"hello"']})[0] == 200
@@ -160,13 +182,13 @@ def test_limits_and_malformed_requests_are_refused_before_decoding():
             (b"not json", 400, "not JSON"),
             ({"images": small, "prompts": ["x"]}, 400, "must be lists"),
             ({"images": [small], "prompts": ["a", "b"]}, 400, "1 images, 2 prompts"),
-            ({"images": [small] * 3, "prompts": ["x"] * 3}, 413, "over the limit of 2"),
+            ({"images": [small] * 3, "prompts": ["x"] * 3}, 413, "the limit is 2"),
             ({"images": ["@@@"], "prompts": ["x"]}, 400, "not valid base64"),
             ({"images": [base64.b64encode(b"GIF89a....").decode()], "prompts": ["x"]}, 400,
-             "neither PNG nor JPEG"),
+             "not a PNG/JPEG image"),
             ({"images": [_png(Image.new("RGB", (64, 32)))], "prompts": ["x"]}, 413, "64x32"),
             ({"images": [small], "prompts": ["no quotes"]}, 400, 'no quoted text to read: "no'),
-            (b"x" * 20_001, 413, "over the limit of 20000"),
+            (b"x" * 20_001, 413, "the limit is 20000"),
         ]  # fmt: skip
         for body, status, message in cases:
             got_status, got_message = post(body)
@@ -179,3 +201,11 @@ def test_unreachable_service_fails_with_one_line():
         port = sock.getsockname()[1]  # nothing listens here once closed
     with pytest.raises(ConnectionError, match=r"unreachable.*python -m rewards.serve_reward"):
         RemoteReward(f"http://127.0.0.1:{port}")
+
+
+def test_the_config_limits_are_the_service_defaults_and_unknown_ones_are_refused():
+    limits = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "serve_reward.yaml").limits)
+    assert limits_from_config(limits) == SERVICE_LIMITS
+    assert limits_from_config({"max_body_mb": 0.5}).max_body_bytes == MIB // 2
+    with pytest.raises(ValueError, match="unknown limit 'max_body_bytes' .*max_body_mb"):
+        limits_from_config({"max_body_bytes": 10})

@@ -61,6 +61,7 @@ from PIL import Image
 
 from rewards.http_limits import (
     ClientGone,
+    HTTPService,
     ImageCache,
     LimitedHandler,
     LimitedHTTPServer,
@@ -241,7 +242,7 @@ def _int_field(body: dict[str, Any], name: str, default: int, least: int, most: 
     return value
 
 
-class JudgeServer:
+class JudgeServer(HTTPService):
     """An OpenAI-compatible HTTP front for ``judge`` (see the module docstring).
 
     ``start()`` serves from a background thread (tests); ``serve_forever()`` blocks (CLI).
@@ -276,7 +277,6 @@ class JudgeServer:
             self.limits.cache_bytes, MAX_CACHED_IMAGES, self.limits.max_decodes
         )
         self.httpd = LimitedHTTPServer((host, port), self._handler_class(), self.limits, api_key)
-        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -303,32 +303,8 @@ class JudgeServer:
             "cancelled_questions": self.worker.cancelled,
         }
 
-    def start(self) -> JudgeServer:
-        self._thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def serve_forever(self) -> None:
-        try:
-            self.httpd.serve_forever(poll_interval=0.25)
-        finally:
-            self.stop()
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self.httpd.shutdown()
-            self._thread.join(timeout=10)
-            self._thread = None
-        self.httpd.server_close()
+    def close(self) -> None:
         self.worker.stop()
-
-    def __enter__(self) -> JudgeServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _next_request_number(self) -> int:
         with self._count_lock:
