@@ -55,6 +55,7 @@ import torch
 from PIL import Image
 
 from rewards.judges.base import (
+    NO_YES_NO_TOKEN,
     Judge,
     JudgeError,
     JudgeItem,
@@ -67,7 +68,6 @@ from rewards.rubric_set import check_scoring
 log = logging.getLogger(__name__)
 
 ON_ERROR = ("nan", "raise")
-NO_YES_NO_TOKEN = "no yes/no token"
 MALFORMED = "malformed response"
 TIMEOUT = "timeout"
 CONNECTION_ERROR = "connection error"
