@@ -65,6 +65,7 @@ from PIL import Image
 
 from rewards.judges.base import (
     CONNECTION_ERROR,
+    NO_YES_NO_TOKEN,
     REQUEST_ERROR,
     TIMEOUT,
     Judge,
@@ -80,7 +81,6 @@ from rewards.rubric_set import check_scoring
 log = logging.getLogger(__name__)
 
 ON_ERROR = ("nan", "raise")
-NO_YES_NO_TOKEN = "no yes/no token"
 MALFORMED = "malformed response"
 OUT_OF_RANGE = "out-of-range answer"
 LOGPROB_TOLERANCE = 1e-4  # rounding a server may leave above log(1) = 0
