@@ -1,9 +1,8 @@
 """The discovery world: rounds of failure analysis find what seed synthesis cannot.
 
-Acceptance (issue 11), checked here on world seed 0 with the default learner; docs/rubric_learning.md
-has seeds 0-3 from ``python -m rubric_learning.sweep --experiment synthetic_discovery --seeds
-0,1,2,3 --round0 --round0-small`` (the small round 0 is the one checked here; ``--round0`` adds
-round 0 at the loop's budget).
+Acceptance (issue 11), checked here on world seed 0 with the default learner (the small round 0
+of ``python -m rubric_learning.sweep --experiment synthetic_discovery --round0-small``;
+``--round0`` adds round 0 at the loop's budget).
 """
 
 import json

@@ -79,8 +79,10 @@ def test_auto_c_uses_validation_and_one_se_prefers_sparser_sets():
     )
     assert best.C in grid and one_se.C <= best.C
     assert len(one_se.kept) <= len(best.kept)
-    # The default: the C whose kept set ranks the most validation pairs right.
-    chosen = refine(*train, C="auto", C_grid=grid, val_scores=val[0], val_labels=val[1])
+    # selection=accuracy: the C whose kept set ranks the most validation pairs right.
+    chosen = refine(
+        *train, C="auto", C_grid=grid, val_scores=val[0], val_labels=val[1], selection="accuracy"
+    )
     val_diffs = score_differences(val[0])[0]
     accuracies = [
         pairwise_accuracy(val_diffs, val[1], refine(*train, C=c, nonnegative=False).weights)
