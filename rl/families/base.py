@@ -176,6 +176,21 @@ class ModelFamily:
         raise NotImplementedError
 
 
+class PackedLatentFamily(ModelFamily):
+    """A family whose latents are 2x2 patches of the VAE latent packed into tokens [B, N, C]
+    (FLUX, Qwen-Image): one shape rule for both."""
+
+    @staticmethod
+    def packed_grid(pipe: DiffusionPipeline, height: int, width: int) -> tuple[int, int]:
+        """Rows and columns of 2x2 latent patches (the unpacked latent is twice that)."""
+        factor = pipe.vae_scale_factor * 2
+        return height // factor, width // factor
+
+    def latent_shape(self, pipe: DiffusionPipeline, height: int, width: int) -> tuple[int, int]:
+        rows, cols = self.packed_grid(pipe, height, width)
+        return (rows * cols, pipe.transformer.config.in_channels)
+
+
 def weight_dtype(transformer: torch.nn.Module) -> torch.dtype:
     """The dtype of the base weights (LoRA's float32 parameters come later in the list)."""
     return next(transformer.parameters()).dtype

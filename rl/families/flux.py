@@ -31,7 +31,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
 from rl.families.base import (
     CONFIG_AND_WEIGHTS,
-    ModelFamily,
+    PackedLatentFamily,
     shifted_schedule,
     unwrap,
     vae_decode,
@@ -40,7 +40,7 @@ from rl.families.base import (
 from rl.tiny import CLIP_MAX_LENGTH, build_clip_tokenizer, build_t5_tokenizer
 
 
-class FluxFamily(ModelFamily):
+class FluxFamily(PackedLatentFamily):
     name = "flux"
     pipeline_class = FluxPipeline
     transformer_class = FluxTransformer2DModel
@@ -94,16 +94,6 @@ class FluxFamily(ModelFamily):
         )
         return embeds, pooled
 
-    @staticmethod
-    def _packed_grid(pipe: FluxPipeline, height: int, width: int) -> tuple[int, int]:
-        """Rows and columns of 2x2 latent patches (the unpacked latent is twice that)."""
-        factor = pipe.vae_scale_factor * 2
-        return height // factor, width // factor
-
-    def latent_shape(self, pipe: FluxPipeline, height: int, width: int) -> tuple[int, int]:
-        rows, cols = self._packed_grid(pipe, height, width)
-        return (rows * cols, pipe.transformer.config.in_channels)
-
     def prepare_latents(
         self,
         pipe: FluxPipeline,
@@ -128,7 +118,7 @@ class FluxFamily(ModelFamily):
         width: int,
         device: torch.device,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        rows, cols = self._packed_grid(pipe, height, width)
+        rows, cols = self.packed_grid(pipe, height, width)
         return shifted_schedule(pipe.scheduler, num_steps, rows * cols, device)
 
     def velocity(

@@ -34,11 +34,16 @@ from diffusers import (
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer
 
-from rl.families.base import CONFIG_AND_WEIGHTS, ModelFamily, shifted_schedule, weight_dtype
+from rl.families.base import (
+    CONFIG_AND_WEIGHTS,
+    PackedLatentFamily,
+    shifted_schedule,
+    weight_dtype,
+)
 from rl.tiny import WORDS
 
 
-class QwenImageFamily(ModelFamily):
+class QwenImageFamily(PackedLatentFamily):
     name = "qwen_image"
     pipeline_class = QwenImagePipeline
     transformer_class = QwenImageTransformer2DModel
@@ -92,15 +97,6 @@ class QwenImageFamily(ModelFamily):
     def uses_cfg(self, guidance_scale: float) -> bool:
         return guidance_scale > 1
 
-    @staticmethod
-    def _packed_grid(pipe: QwenImagePipeline, height: int, width: int) -> tuple[int, int]:
-        factor = pipe.vae_scale_factor * 2
-        return height // factor, width // factor
-
-    def latent_shape(self, pipe: QwenImagePipeline, height: int, width: int) -> tuple[int, int]:
-        rows, cols = self._packed_grid(pipe, height, width)
-        return (rows * cols, pipe.transformer.config.in_channels)
-
     def prepare_latents(
         self,
         pipe: QwenImagePipeline,
@@ -124,7 +120,7 @@ class QwenImageFamily(ModelFamily):
         width: int,
         device: torch.device,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        rows, cols = self._packed_grid(pipe, height, width)
+        rows, cols = self.packed_grid(pipe, height, width)
         return shifted_schedule(pipe.scheduler, num_steps, rows * cols, device)
 
     def velocity(
