@@ -21,7 +21,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from rewards.judges.transformers_judge import pil_image_processor
 from rewards.scalar.common import (
     ScalarReward,
     assign_exactly,
@@ -79,6 +78,9 @@ class AestheticReward(ScalarReward):
 
     def load(self) -> None:
         from transformers import CLIPModel
+
+        # imported here: the reward service's own environments (OCR) hold no transformers
+        from rewards.judges.transformers_judge import pil_image_processor
 
         self.image_processor = pil_image_processor(self.path)
         self.clip = CLIPModel.from_pretrained(str(self.path), dtype=self.dtype)

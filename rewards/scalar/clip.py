@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from rewards.judges.transformers_judge import pil_image_processor
 from rewards.scalar.common import ScalarReward, require_dir
 
 MODEL_FILES = ("config.json", "model.safetensors|pytorch_model.bin")
@@ -75,7 +74,9 @@ class ClipSimilarityReward(ScalarReward):
         return require_dir(path, MODEL_FILES, f"{self.name} model")
 
     def load(self) -> None:
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # here: the OCR service's environment has none
+
+        from rewards.judges.transformers_judge import pil_image_processor
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.processor_path))
         self.image_processor = pil_image_processor(self.processor_path)
