@@ -100,6 +100,23 @@ def _clip_text_encoder(tokenizer: CLIPTokenizer, hidden: int) -> CLIPTextModelWi
     return CLIPTextModelWithProjection(config)
 
 
+def build_t5_encoder(tokenizer: T5Tokenizer, hidden: int) -> T5EncoderModel:
+    """The tiny T5 text encoder every tiny family shares (2 gated-GELU layers, 4 heads)."""
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=hidden,
+        d_kv=hidden // 4,
+        d_ff=2 * hidden,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        feed_forward_proj="gated-gelu",
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return T5EncoderModel(config)
+
+
 def build_tiny_sd3(seed: int = 0, large: bool = False) -> StableDiffusion3Pipeline:
     """Build the tiny random-weight SD3 pipeline (float32, CPU, deterministic per ``seed``).
 
@@ -120,20 +137,7 @@ def build_tiny_sd3(seed: int = 0, large: bool = False) -> StableDiffusion3Pipeli
         )
         text_encoder = _clip_text_encoder(tokenizer, clip_l_dim)
         text_encoder_2 = _clip_text_encoder(tokenizer_2, clip_g_dim)
-        text_encoder_3 = T5EncoderModel(
-            T5Config(
-                vocab_size=len(tokenizer_3),
-                d_model=t5_dim,
-                d_kv=t5_dim // 4,
-                d_ff=2 * t5_dim,
-                num_layers=2,
-                num_heads=4,
-                relative_attention_num_buckets=8,
-                feed_forward_proj="gated-gelu",
-                pad_token_id=tokenizer_3.pad_token_id,
-                eos_token_id=tokenizer_3.eos_token_id,
-            )
-        )
+        text_encoder_3 = build_t5_encoder(tokenizer_3, t5_dim)
         transformer = SD3Transformer2DModel(
             sample_size=16,
             patch_size=2,

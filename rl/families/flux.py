@@ -27,7 +27,7 @@ from diffusers import (
     FluxPipeline,
     FluxTransformer2DModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+from transformers import CLIPTextConfig, CLIPTextModel
 
 from rl.families.base import (
     CONFIG_AND_WEIGHTS,
@@ -37,7 +37,7 @@ from rl.families.base import (
     vae_decode,
     weight_dtype,
 )
-from rl.tiny import CLIP_MAX_LENGTH, build_clip_tokenizer, build_t5_tokenizer
+from rl.tiny import CLIP_MAX_LENGTH, build_clip_tokenizer, build_t5_encoder, build_t5_tokenizer
 
 
 class FluxFamily(PackedLatentFamily):
@@ -193,20 +193,7 @@ def build_tiny_flux(seed: int = 0) -> FluxPipeline:
                 pad_token_id=tokenizer.pad_token_id,
             )
         )
-        text_encoder_2 = T5EncoderModel(
-            T5Config(
-                vocab_size=len(tokenizer_2),
-                d_model=t5_dim,
-                d_kv=t5_dim // 4,
-                d_ff=2 * t5_dim,
-                num_layers=2,
-                num_heads=4,
-                relative_attention_num_buckets=8,
-                feed_forward_proj="gated-gelu",
-                pad_token_id=tokenizer_2.pad_token_id,
-                eos_token_id=tokenizer_2.eos_token_id,
-            )
-        )
+        text_encoder_2 = build_t5_encoder(tokenizer_2, t5_dim)
         transformer = FluxTransformer2DModel(
             patch_size=1,
             in_channels=64,
