@@ -190,6 +190,13 @@ class PackedLatentFamily(ModelFamily):
         rows, cols = self.packed_grid(pipe, height, width)
         return (rows * cols, pipe.transformer.config.in_channels)
 
+    def schedule(
+        self, pipe: DiffusionPipeline, num_steps: int, height: int, width: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pipelines' shifted schedule, its shift set by the number of packed tokens."""
+        rows, cols = self.packed_grid(pipe, height, width)
+        return shifted_schedule(pipe.scheduler, num_steps, rows * cols, device)
+
 
 def weight_dtype(transformer: torch.nn.Module) -> torch.dtype:
     """The dtype of the base weights (LoRA's float32 parameters come later in the list)."""

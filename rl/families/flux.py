@@ -32,7 +32,6 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from rl.families.base import (
     CONFIG_AND_WEIGHTS,
     PackedLatentFamily,
-    shifted_schedule,
     unwrap,
     vae_decode,
     weight_dtype,
@@ -109,17 +108,6 @@ class FluxFamily(PackedLatentFamily):
             batch, channels, height, width, torch.float32, device, generator, latents
         )
         return packed
-
-    def schedule(
-        self,
-        pipe: FluxPipeline,
-        num_steps: int,
-        height: int,
-        width: int,
-        device: torch.device,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        rows, cols = self.packed_grid(pipe, height, width)
-        return shifted_schedule(pipe.scheduler, num_steps, rows * cols, device)
 
     def velocity(
         self,

@@ -37,7 +37,6 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Q
 from rl.families.base import (
     CONFIG_AND_WEIGHTS,
     PackedLatentFamily,
-    shifted_schedule,
     weight_dtype,
 )
 from rl.tiny import WORDS
@@ -111,17 +110,6 @@ class QwenImageFamily(PackedLatentFamily):
         return pipe.prepare_latents(
             batch, channels, height, width, torch.float32, device, generator, latents
         )
-
-    def schedule(
-        self,
-        pipe: QwenImagePipeline,
-        num_steps: int,
-        height: int,
-        width: int,
-        device: torch.device,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        rows, cols = self.packed_grid(pipe, height, width)
-        return shifted_schedule(pipe.scheduler, num_steps, rows * cols, device)
 
     def velocity(
         self,
