@@ -70,12 +70,27 @@ class FlowGRPO(Algorithm):
         advantages: torch.Tensor,
         weight: torch.Tensor,
     ) -> StepLoss:
-        t = trainer.cfg.train
         with trainer.accelerator.autocast():
             step = self.policy_step(trainer, batch, position)
+        return self.clipped_loss(
+            trainer, step, step.log_prob, batch.old_log_prob(position), advantages, weight
+        )
+
+    @staticmethod
+    def clipped_loss(
+        trainer: FlowGRPOTrainer,
+        step: PolicyStep,
+        log_prob: torch.Tensor,
+        old_log_prob: torch.Tensor,
+        advantages: torch.Tensor,
+        weight: torch.Tensor,
+    ) -> StepLoss:
+        """The clipped policy loss (with ``step``'s KL) under the run's train settings; the ratio
+        is ``exp(log_prob - old_log_prob)``."""
+        t = trainer.cfg.train
         return grpo_step_loss(
-            step.log_prob,
-            batch.old_log_prob(position),
+            log_prob,
+            old_log_prob,
             advantages,
             weight,
             clip_range=t.clip_range,

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from rl.algorithms.flow_grpo import FlowGRPO
-from rl.loss import StepLoss, grpo_step_loss
+from rl.loss import StepLoss
 
 if TYPE_CHECKING:
     from rl.rollout import Rollout, RolloutConfig
@@ -78,7 +78,6 @@ class GRPOGuard(FlowGRPO):
         advantages: torch.Tensor,
         weight: torch.Tensor,
     ) -> StepLoss:
-        t = trainer.cfg.train
         with trainer.accelerator.autocast():
             step = self.policy_step(trainer, batch, position)
         noise_std = step.std * torch.sqrt(-batch.step_dt(position)).reshape(step.std.shape)
@@ -86,15 +85,8 @@ class GRPOGuard(FlowGRPO):
             step.log_prob, batch.old_log_prob(position), step.mean, batch.old_mean(position),
             noise_std,
         )  # fmt: skip
-        return grpo_step_loss(
-            log_ratio,
-            torch.zeros_like(log_ratio),
-            advantages,
-            weight,
-            clip_range=t.clip_range,
-            adv_clip_max=t.adv_clip_max,
-            beta=t.beta,
-            kl=step.kl,
+        return self.clipped_loss(
+            trainer, step, log_ratio, torch.zeros_like(log_ratio), advantages, weight
         )
 
     @staticmethod
