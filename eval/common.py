@@ -30,12 +30,15 @@ def check_scoring(scoring: str, scorings: Mapping[str, str], needs: str | None =
 
 @contextmanager
 def exit_on_input_error(command: str, *known: type[Exception]) -> Iterator[None]:
-    """End the command with one line (exit status 1) on a :class:`BenchmarkInputError`, or on
-    one of the ``known`` error types the command raises for bad input (a malformed file, a
-    wrong setting), instead of a traceback."""
+    """End the command with one line (exit status 1) on a :class:`BenchmarkInputError`, a
+    judge that cannot work at all (``JudgeError``: a server that is not up, a wrong URL), or one
+    of the ``known`` error types the command raises for bad input (a malformed file, a wrong
+    setting), instead of a traceback."""
+    from rewards.judges.base import JudgeError
+
     try:
         yield
-    except (BenchmarkInputError, *known) as err:
+    except (BenchmarkInputError, JudgeError, *known) as err:
         raise SystemExit(f"{command}: {err}") from None
 
 

@@ -42,7 +42,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from rewards import build_reward, instantiate
-from rewards.judges.base import Judge
+from rewards.judges.base import Judge, JudgeError
 from rewards.rubric_set import DEFAULT_TEMPLATE, Rubric, RubricSetError
 from rl.redact import protect_run
 from rubric_learning.cache import JudgeCache, make_key
@@ -531,9 +531,9 @@ def learn(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     return RubricLearner(cfg, out_dir).run()
 
 
-# A mistake in the input (a missing or malformed file, a preset for another entry): the
-# command ends with its message in one line, not a traceback.
-USER_ERRORS = (PairDataError, RubricSetError, FileNotFoundError, EntryError)
+# A mistake in the input (a missing or malformed file, a preset for another entry, a judge
+# server that is not up): the command ends with its message in one line, not a traceback.
+USER_ERRORS = (PairDataError, RubricSetError, FileNotFoundError, EntryError, JudgeError)
 
 
 @hydra.main(config_path="../conf", config_name="learn", version_base=None)

@@ -57,6 +57,13 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
              f"model.path={tmp / 'no_model'}", "judge=pixel", f"output_dir={tmp / 'tiif'}"],
             "no_model",
         ),
+        "preference: judge server not up": (
+            ["eval.preference", "benchmark=jsonl",
+             f"data.path={FIX / 'preference' / 'pairs.jsonl'}", "reward=rubric", "judge=openai",
+             "judge.base_url=http://127.0.0.1:9/v1", "judge.health_timeout_s=2",
+             f"reward.rubric_set={FIX / 'preference' / 'red_rubric.json'}"],
+            "is not healthy",
+        ),
         "preference: malformed pairs file": (
             ["eval.preference", "benchmark=hpdv3", f"data.path={bad_rubric}", "reward=rubric",
              "judge=pixel", f"reward.rubric_set={FIX / 'preference' / 'red_rubric.json'}"],
