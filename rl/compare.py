@@ -9,9 +9,10 @@ seed and the same number of epochs; any other ``key=value`` is passed to every r
 override. Writes into ``out`` (default ``outputs/compare/<time>``): one run folder per algorithm,
 ``compare.png`` (the mean rubric reward against wall-clock seconds, images sampled and judge calls)
 and ``compare.md``, a markdown table: the mean reward of the first and last 5 epochs, its gain,
-seconds per epoch and their ratio to flow_grpo's, images sampled and judge calls (``yes_prob``
-items asked of the judge). Wall-clock seconds are the epochs' own phases (sampling, scoring,
-training, checkpoints), so they depend on the machine and on what else runs on it.
+seconds per epoch and their ratio to flow_grpo's, the minutes the run took from its start (model
+building included), images sampled and judge calls (``yes_prob`` items asked of the judge).
+Seconds per epoch are the epochs' own phases (sampling, scoring, training, checkpoints); both
+depend on the machine and on what else runs on it.
 """
 
 from __future__ import annotations
@@ -40,8 +41,11 @@ WINDOW = 5  # epochs averaged at the start and at the end
 
 def run_demo(name: str, run_dir: Path, overrides: list[str]) -> list[dict[str, Any]]:
     """Train ``name``'s demo into ``run_dir``; its metrics rows with ``wall_s`` (cumulative
-    seconds of the epochs' phases), ``images`` and ``judge_calls`` (both cumulative)."""
+    seconds of the epochs' phases), ``images`` and ``judge_calls`` (both cumulative), and
+    ``run_s`` (seconds since the run started, model building included: what a user waits)."""
     from rl.train import FlowGRPOTrainer
+
+    start = time.perf_counter()
 
     with initialize_config_dir(config_dir=CONF, version_base=None):
         cfg = compose("train", overrides=[*DEMOS[name], *overrides])
@@ -62,7 +66,7 @@ def run_demo(name: str, run_dir: Path, overrides: list[str]) -> list[dict[str, A
     def log_with_counts(row: dict[str, Any]) -> None:
         totals["wall_s"] += sum(row.get(k, 0.0) for k in PHASES)
         totals["images"] += trainer.layout.images_per_epoch
-        log_epoch(row | totals | counts)
+        log_epoch(row | totals | counts | {"run_s": time.perf_counter() - start})
 
     trainer.logger.log_epoch = log_with_counts
     trainer.train()
@@ -80,6 +84,7 @@ def summary(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         rows.append({
             "algorithm": name, "epochs": len(metrics), "first5": first, "last5": last,
             "gain": last - first, "s_per_epoch": metrics[-1]["wall_s"] / len(metrics),
+            "run_min": metrics[-1]["run_s"] / 60,
             "images": metrics[-1]["images"], "judge_calls": metrics[-1]["judge_calls"],
         })  # fmt: skip
     base = next((r["s_per_epoch"] for r in rows if r["algorithm"] == "flow_grpo"), None)
@@ -91,13 +96,14 @@ def summary(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| algorithm | epochs | reward, first 5 | reward, last 5 | gain | s / epoch | "
-        "ratio to flow_grpo | images sampled | judge calls |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "ratio to flow_grpo | run, minutes | images sampled | judge calls |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['algorithm']} | {r['epochs']} | {r['first5']:.3f} | {r['last5']:.3f} | "
-            f"{r['gain']:+.3f} | {r['s_per_epoch']:.1f} | {r['ratio']:.2f} | {r['images']} | "
+            f"{r['gain']:+.3f} | {r['s_per_epoch']:.1f} | {r['ratio']:.2f} | {r['run_min']:.1f} | "
+            f"{r['images']} | "
             f"{r['judge_calls']} |"
         )
     return "\n".join(lines) + "\n"

@@ -19,6 +19,8 @@ def test_compare_writes_the_plot_and_the_table(tmp_path):
     assert rows["flow_grpo"]["ratio"] == 1.0 and rows["mixgrpo"]["ratio"] > 0
     # 2 epochs x 4 images; the rubric demo asks the judge one question per rule and image
     assert rows["mixgrpo"]["images"] == 8 and rows["mixgrpo"]["judge_calls"] == 8 * 5
+    # the run's minutes hold its epochs' phases and the model building before them
+    assert rows["mixgrpo"]["run_min"] * 60 > rows["mixgrpo"]["s_per_epoch"] * 2
     assert (tmp_path / "compare.png").stat().st_size > 1000
     assert (tmp_path / "mixgrpo" / "metrics.jsonl").is_file()
 
