@@ -1,7 +1,8 @@
 """Per-GPU memory of a preset at full size, COMPUTED (not measured): ``python -m bench.memory``.
 
     python -m bench.memory --preset flux_dev_pickscore            # one JSON line per preset
-    python -m bench.memory --preset all --processes 8 --zero2
+    python -m bench.memory --preset all --processes 8 --zero 2
+    python -m bench.memory --preset qwen_image_pickscore --zero 3     # its shipped launch
     python -m bench.memory --preset flux_dev_pickscore train.gradient_checkpointing=true
 
 Every model is built on the meta device from its published config (no weights, nothing
@@ -9,7 +10,9 @@ downloaded), so parameter counts are exact. From them and the preset's settings 
 GPU: the frozen weights in the dtypes of :func:`rl.models.precision_plan`; the text encoders while
 prompts are encoded and after they are released (``rollout.prompt_cache=all`` moves them off the
 GPU once the data set is encoded); the LoRA parameters (float32), their gradients and AdamW's two
-moments (float32; divided by the process count under ZeRO-2), the EMA shadow; and an ESTIMATE of
+moments (float32; divided by the process count under ZeRO-2 and -3), the EMA shadow; under ZeRO-3
+the transformer's weights and the LoRA are divided too, plus the largest block gathered whole while
+it runs (DeepSpeed's prefetch of the next one is not counted); and an ESTIMATE of
 the activations kept for backward in one training micro-batch: per transformer block
 ``34 x tokens x hidden x rows`` bytes at 16-bit (Korthikanti et al. 2022, "Reducing Activation
 Recomputation in Large Transformer Models", eq. 1 without the attention-score term, which
@@ -160,7 +163,7 @@ def load_preset(name: str, overrides: list[str] = ()):
 def preset_memory(
     name: str,
     processes: int = 8,
-    zero2: bool = False,
+    zero: int = 0,
     headroom_gb: float = 8.0,
     overrides: list[str] = (),
 ) -> dict:
@@ -174,8 +177,12 @@ def preset_memory(
     transformer = modules["transformer"]
     targets = list(OmegaConf.to_container(lora, resolve=True)["target_modules"])
     trained = lora_parameters(transformer, targets, int(lora.rank))
-    shard = processes if zero2 else 1
-    weights = numel(transformer) * dtype_bytes(plan.transformer)
+    if zero not in (0, 2, 3):
+        raise ValueError(f"zero must be 0 (DDP), 2 or 3, not {zero}")
+    shard = processes if zero else 1  # ZeRO-2 and -3 shard gradients and AdamW's moments
+    base = processes if zero == 3 else 1  # ZeRO-3 also shards the weights
+    weight_bytes = dtype_bytes(plan.transformer)
+    weights = numel(transformer) * weight_bytes // base
     vae = numel(modules["vae"]) * dtype_bytes(plan.vae)
     encoders = sum(
         numel(modules[n]) * dtype_bytes(plan.text_encoders) for n in modules if "text" in n
@@ -184,18 +191,21 @@ def preset_memory(
     image_tokens = (int(r.height) // 16) * (int(r.width) // 16)
     text_tokens = int(r.max_sequence_length) + (CLIP_TOKENS if family == "sd3" else 0)
     hidden = transformer.config.num_attention_heads * transformer.config.attention_head_dim
-    blocks = len(transformer.transformer_blocks) + len(
-        getattr(transformer, "single_transformer_blocks", [])
-    )
+    blocks = [
+        *transformer.transformer_blocks,
+        *getattr(transformer, "single_transformer_blocks", []),
+    ]
     act_bytes = 2 if t.mixed_precision in ("bf16", "fp16") else dtype_bytes(plan.transformer)
     per_block = (
         (2 if t.gradient_checkpointing else 34) * (image_tokens + text_tokens) * hidden * rows
     )
-    activations = blocks * per_block * act_bytes // 2
+    activations = len(blocks) * per_block * act_bytes // 2
+    gathered = max(numel(b) for b in blocks) * weight_bytes if zero == 3 else 0
     table = {
         "transformer_weights": weights,
+        "zero3_gathered_block": gathered,
         "vae_weights": vae,
-        "lora_parameters": 4 * trained,
+        "lora_parameters": 4 * trained // base,
         "lora_gradients": 4 * trained // shard,
         "adamw_states": 8 * trained // shard,
         "ema_shadow": 4 * trained if cfg.ema.enabled else 0,
@@ -209,7 +219,7 @@ def preset_memory(
         "overrides": list(overrides),
         "model": cfg.model.name,
         "processes": processes,
-        "zero2": zero2,
+        "zero_stage": zero,
         "transformer_parameters": numel(transformer),
         "lora_trained_parameters": trained,
         "weight_dtypes": {k: str(v).removeprefix("torch.") for k, v in vars(plan).items()},
@@ -226,15 +236,18 @@ def preset_memory(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", action="append", help=f"one of {PRESETS} or 'all'")
-    parser.add_argument("--processes", type=int, default=8, help="GPUs (shards under --zero2)")
-    parser.add_argument("--zero2", action="store_true", help="DeepSpeed ZeRO-2: shard grads+Adam")
+    parser.add_argument("--processes", type=int, default=8, help="GPUs (the shards under --zero)")
+    parser.add_argument(
+        "--zero", type=int, choices=(0, 2, 3), default=0,
+        help="DeepSpeed ZeRO stage: 2 shards gradients and AdamW, 3 the weights too",
+    )  # fmt: skip
     parser.add_argument("--headroom-gb", type=float, default=8.0)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the preset")
     args = parser.parse_args(argv)
     names = args.preset or ["all"]
     names = list(PRESETS) if "all" in names else names
     for name in names:
-        table = preset_memory(name, args.processes, args.zero2, args.headroom_gb, args.overrides)
+        table = preset_memory(name, args.processes, args.zero, args.headroom_gb, args.overrides)
         print(json.dumps(table))
 
 

@@ -39,6 +39,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file, save_file
 
+from rl.distributed import gathered
 from rl.lora import load_lora_state_dict, lora_state_dict
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,10 @@ class UntrustedCheckpointError(ValueError):
     """A checkpoint file that would need pickle (arbitrary code) to load."""
 
 
+def trained_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def checkpoint_name(epoch: int) -> str:
     return f"epoch_{epoch:06d}"
 
@@ -62,21 +67,25 @@ def is_complete(path: Path) -> bool:
 
 
 def register_lora_hooks(accelerator: Accelerator) -> None:
-    """Make ``save_state``/``load_state`` store only the adapter, not the frozen base weights."""
+    """Make ``save_state``/``load_state`` store only the adapter, not the frozen base weights
+    (under ZeRO-3 gathered whole for the write, and scattered back to the partitions on load)."""
 
     def save_hook(models: list, weights: list, output_dir: str) -> None:
         for model in models:
-            if accelerator.is_main_process:
-                state = lora_state_dict(accelerator.unwrap_model(model))
-                state = {k: v.contiguous() for k, v in state.items()}
-                save_file(state, f"{output_dir}/{ADAPTER_FILE}")
+            model = accelerator.unwrap_model(model)
+            with gathered(accelerator, trained_parameters(model)):  # ZeRO-3: whole on rank 0
+                if accelerator.is_main_process:
+                    state = {k: v.contiguous() for k, v in lora_state_dict(model).items()}
+                    save_file(state, f"{output_dir}/{ADAPTER_FILE}")
             if weights:
                 weights.pop()
 
     def load_hook(models: list, input_dir: str) -> None:
         while models:
             model = accelerator.unwrap_model(models.pop())
-            load_lora_state_dict(model, load_file(f"{input_dir}/{ADAPTER_FILE}"))
+            # ZeRO-3: what rank 0 loads goes to every process's partition
+            with gathered(accelerator, trained_parameters(model), modifier_rank=0):
+                load_lora_state_dict(model, load_file(f"{input_dir}/{ADAPTER_FILE}"))
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
@@ -91,8 +100,10 @@ class CheckpointManager:
         root: Path,
         keep_last: int | None,
         frozen_base: bool = False,
+        trained: list[torch.nn.Parameter] = (),
     ) -> None:
         self.accelerator = accelerator
+        self.trained = trained  # gathered whole for write_extra under ZeRO-3
         self.root = root
         self.keep_last = keep_last
         self.frozen_base = frozen_base  # LoRA: the model's frozen weights are not saved
@@ -123,10 +134,11 @@ class CheckpointManager:
         acc.wait_for_everyone()
         acc.save_state(str(staging), **self._deepspeed_kwargs(saving=True))
         per_rank = gather_objects(acc, trainer_state.pop("per_rank", None))
+        with gathered(acc, self.trained):  # collective under ZeRO-3 (DeepSpeed re-partitioned)
+            if acc.is_main_process and write_extra is not None:
+                write_extra(staging)
         if acc.is_main_process:
             torch.save({**trainer_state, "per_rank": per_rank}, staging / TRAINER_STATE)
-            if write_extra is not None:
-                write_extra(staging)
             marker = {"epoch": epoch, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
             (staging / MARKER).write_text(json.dumps(marker) + "\n")
             if final.exists():

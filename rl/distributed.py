@@ -15,9 +15,12 @@ create it exactly as ``Accelerator`` would. Two gaps of accelerate are closed he
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, parse_flag_from_env
 
@@ -100,3 +103,64 @@ def configure_deepspeed(accelerator: Accelerator, micro_batch_size: int, max_gra
     config["train_batch_size"] = (
         micro_batch_size * config["gradient_accumulation_steps"] * accelerator.num_processes
     )
+    if zero_stage(accelerator) == 3:
+        keep_zero3_to_the_engine(accelerator.state.deepspeed_plugin)
+
+
+def zero_stage(accelerator: Accelerator) -> int:
+    """The launch's ZeRO stage (0 without DeepSpeed)."""
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return 0
+    config = accelerator.state.deepspeed_plugin.deepspeed_config
+    return int(config.get("zero_optimization", {}).get("stage", 0))
+
+
+def keep_zero3_to_the_engine(plugin: Any) -> None:
+    """Under ZeRO-3 only the engine's module (the transformer) is partitioned.
+
+    accelerate registers its DeepSpeed config with transformers whatever ``zero3_init_flag`` says,
+    and transformers then partitions every model it builds afterwards (``deepspeed.zero.Init``):
+    the text encoders and a reward model would come out partitioned with no engine to gather them
+    back, and their first forward fails. The registration is undone here; the flag itself is
+    refused, for the same reason.
+    """
+    if plugin.zero3_init_flag:
+        raise LaunchError(
+            "zero3_init_flag: true partitions the text encoders and the reward model while they "
+            "load, and only the trained transformer is gathered by the DeepSpeed engine: set "
+            "zero3_init_flag: false (conf/accelerate/deepspeed_zero3.yaml)"
+        )
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    plugin.dschf = None
+
+
+@contextlib.contextmanager
+def gathered(
+    accelerator: Accelerator, params: Iterable[torch.nn.Parameter], modifier_rank: int | None = None
+) -> Iterator[None]:
+    """Under ZeRO-3, ``params`` whole on every process inside the block (collective: every process
+    must enter it); with ``modifier_rank``, that rank's changes are broadcast on exit. Elsewhere
+    the parameters are whole already and this does nothing."""
+    if zero_stage(accelerator) != 3:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(params), modifier_rank=modifier_rank):
+        yield
+
+
+def held_share(module: torch.nn.Module) -> tuple[int, int]:
+    """(parameters this process holds, parameters of ``module``): under ZeRO-3 each holds its
+    partition (``ds_tensor``) of every partitioned tensor; elsewhere it holds them all."""
+    held = total = 0
+    for param in module.parameters():
+        numel = getattr(param, "ds_numel", param.numel())
+        partition = getattr(param, "ds_tensor", None)
+        total += numel
+        # tensors under stage3_param_persistence_threshold stay whole on every process
+        whole = partition is None or getattr(param, "ds_persist", False)
+        held += numel if whole else partition.numel()
+    return held, total

@@ -36,7 +36,7 @@ import hydra
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
@@ -61,8 +61,16 @@ from rl.config import (
     parse_config,
     register_resolvers,
 )
-from rl.distributed import LaunchError, configure_deepspeed, distributed_state
+from rl.distributed import (
+    LaunchError,
+    configure_deepspeed,
+    distributed_state,
+    gathered,
+    held_share,
+    zero_stage,
+)
 from rl.ema import EMA
+from rl.families import model_spec
 from rl.guards import (
     RewardGuard,
     StepGuard,
@@ -124,6 +132,7 @@ class FlowGRPOTrainer:
             self.run_dir / "checkpoints",
             self.cfg.checkpoint.keep_last,
             frozen_base=not self.cfg.lora.full_finetune,
+            trained=self.params,
         )
         self.logger = RunLogger(
             self.run_dir, asdict(self.cfg.logger), self.raw_config, self.is_main
@@ -146,8 +155,13 @@ class FlowGRPOTrainer:
         self.algorithm = build_algorithm(cfg.algorithm, cfg.rollout)
         self.num_train_steps = self.algorithm.max_train_steps
         accumulation = self.micro_batches // t.optimizer_steps_per_epoch * self.num_train_steps
+        # a family whose LoRA targets include modules the loss never reaches (Qwen-Image's last
+        # block's text stream) has DDP look for them; ZeRO needs nothing
+        unused = model_spec(cfg.model.get("name")).family.unused_in_loss
         self.accelerator = acc = Accelerator(
-            mixed_precision=t.mixed_precision, gradient_accumulation_steps=accumulation
+            mixed_precision=t.mixed_precision,
+            gradient_accumulation_steps=accumulation,
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)],
         )
         if acc.gradient_accumulation_steps != accumulation:
             raise LaunchError(
@@ -156,6 +170,8 @@ class FlowGRPOTrainer:
                 f"trainer derives it ({accumulation}) from train.optimizer_steps_per_epoch: drop it"
             )
         configure_deepspeed(acc, t.micro_batch_size, t.max_grad_norm)
+        if zero_stage(acc) == 3:
+            refuse_under_zero3(cfg)
         self.is_main = acc.is_main_process
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -273,6 +289,15 @@ class FlowGRPOTrainer:
                 "" if t.mixed_precision != "fp16" or acc.device.type != "cpu" else
                 " (accelerate runs no fp16 autocast on the CPU: float32 compute)",
             )  # fmt: skip
+            if zero_stage(acc) == 3:
+                held, total = held_share(acc.unwrap_model(self.transformer))
+                log.info(
+                    "ZeRO-3: this process holds %d of the transformer's %d parameters (%.1f%%), "
+                    "frozen base included",
+                    held,
+                    total,
+                    100 * held / total,
+                )
             r = self.cfg.rollout
             if self.cache_mode == "all":
                 log.info(
@@ -584,9 +609,11 @@ class FlowGRPOTrainer:
         """Checkpoint after ``epochs_done`` epochs (all ranks), with the LoRA exported inside;
         weights that are not finite stop the run instead (never checkpointed)."""
         what = f"checkpoint after epoch {epochs_done}"
-        check_finite(self.params, what, self.last_good_name())
+        with gathered(self.accelerator, self.params):  # ZeRO-3: whole on every process
+            check_finite(self.params, what, self.last_good_name())
         if self.ema is not None:
-            check_finite(self.ema.state_dict()["shadow"], f"{what} (EMA)", self.last_good_name())
+            shadow = self.ema.state_dict()["shadow"]
+            check_finite(shadow, f"{what} (EMA)", self.last_good_name())
         state = {
             "epochs_done": epochs_done,
             "optimizer_step": self.optimizer_step,
@@ -604,7 +631,8 @@ class FlowGRPOTrainer:
             },
         }
         # full fine-tuning: accelerate's state already holds the whole transformer
-        export = None if self.cfg.lora.full_finetune else lambda to: self.export(to, epochs_done)
+        full = self.cfg.lora.full_finetune
+        export = None if full else lambda to: self.export(to, epochs_done)
         self.last_good = self.checkpoints.save(epochs_done, state, export)
 
     def load_checkpoint(self, path: Path) -> None:
@@ -649,8 +677,10 @@ class FlowGRPOTrainer:
     # ------------------------------------------------------------------ cleanup
     def cleanup(self) -> None:
         """Final export and reward curve (rank 0); stop the scoring thread; free the reward."""
+        with gathered(self.accelerator, self.params):  # ZeRO-3: the whole LoRA on every process
+            if self.is_main:
+                self.export(self.run_dir, self.cfg.train.epochs)
         if self.is_main:
-            self.export(self.run_dir, self.cfg.train.epochs)
             self.logger.finish()
             if self.heldout is not None:
                 plot_heldout(read_rows(self.logger.path), self.run_dir / HELDOUT_CURVE)
@@ -684,6 +714,24 @@ class PhaseTimer:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def refuse_under_zero3(cfg: TrainConfig) -> None:
+    """Raise LaunchError naming the settings a ZeRO-3 launch cannot run: the EMA's whole shadow
+    copy of weights that ZeRO-3 partitions, and the eval hook and held-out rewards, which
+    generate on rank 0 alone while every forward of a partitioned model needs all processes."""
+    every = int(cfg.eval_hook.get("every_n_epochs") or 0)
+    wanted = {
+        "ema.enabled=true": cfg.ema.enabled,
+        f"eval_hook.every_n_epochs={every}": every > 0,
+        "eval_rewards.rewards": bool(cfg.eval_rewards.rewards),
+    }
+    unsupported = [name for name, on in wanted.items() if on]
+    if unsupported:
+        raise LaunchError(
+            f"DeepSpeed ZeRO-3 cannot run {', '.join(unsupported)}: turn them off, and evaluate "
+            "the exported LoRA afterwards (python -m eval.checkpoints)"
+        )
 
 
 def epoch_plan(t: TrainSection, num_prompts: int, num_processes: int) -> tuple[GroupLayout, int]:

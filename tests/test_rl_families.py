@@ -379,8 +379,15 @@ def test_memory_table_is_computed_from_meta_models():
     # LoRA r64 on train_flux.py's targets; AdamW keeps two float32 moments per parameter
     lora = table["lora_trained_parameters"]
     assert table["per_gpu_gb"]["adamw_states"] == round(8 * lora / 1e9, 2)
-    sharded = preset_memory("flux_dev_pickscore", processes=8, zero2=True)
+    sharded = preset_memory("flux_dev_pickscore", processes=8, zero=2)
     assert sharded["per_gpu_gb"]["adamw_states"] == round(lora / 1e9, 2)
+    assert (
+        sharded["per_gpu_gb"]["transformer_weights"] == table["per_gpu_gb"]["transformer_weights"]
+    )
+    # ZeRO-3 shards the frozen base too, and gathers one block (the largest) while it runs
+    zero3 = preset_memory("flux_dev_pickscore", processes=8, zero=3)
+    assert zero3["per_gpu_gb"]["transformer_weights"] == round(11_901_408_320 * 4 / 8 / 1e9, 2)
+    assert 0 < zero3["per_gpu_gb"]["zero3_gathered_block"] < 1.5
     checkpointed = preset_memory(
         "flux_dev_pickscore", overrides=["train.gradient_checkpointing=true"]
     )

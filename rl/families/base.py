@@ -55,6 +55,9 @@ class ModelFamily:
             guidance-distilled model reads the guidance scale through an embedding instead).
         release_text_encoders: whether the text encoders leave the accelerator between
             encodings by default even when prompts are encoded per epoch (large encoders).
+        unused_in_loss: whether some of the LoRA targets never reach the loss (the output of a
+            stream that the last block computes and the model drops), so that DDP must look
+            for parameters without a gradient in every backward.
     """
 
     name: ClassVar[str]
@@ -65,6 +68,7 @@ class ModelFamily:
     lora_targets: ClassVar[tuple[str, ...]]
     negative_prompt: ClassVar[str | None] = ""
     release_text_encoders: ClassVar[bool] = False
+    unused_in_loss: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ models
     def build_tiny(self, seed: int = 0, **variant: Any) -> DiffusionPipeline:

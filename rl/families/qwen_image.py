@@ -72,6 +72,8 @@ class QwenImageFamily(PackedLatentFamily):
     )
     negative_prompt = " "  # flow_grpo's negative_prompt=[" "] * len(prompts)
     release_text_encoders = True  # Qwen2.5-VL-7B: 16.6 GB in bf16 that sampling never uses
+    # the last block's text stream (its to_add_out and txt_mlp) is computed and dropped
+    unused_in_loss = True
 
     def build_tiny(self, seed: int = 0, **variant: Any) -> QwenImagePipeline:
         return build_tiny_qwen_image(seed=seed, **variant)
