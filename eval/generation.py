@@ -150,6 +150,9 @@ def generate_images(
     """Make every job's image that is not already on disk, ``cfg.batch_size`` at a time."""
     todo = [job for job in jobs if not is_readable_image(find_image(job.path) or job.path)]
     stats = GenerationStats(skipped=len(jobs) - len(todo))
+    from rl.families import family_of
+
+    family = family_of(pipe)
     device = _pipeline_device(pipe)
     gen_device = "cpu" if device.type == "mps" else device
     for start in tqdm(range(0, len(todo), cfg.batch_size), desc=desc, unit="batch"):
@@ -160,7 +163,7 @@ def generate_images(
         images = pipe(
             prompt=[job.prompt for job in batch],
             num_inference_steps=cfg.num_steps,
-            guidance_scale=cfg.guidance_scale,
+            **family.pipeline_guidance(cfg.guidance_scale, len(batch)),
             height=cfg.height,
             width=cfg.width,
             max_sequence_length=cfg.max_sequence_length,

@@ -16,6 +16,7 @@ import math
 import shutil
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from diffusers import FluxPipeline, QwenImagePipeline, StableDiffusion3Pipeline
@@ -92,8 +93,8 @@ def test_noise_free_flux_rollout_equals_the_flux_pipeline(flux):
     cache = PromptCache(flux, max_sequence_length=32)
     rollout = sample(flux, flux.transformer, cache, PROMPTS, cfg, latents=noise)
     ref, images = diffusers_final_latents(
-        flux, prompt=PROMPTS, num_inference_steps=4, guidance_scale=3.5, latents=noise,
-        max_sequence_length=32, **SIZE,
+        flux, prompt=PROMPTS, num_inference_steps=4, latents=noise, max_sequence_length=32,
+        **FLUX.pipeline_guidance(3.5, len(PROMPTS)), **SIZE,
     )  # fmt: skip
     assert rollout.latents.shape == (2, 5, 16, 64)  # packed 2x2: (32/8)^2 tokens of 64
     assert torch.equal(rollout.latents[:, -1], ref)
@@ -220,7 +221,8 @@ def test_noise_free_qwen_image_rollout_equals_the_qwen_image_pipeline(qwen, guid
     noise = torch.randn(2, 16, 64, generator=torch.Generator().manual_seed(0))
     cache = PromptCache(qwen, max_sequence_length=32)
     rollout = sample(qwen, qwen.transformer, cache, PROMPTS, cfg, latents=noise)
-    cfg_kwargs = {"negative_prompt": " ", "true_cfg_scale": guidance} if guidance > 1 else {}
+    # the keywords with which evaluation calls the pipeline (eval/generation.py)
+    cfg_kwargs = QWEN_IMAGE.pipeline_guidance(guidance, len(PROMPTS))
     ref, images = diffusers_final_latents(
         qwen, prompt=PROMPTS, num_inference_steps=3, latents=noise, max_sequence_length=32,
         **cfg_kwargs, **SIZE,
@@ -229,6 +231,21 @@ def test_noise_free_qwen_image_rollout_equals_the_qwen_image_pipeline(qwen, guid
     torch.testing.assert_close(rollout.latents[:, -1], ref, atol=2e-5, rtol=0)
     torch.testing.assert_close(rollout.images, images, atol=2e-5, rtol=0)
     assert cache.negative_prompts(guidance) == ([" "] if guidance > 1 else [])
+
+
+def test_evaluation_generates_qwen_image_with_its_true_cfg(qwen, tmp_path):
+    """QwenImagePipeline guides through true_cfg_scale with a negative prompt; given only its
+    guidance_scale, it samples every guidance as guidance 1 (the same image to the bit)."""
+    from eval.generation import GenerationConfig, ImageJob, generate_images
+
+    def generated(guidance: float) -> np.ndarray:
+        job = ImageJob(PROMPTS[0], tmp_path / f"g{guidance}.png", "a")
+        settings = GenerationConfig(num_steps=2, guidance_scale=guidance, max_sequence_length=32,
+                                    **SIZE)  # fmt: skip
+        generate_images(qwen, [job], settings)
+        return np.asarray(PIL.Image.open(job.path), dtype=np.int16)
+
+    assert np.abs(generated(4.0) - generated(1.0)).max() > 0
 
 
 def test_qwen_image_sde_steps_equal_a_float64_recomputation_of_the_reference(qwen):

@@ -126,6 +126,11 @@ class ModelFamily:
         """Whether sampling at ``guidance_scale`` runs a negative (uncond) branch."""
         return self.negative_prompt is not None and guidance_scale > 1
 
+    def pipeline_guidance(self, guidance_scale: float, batch: int) -> dict[str, Any]:
+        """The keyword arguments with which the family's diffusers pipeline guides as the
+        rollout does at ``guidance_scale`` (for evaluation, which calls the pipeline)."""
+        return {"guidance_scale": guidance_scale}
+
     # ------------------------------------------------------------------ latents and schedule
     def latent_shape(self, pipe: DiffusionPipeline, height: int, width: int) -> tuple[int, ...]:
         """The shape of one sample's start noise as the transformer reads it (packed if so)."""

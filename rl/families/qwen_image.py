@@ -98,6 +98,13 @@ class QwenImageFamily(PackedLatentFamily):
     def uses_cfg(self, guidance_scale: float) -> bool:
         return guidance_scale > 1
 
+    def pipeline_guidance(self, guidance_scale: float, batch: int) -> dict[str, Any]:
+        # QwenImagePipeline's guidance_scale feeds a guidance embedding (which Qwen-Image lacks);
+        # its CFG is true_cfg_scale, and runs only when a negative prompt is given
+        if not self.uses_cfg(guidance_scale):
+            return {"true_cfg_scale": 1.0}
+        return {"true_cfg_scale": guidance_scale, "negative_prompt": [self.negative_prompt] * batch}
+
     def prepare_latents(
         self,
         pipe: QwenImagePipeline,
