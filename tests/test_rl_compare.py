@@ -26,8 +26,10 @@ def test_compare_writes_the_plot_and_the_table(tmp_path):
 
 
 def test_bench_algorithms_reports_ratios_to_flow_grpo(capsys):
-    report = bench_main(["--epochs", "2", "--algorithms", "flow_grpo,diffusion_nft", *SMALL])
+    report = bench_main(["--epochs", "2", "--algorithms", "flow_grpo,diffusion_nft",
+                         "--flow-grpo-trains-all-steps", *SMALL])  # fmt: skip
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(line) == report and report["bench"] == "algorithms"
     assert report["algorithms"]["flow_grpo"]["ratio_to_flow_grpo"] == 1.0
     assert report["algorithms"]["diffusion_nft"]["epoch_s"] > 0
+    assert report["flow_grpo_overrides"] == ["rollout.sde_window=null"]
