@@ -18,6 +18,7 @@ their formulas are restated here line by line, with file, lines and commit):
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from test_rl_reference import check, preset
@@ -114,14 +115,22 @@ def test_grpo_guard_records_means_and_refuses_cps():
 
 
 # ---------------------------------------------------------------------------------- MixGRPO
-def official_progressive_windows(epochs, iters_per_group, group_size, max_timesteps, step, roll):
-    """GRPOTrainingStates(sample_strategy="progressive", prog_overlap=True) as train_grpo_flux.py
-    drives it: each iteration reads get_current_timesteps(), then calls update_iteration()."""
+def official_progressive_windows(epochs, iters_per_group, group_size, max_timesteps, step, roll,
+                                 strategy="progressive", max_iters=10, min_iters=1):  # fmt: skip
+    """GRPOTrainingStates(sample_strategy=strategy, prog_overlap=True) as train_grpo_flux.py
+    drives it: each iteration reads get_current_timesteps(), then calls update_iteration()
+    (grpo_states.py at e5cdd6a; exp_decay with its defaults threshold 13, k 0.1)."""
     cur, cur_iter, out = 0, 0, []
     for _ in range(epochs):
         out.append(list(range(cur, min(cur + group_size, max_timesteps))))
         cur_iter += 1
-        if cur_iter >= iters_per_group:
+        current = iters_per_group
+        if strategy == "decay":  # get_dynamic_iters_per_group
+            progress = cur / max_timesteps
+            current = max(min_iters, int(max_iters * (1 - progress) + min_iters * progress))
+        elif strategy == "exp_decay":  # get_exp_decay_iters_per_group
+            current = np.ceil(iters_per_group * np.exp(-0.1 * max(0, cur - 13)))
+        if cur_iter >= current:
             cur_iter = 0
             cur += step
         if cur > max_timesteps:
@@ -150,6 +159,37 @@ def test_mixgrpo_window_per_epoch_is_the_official_progressive_schedule(
         assert {tuple(w) for w in ours[:300]} == {tuple(range(k, k + 4)) for k in range(12)}
 
 
+@pytest.mark.parametrize(
+    "strategy,steps,iters,roll",
+    [("decay", 25, 25, True), ("decay", 10, 5, False), ("exp_decay", 25, 25, True),
+     ("exp_decay", 30, 8, True)],
+)  # fmt: skip
+def test_mixgrpo_decay_strategies_are_the_official_schedules(strategy, steps, iters, roll):
+    settings = MixGRPOSettings(iters_per_group=iters, roll_back=roll, strategy=strategy)
+    epochs = 400
+    official = official_progressive_windows(epochs, iters, 4, steps - 2, 1, roll, strategy)
+    ours = [list(range(*epoch_window(e, settings, steps))) for e in range(epochs)]
+    assert ours == official
+    starts = [w[0] for w in ours if w]
+    assert len(set(starts)) > 5  # the window does move
+
+
+def test_mixgrpo_random_strategy_draws_one_full_window_per_epoch_from_the_run_generator():
+    rollout = RolloutConfig(num_steps=10)
+    settings = parse_algorithm({"name": "mixgrpo", "strategy": "random"})
+    algo, again = build_algorithm(settings, rollout), build_algorithm(settings, rollout)
+    generator, replay = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    windows = []
+    for epoch in range(40):
+        window = algo.epoch_window(epoch, generator)
+        assert algo.epoch_window(epoch, generator) == window  # every batch of the epoch
+        assert again.epoch_window(epoch, replay) == window  # the generator fixes it (resume)
+        windows.append(window)
+    assert windows[0] == (0, 4)  # GRPOTrainingStates starts at cur_timestep 0
+    assert all(end - start == 4 and 0 <= start <= 10 - 2 - 4 for start, end in windows)
+    assert len(set(windows)) == 5  # every start in [0, 4] drawn
+
+
 def test_mixgrpo_sde_inside_the_window_ode_elsewhere_and_bad_window_fails_at_start_up():
     rollout = RolloutConfig(num_steps=8)
     algo = build_algorithm(parse_algorithm({"name": "mixgrpo", "iters_per_group": 2}), rollout)
@@ -165,6 +205,8 @@ def test_mixgrpo_sde_inside_the_window_ode_elsewhere_and_bad_window_fails_at_sta
     assert "algorithm.window_size=7 must be in 1..num_steps - 2 = 6" in str(err.value)
     with pytest.raises(ConfigError, match="unset rollout.sde_window"):
         preset("demo", "algorithm=mixgrpo")
+    with pytest.raises(ConfigError, match="algorithm.strategy='linear' must be one of"):
+        preset("demo_mixgrpo", "algorithm.strategy=linear")
 
 
 def official_dpmpp_first(x, x0, s, t):
