@@ -193,7 +193,8 @@ def parse_config(cfg: DictConfig) -> TrainConfig:
 
         algorithm = parse_algorithm(cfg.get("algorithm"))
         if rollout is not None:
-            problems += algorithm_problems(algorithm, rollout, sections["train"])
+            family = model_family(cfg.get("model"))
+            problems += algorithm_problems(algorithm, rollout, sections["train"], family)
     except (ValueError, OmegaConfBaseException) as err:
         problems.append(f"algorithm: {str(err).splitlines()[0]}")
     problems += value_problems(sections)
@@ -344,6 +345,15 @@ def shared_run_stamp() -> str:
             stamp = broadcast_object_list([stamp], from_process=0)[0]
         _RUN_STAMP.append(stamp)
     return _RUN_STAMP[0]
+
+
+def model_family(model: Any) -> Any:
+    """The family of the ``model`` section's ``name``; None when the name is unknown (the model
+    loader reports that, naming the known names)."""
+    from rl.families import MODELS
+
+    spec = MODELS.get((model or {}).get("name"))
+    return spec.family if spec is not None else None
 
 
 def family_lora_targets(model_name: str) -> list[str]:

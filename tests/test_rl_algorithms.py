@@ -317,6 +317,7 @@ def test_mixgrpo_and_nft_presets_are_the_official_values():
             "ema.enabled": (True, f"{NFT_BASE} train.ema"),
             "ema.decay": (0.9, "train_nft_sd3.py EMAModuleWrapper(decay=0.9)"),
             "ema.update_every": (1, "train_nft_sd3.py update_step_interval=1"),
+            "ema.repeat": (1, "train_nft_sd3.py: ema.step once per optimizer step"),
             "lora.rank": (32, "train_nft_sd3.py LoraConfig(r=32)"),
         },
     )
@@ -408,6 +409,10 @@ def test_nft_loss_and_implicit_policies_equal_the_official_computation(beta, mod
 def test_nft_refuses_cfg_and_windows_and_trains_zero_advantages():
     with pytest.raises(ConfigError, match="diffusion_nft is CFG-free"):
         preset("demo", "algorithm=diffusion_nft", "rollout.sde_window=null")
+    with pytest.raises(ConfigError, match="diffusion_nft is CFG-free"):  # Qwen-Image: true CFG
+        preset("demo_nft", "model=tiny_qwen_image", "rollout.guidance_scale=4")
+    # FLUX's guidance is an embedding's input, no CFG branch: kept
+    preset("demo_nft", "model=tiny_flux", "rollout.guidance_scale=3.5")
     with pytest.raises(ConfigError, match="diffusion_nft samples ODE-only"):
         preset("demo_nft", "rollout.sde_window=[0,4]")
     with pytest.raises(ConfigError, match="every image of a group identical"):
@@ -469,3 +474,41 @@ def test_dpm_solver_integrates_a_known_flow_more_accurately_than_euler():
     assert dpm_err < 0.3 * euler_err, (dpm_err, euler_err)
     final = run.step(9, x_dpm, velocity(x_dpm, sigmas[9]))  # to sigma 0: the data prediction
     torch.testing.assert_close(final, x_dpm - sigmas[9] * velocity(x_dpm, sigmas[9]))
+
+
+# ---------------------------------------------------------------------------------- every family
+ACROSS = [
+    ("grpo_guard", "tiny_flux", ["experiment=demo", "algorithm=grpo_guard"]),
+    ("mixgrpo", "tiny_qwen_image", ["experiment=demo_mixgrpo", "algorithm.window_size=2",
+                                    "algorithm.iters_per_group=1", "algorithm.flash=true"]),
+    # FLUX reads its guidance through an embedding, not a CFG branch: DiffusionNFT keeps it
+    ("diffusion_nft", "tiny_flux", ["experiment=demo_nft", "rollout.guidance_scale=3.5"]),
+    ("diffusion_nft", "tiny_qwen_image", ["experiment=demo_nft"]),
+    ("diffusion_nft", "tiny_sd35_large", ["experiment=demo_nft"]),
+]  # fmt: skip
+
+
+@pytest.mark.families
+@pytest.mark.parametrize("algorithm,model,overrides", ACROSS)
+def test_each_algorithm_trains_the_other_families_on_two_processes(
+    tmp_path, algorithm, model, overrides
+):
+    """Each algorithm with a family other than SD3.5-M, on 2 DDP CPU processes: two epochs of
+    finite updates, and an exported LoRA that moved away from its zero-initialised B."""
+    from safetensors.torch import load_file
+    from test_rl_scale import finish, free_port, launch, rows
+
+    run = tmp_path / "run"
+    finish(launch(["--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "--main_process_port", str(free_port()), "-m", "rl.train", *overrides,
+                   f"model={model}", "train.epochs=2", "log.sample_every_n_epochs=0",
+                   "train.batch_size=4", "train.micro_batch_size=4", "train.group_size=4",
+                   "train.groups_per_epoch=2", "train.optimizer_steps_per_epoch=1",
+                   f"hydra.run.dir={run}"], tmp_path))  # fmt: skip
+    metrics = rows(run)
+    assert "| 2 processes |" in (run / "train.log").read_text()
+    assert [r["optimizer_step"] for r in metrics] == [1, 2]
+    assert all(math.isfinite(r["policy_loss"]) and math.isfinite(r["grad_norm"]) for r in metrics)
+    lora = load_file(run / "lora" / "pytorch_lora_weights.safetensors")
+    assert max(float(t.abs().max()) for k, t in lora.items() if "lora_B" in k) > 0

@@ -380,6 +380,7 @@ def test_sd35_large_preset_is_flow_factorys_sd3_5_example_on_the_large_weights()
             "lora.rank": (32, f"{FF_SD35} model.lora_rank"),
             "lora.alpha": (64.0, f"{FF_SD35} model.lora_alpha"),
             "ema.decay": (0.99, f"{FF_SD35} train.ema_decay"),
+            "ema.repeat": (1, "Flow-Factory ema/ema.py EMAModuleWrapper.step: one update"),
         },
     )
     assert sorted(cfg.lora.target_modules) == sorted(REFERENCE_TARGETS)

@@ -47,9 +47,9 @@ def parse_algorithm(node: Any) -> Any:
     return OmegaConf.to_object(OmegaConf.merge(schema, node))
 
 
-def algorithm_problems(settings: Any, rollout: Any, train: Any) -> list[str]:
-    """Start-up checks of the algorithm against the rollout and train sections."""
-    return ALGORITHMS[settings.name].cls.problems(settings, rollout, train)
+def algorithm_problems(settings: Any, rollout: Any, train: Any, family: Any = None) -> list[str]:
+    """Start-up checks of the algorithm against the rollout and train sections and the family."""
+    return ALGORITHMS[settings.name].cls.problems(settings, rollout, train, family)
 
 
 def build_algorithm(settings: Any, rollout: Any) -> Algorithm:

@@ -26,6 +26,7 @@ from rl.loss import StepLoss
 
 if TYPE_CHECKING:
     from rl.algorithms.solvers import DPMSolver
+    from rl.families import ModelFamily
     from rl.rollout import Rollout, RolloutConfig
     from rl.train import FlowGRPOTrainer
 
@@ -103,6 +104,9 @@ class Algorithm:
         pass
 
     @staticmethod
-    def problems(settings: Any, rollout: RolloutConfig, train: Any) -> list[str]:
-        """Start-up checks of how ``settings`` combine with the rollout and train sections."""
+    def problems(
+        settings: Any, rollout: RolloutConfig, train: Any, family: ModelFamily | None = None
+    ) -> list[str]:
+        """Start-up checks of how ``settings`` combine with the rollout and train sections and
+        the model's family (None when ``model.name`` is unknown, which is reported elsewhere)."""
         return []

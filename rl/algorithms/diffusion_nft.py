@@ -44,6 +44,7 @@ from rl.loss import StepLoss, weighted_mean
 from rl.rollout import predict_velocity
 
 if TYPE_CHECKING:
+    from rl.families import ModelFamily
     from rl.rollout import Rollout, RolloutConfig
     from rl.train import FlowGRPOTrainer
 
@@ -215,9 +216,13 @@ class DiffusionNFT(Algorithm):
         xt = (1 - t_b) * x0 + t_b * noise
 
         def velocity(model: torch.nn.Module) -> torch.Tensor:
+            # no CFG branch; a guidance-distilled family's embedding reads the run's scale, and a
+            # packed-latent family's positions the image size
+            r = self.rollout
             return predict_velocity(
-                model, xt, timestep, batch.embeds, batch.pooled, None, None, 1.0
-            )
+                model, xt, timestep, batch.embeds, batch.pooled, None, None, r.guidance_scale,
+                (r.height, r.width),
+            )  # fmt: skip
 
         with trainer.accelerator.autocast():
             with torch.no_grad(), self.old.swapped_in():
@@ -245,9 +250,13 @@ class DiffusionNFT(Algorithm):
         self.generator.set_state(state["generator"])
 
     @staticmethod
-    def problems(settings: Any, rollout: RolloutConfig, train: Any) -> list[str]:
+    def problems(
+        settings: Any, rollout: RolloutConfig, train: Any, family: ModelFamily | None = None
+    ) -> list[str]:
         s, out = settings, []
-        if rollout.uses_cfg:
+        # CFG-free: no negative branch. A guidance-distilled family (FLUX) reads the guidance
+        # scale through an embedding instead, which samples and trains alike.
+        if family.uses_cfg(rollout.guidance_scale) if family else rollout.uses_cfg:
             out.append(
                 f"algorithm=diffusion_nft is CFG-free: set rollout.guidance_scale=1 (got "
                 f"{rollout.guidance_scale}; its loss trains the conditional velocity alone)"

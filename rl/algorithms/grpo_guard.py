@@ -35,6 +35,7 @@ from rl.algorithms.flow_grpo import FlowGRPO
 from rl.loss import StepLoss
 
 if TYPE_CHECKING:
+    from rl.families import ModelFamily
     from rl.rollout import Rollout, RolloutConfig
     from rl.train import FlowGRPOTrainer
 
@@ -90,7 +91,9 @@ class GRPOGuard(FlowGRPO):
         )
 
     @staticmethod
-    def problems(settings: Any, rollout: RolloutConfig, train: Any) -> list[str]:
+    def problems(
+        settings: Any, rollout: RolloutConfig, train: Any, family: ModelFamily | None = None
+    ) -> list[str]:
         if rollout.sde_kind != "sde":
             return [
                 "algorithm=grpo_guard needs rollout.sde_kind=sde (its RatioNorm divides by the "

@@ -41,6 +41,7 @@ from rl.algorithms.flow_grpo import FlowGRPO
 from rl.algorithms.solvers import DPMSolver
 
 if TYPE_CHECKING:
+    from rl.families import ModelFamily
     from rl.rollout import Rollout, RolloutConfig
 
 
@@ -174,7 +175,9 @@ class MixGRPO(FlowGRPO):
         return end - start
 
     @staticmethod
-    def problems(settings: Any, rollout: RolloutConfig, train: Any) -> list[str]:
+    def problems(
+        settings: Any, rollout: RolloutConfig, train: Any, family: ModelFamily | None = None
+    ) -> list[str]:
         s, out = settings, []
         if rollout.sde_window is not None or rollout.sde_window_size:
             out.append(
