@@ -718,11 +718,14 @@ class PhaseTimer:
 
 def refuse_under_zero3(cfg: TrainConfig) -> None:
     """Raise LaunchError naming the settings a ZeRO-3 launch cannot run: the EMA's whole shadow
-    copy of weights that ZeRO-3 partitions, and the eval hook and held-out rewards, which
-    generate on rank 0 alone while every forward of a partitioned model needs all processes."""
+    copy of weights that ZeRO-3 partitions (DiffusionNFT's old policy is one too), and the eval
+    hook and held-out rewards, which generate on rank 0 alone while every forward of a
+    partitioned model needs all processes."""
     every = int(cfg.eval_hook.get("every_n_epochs") or 0)
     wanted = {
         "ema.enabled=true": cfg.ema.enabled,
+        "algorithm=diffusion_nft (its old policy is such a copy)": cfg.algorithm.name
+        == "diffusion_nft",
         f"eval_hook.every_n_epochs={every}": every > 0,
         "eval_rewards.rewards": bool(cfg.eval_rewards.rewards),
     }

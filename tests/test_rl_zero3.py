@@ -122,6 +122,8 @@ def test_zero3_refuses_what_needs_the_whole_weights_on_one_process():
     with pytest.raises(LaunchError, match=r"cannot run ema\.enabled=true, eval_hook"):
         refuse_under_zero3(demo_config("ema.enabled=true", "eval_hook=tiif_mini",
                                        "eval_hook.every_n_epochs=5"))  # fmt: skip
+    with pytest.raises(LaunchError, match="algorithm=diffusion_nft"):
+        refuse_under_zero3(demo_config("experiment=demo_nft"))
 
 
 def test_zero3_leaves_models_loaded_outside_the_engine_whole():
