@@ -4,7 +4,8 @@
 #              and run the parity tests against them (tests/parity, pytest marker "parity")
 # make test-compile: the inductor (torch.compile) checks left out of make test (minutes on 2 cores)
 # make test-load: a short run of the judge server load test (bench/judge_server_load.py)
-# make test-families: FLUX and Qwen-Image trained end to end (exact resume, LoRA export; minutes)
+# make test-families: FLUX, Qwen-Image and SD3.5-L trained end to end (exact resume, LoRA export,
+#                    every algorithm on two processes, ZeRO-3 sharding; a few minutes)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
