@@ -39,7 +39,6 @@ from transformers import (
     T5EncoderModel,
 )
 
-from bench.rollout import SD35_MEDIUM_TRANSFORMER, SD35_VAE
 from rl.config import register_resolvers
 from rl.families import model_spec
 from rl.models import precision_plan
@@ -53,7 +52,38 @@ PRESETS = (
     "qwen_image_pickscore",
 )
 GB = 1e9
-# Published configs (transformer/config.json of each model on the Hugging Face hub).
+# Published configs (transformer/config.json and vae/config.json of each model on the Hugging Face
+# hub), e.g. stabilityai/stable-diffusion-3.5-medium:
+SD35_MEDIUM_TRANSFORMER = dict(
+    sample_size=128,
+    patch_size=2,
+    in_channels=16,
+    out_channels=16,
+    num_layers=24,
+    attention_head_dim=64,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    caption_projection_dim=1536,
+    pooled_projection_dim=2048,
+    pos_embed_max_size=384,
+    dual_attention_layers=tuple(range(13)),
+    qk_norm="rms_norm",
+)
+SD35_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    latent_channels=16,
+    norm_num_groups=32,
+    sample_size=1024,
+    scaling_factor=1.5305,
+    shift_factor=0.0609,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+)
 SD35_LARGE_TRANSFORMER = dict(
     SD35_MEDIUM_TRANSFORMER,
     num_layers=38,
@@ -101,35 +131,57 @@ QWEN25_VL_7B = dict(
 CLIP_TOKENS = 77
 
 
-def full_size_modules(family: str, large: bool) -> dict[str, torch.nn.Module]:
-    """Every component of the real model, on the meta device."""
-    with torch.device("meta"):
+def full_size_denoiser(
+    family: str, large: bool, device: torch.device | str = "meta", layers: int | None = None
+) -> dict[str, torch.nn.Module]:
+    """The real model's transformer and VAE, random weights initialised on ``device`` (the meta
+    device: shapes only); ``layers`` blocks of each kind instead of the real count (a smoke run)."""
+    if family == "qwen_image":
+        from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
+
+        shape, transformer_class = QWEN_IMAGE_TRANSFORMER, QwenImageTransformer2DModel
+        vae_class, vae = AutoencoderKLQwenImage, QWEN_IMAGE_VAE
+    elif family == "flux":
+        shape, transformer_class = FLUX_DEV_TRANSFORMER, FluxTransformer2DModel
+        vae_class, vae = AutoencoderKL, dict(SD35_VAE, scaling_factor=0.3611, shift_factor=0.1159)
+    else:
+        shape = SD35_LARGE_TRANSFORMER if large else SD35_MEDIUM_TRANSFORMER
+        transformer_class, vae_class, vae = SD3Transformer2DModel, AutoencoderKL, SD35_VAE
+    if layers:
+        shape = dict(shape, num_layers=layers)
+        if "num_single_layers" in shape:
+            shape["num_single_layers"] = layers
+    with torch.device(device):
+        return {"transformer": transformer_class(**shape), "vae": vae_class(**vae)}
+
+
+def full_size_modules(
+    family: str, large: bool, device: torch.device | str = "meta"
+) -> dict[str, torch.nn.Module]:
+    """Every component of the real model (:func:`full_size_denoiser` and the text encoders) on
+    ``device``."""
+    modules = full_size_denoiser(family, large, device)
+    with torch.device(device):
         if family == "qwen_image":
-            from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
             from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-            return {
-                "transformer": QwenImageTransformer2DModel(**QWEN_IMAGE_TRANSFORMER),
-                "vae": AutoencoderKLQwenImage(**QWEN_IMAGE_VAE),
-                "text_encoder": Qwen2_5_VLForConditionalGeneration(
-                    Qwen2_5_VLConfig(**QWEN25_VL_7B)
-                ),
-            }
+            config = Qwen2_5_VLConfig(**QWEN25_VL_7B)
+            return modules | {"text_encoder": Qwen2_5_VLForConditionalGeneration(config)}
         if family == "flux":
-            return {
-                "transformer": FluxTransformer2DModel(**FLUX_DEV_TRANSFORMER),
-                "vae": AutoencoderKL(**dict(SD35_VAE, scaling_factor=0.3611, shift_factor=0.1159)),
+            return modules | {
                 "text_encoder": CLIPTextModel(CLIPTextConfig(**CLIP_L)),
                 "text_encoder_2": T5EncoderModel(T5Config(**T5_XXL)),
             }
-        shape = SD35_LARGE_TRANSFORMER if large else SD35_MEDIUM_TRANSFORMER
-        return {
-            "transformer": SD3Transformer2DModel(**shape),
-            "vae": AutoencoderKL(**SD35_VAE),
+        return modules | {
             "text_encoder": CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_L)),
             "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_G)),
             "text_encoder_3": T5EncoderModel(T5Config(**T5_XXL)),
         }
+
+
+def text_tokens(family: str, max_sequence_length: int) -> int:
+    """Text tokens per prompt that the transformer attends to (SD3 adds CLIP's 77 to T5's)."""
+    return max_sequence_length + (CLIP_TOKENS if family == "sd3" else 0)
 
 
 def lora_parameters(transformer: torch.nn.Module, targets: list[str], rank: int) -> int:
@@ -188,17 +240,16 @@ def preset_memory(
         numel(modules[n]) * dtype_bytes(plan.text_encoders) for n in modules if "text" in n
     )
     rows = int(t.micro_batch_size) * (2 if spec.family.uses_cfg(float(r.guidance_scale)) else 1)
-    image_tokens = (int(r.height) // 16) * (int(r.width) // 16)
-    text_tokens = int(r.max_sequence_length) + (CLIP_TOKENS if family == "sd3" else 0)
+    tokens = (int(r.height) // 16) * (int(r.width) // 16) + text_tokens(
+        family, int(r.max_sequence_length)
+    )
     hidden = transformer.config.num_attention_heads * transformer.config.attention_head_dim
     blocks = [
         *transformer.transformer_blocks,
         *getattr(transformer, "single_transformer_blocks", []),
     ]
     act_bytes = 2 if t.mixed_precision in ("bf16", "fp16") else dtype_bytes(plan.transformer)
-    per_block = (
-        (2 if t.gradient_checkpointing else 34) * (image_tokens + text_tokens) * hidden * rows
-    )
+    per_block = (2 if t.gradient_checkpointing else 34) * tokens * hidden * rows
     activations = len(blocks) * per_block * act_bytes // 2
     gathered = max(numel(b) for b in blocks) * weight_bytes if zero == 3 else 0
     table = {

@@ -33,63 +33,43 @@ from typing import Any
 
 import diffusers
 import torch
-from diffusers import AutoencoderKL, SD3Transformer2DModel, StableDiffusion3Pipeline
+from diffusers import DiffusionPipeline
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.memory import full_size_denoiser, load_preset, text_tokens
+from rl.families import MODELS, QWEN_IMAGE, ModelFamily, family_of, model_spec
 from rl.lora import LoraSettings, make_trainable
 from rl.models import compile_transformer_blocks, resolve_dtype
 from rl.rollout import PromptCache, RolloutConfig, predict_velocity, sample, step_log_prob
-from rl.tiny import build_tiny_sd3
 
-# stabilityai/stable-diffusion-3.5-medium transformer/config.json and vae/config.json
-SD35_MEDIUM_TRANSFORMER = dict(
-    sample_size=128,
-    patch_size=2,
-    in_channels=16,
-    out_channels=16,
-    num_layers=24,
-    attention_head_dim=64,
-    num_attention_heads=24,
-    joint_attention_dim=4096,
-    caption_projection_dim=1536,
-    pooled_projection_dim=2048,
-    pos_embed_max_size=384,
-    dual_attention_layers=tuple(range(13)),
-    qk_norm="rms_norm",
-)
-SD35_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2,
-    latent_channels=16,
-    norm_num_groups=32,
-    sample_size=1024,
-    scaling_factor=1.5305,
-    shift_factor=0.0609,
-    use_quant_conv=False,
-    use_post_quant_conv=False,
-)
-CLIP_TOKENS = 77
+# the flow_grpo preset whose rollout guidance, sequence length, per-GPU batches, LoRA rank and
+# gradient checkpointing are each model's defaults here
+PRESETS = {
+    "sd35_medium": "sd35m_pickscore",
+    "sd35_large": "sd35l_pickscore",
+    "flux_dev": "flux_dev_pickscore",
+    "qwen_image": "qwen_image_pickscore",
+}
 CLIP_RANGE = 1e-4
 PROMPTS = ["a red cat", "a blue car on a street", "two dogs in a field", "a glass vase"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--full-size", action="store_true", help="SD3.5-M-shaped random model")
-    parser.add_argument("--layers", type=int, default=None, help="override num_layers (smoke)")
+    parser.add_argument(
+        "--model", choices=tuple(PRESETS), default="sd35_medium", help="tiny without --full-size"
+    )
+    parser.add_argument("--full-size", action="store_true", help="real-shaped random model")
+    parser.add_argument("--layers", type=int, default=None, help="blocks of each kind (smoke)")
     parser.add_argument("--resolution", type=int, default=None, help="px (64 tiny, 512 full)")
     parser.add_argument(
-        "--batch", type=int, default=None, help="images per rollout (4 tiny / 9 full size)"
+        "--batch", type=int, default=None, help="images per rollout (4 tiny / preset's full size)"
     )
     parser.add_argument("--train-batch", type=int, default=None, help="images per train step")
     parser.add_argument("--steps", type=int, default=10, help="denoising steps per rollout")
-    parser.add_argument("--guidance", type=float, default=4.5, help="CFG scale (1 = no CFG)")
+    parser.add_argument("--guidance", type=float, default=None, help="guidance (preset's)")
     parser.add_argument("--sde-kind", choices=("sde", "cps"), default="sde")
-    parser.add_argument("--max-seq", type=int, default=128, help="T5 tokens per prompt")
+    parser.add_argument("--max-seq", type=int, default=None, help="text tokens (preset's)")
     parser.add_argument("--dtype", default="float32", help="float32 | bf16 (autocast + bf16 base)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-compile", action="store_true", help="eager only, no compiled run")
@@ -100,17 +80,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build(args: argparse.Namespace) -> tuple[StableDiffusion3Pipeline, PromptCache, list[str]]:
-    """The pipeline on device (tiny, or SD3.5-M-shaped) and a filled prompt cache."""
+def tiny_name(model: str) -> str:
+    """The ``model.name`` of the tiny stand-in of ``model`` (same label in rl.families.MODELS)."""
+    label = model_spec(model).label
+    return next(n for n, s in MODELS.items() if s.tiny is not None and s.label == label)
+
+
+def random_conditioning(
+    pipe: DiffusionPipeline, count: int, max_seq: int, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random ``(embeds, pooled)`` of the family's true shapes for ``count`` prompts: the text
+    tokens x joint_attention_dim, and the pooled projection (Qwen-Image: the token mask, ones)."""
+    family, config = family_of(pipe), pipe.transformer.config
+    tokens = text_tokens(family.name, max_seq)
+    embeds = torch.randn(count, tokens, config.joint_attention_dim, device=device, dtype=dtype)
+    if family is QWEN_IMAGE:
+        return embeds, torch.ones(count, tokens, device=device, dtype=dtype)
+    pooled = torch.randn(count, config.pooled_projection_dim, device=device)
+    return embeds, pooled.to(dtype)
+
+
+def build(args: argparse.Namespace) -> tuple[DiffusionPipeline, PromptCache, list[str]]:
+    """The pipeline on device (the family's tiny one, or its real-shaped transformer and VAE)
+    and a filled prompt cache."""
     torch.manual_seed(args.seed)
-    pipe = build_tiny_sd3(args.seed)
+    spec = model_spec(tiny_name(args.model))
+    family: ModelFamily = spec.family
+    pipe = family.build_tiny(args.seed, **spec.tiny)
     device, dtype = torch.device(args.device), resolve_dtype(args.dtype)
     prompts = [PROMPTS[i % len(PROMPTS)] + f" {i}" for i in range(args.batch)]
-    if args.full_size:
-        shape = dict(SD35_MEDIUM_TRANSFORMER, num_layers=args.layers or 24)
-        with device:  # initialise in place on the accelerator (fast)
-            parts = dict(transformer=SD3Transformer2DModel(**shape), vae=AutoencoderKL(**SD35_VAE))
-        pipe = StableDiffusion3Pipeline(**{**pipe.components, **parts})
+    if args.full_size:  # initialised in place on the accelerator (fast)
+        large = "Large" in spec.label
+        parts = full_size_denoiser(family.name, large, device, args.layers)
+        pipe = family.pipeline_class(**{**pipe.components, **parts})
     elif args.layers:
         raise SystemExit("--layers only applies with --full-size")
     pipe.set_progress_bar_config(disable=True)
@@ -119,12 +121,8 @@ def build(args: argparse.Namespace) -> tuple[StableDiffusion3Pipeline, PromptCac
         pipe.to(dtype=dtype)
     cache = PromptCache(pipe, args.max_seq, device)
     if args.full_size:  # shape-true random embeddings: the text encoders never run in a rollout
-        config = pipe.transformer.config
-        for names in (prompts, [""]):
-            tokens, width = CLIP_TOKENS + args.max_seq, config.joint_attention_dim
-            embeds = torch.randn(len(names), tokens, width, device=device, dtype=dtype)
-            pooled = torch.randn(len(names), config.pooled_projection_dim, device=device)
-            cache.add(names, embeds, pooled.to(dtype))
+        for names in filter(None, (prompts, cache.negative_prompts(args.guidance))):
+            cache.add(names, *random_conditioning(pipe, len(names), args.max_seq, device, dtype))
     return pipe, cache, prompts
 
 
@@ -172,26 +170,28 @@ class ForwardTimer:
         self.seconds += time.perf_counter() - self._start
 
 
-def forward_flops(pipe, cache, prompts, rollout_cfg, device) -> int:
-    """FLOPs of one CFG-batched transformer forward for the whole rollout batch."""
+def forward_flops(
+    pipe: DiffusionPipeline,
+    cache: PromptCache,
+    prompts: list[str],
+    rollout_cfg: RolloutConfig,
+    device: torch.device,
+) -> int:
+    """FLOPs of one (CFG-batched) transformer forward for the whole rollout batch."""
+    family, size = family_of(pipe), (rollout_cfg.height, rollout_cfg.width)
     embeds, pooled = cache.encode(prompts)
-    neg = cache.negative()
-    channels, scale = pipe.transformer.config.in_channels, pipe.vae_scale_factor
-    x = torch.randn(
-        len(prompts),
-        channels,
-        rollout_cfg.height // scale,
-        rollout_cfg.width // scale,
-        device=device,
-    )
+    neg = cache.negative() if family.uses_cfg(rollout_cfg.guidance_scale) else (None, None)
+    x = torch.randn(len(prompts), *family.latent_shape(pipe, *size), device=device)
     t = torch.full((len(prompts),), 500.0, device=device)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        predict_velocity(pipe.transformer, x, t, embeds, pooled, *neg, rollout_cfg.guidance_scale)
+        predict_velocity(
+            pipe.transformer, x, t, embeds, pooled, *neg, rollout_cfg.guidance_scale, size
+        )
     return counter.get_total_flops()
 
 
 def measure(
-    pipe: StableDiffusion3Pipeline,
+    pipe: DiffusionPipeline,
     cache: PromptCache,
     prompts: list[str],
     rollout_cfg: RolloutConfig,
@@ -270,9 +270,13 @@ def fixed_noise_rollout(pipe, cache, prompts, rollout_cfg, args):
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    preset = load_preset(PRESETS[args.model])
+    rollout, train = preset.rollout, preset.train
     args.resolution = args.resolution or (512 if args.full_size else 64)
-    args.batch = args.batch or (9 if args.full_size else 4)  # 9: the reference per GPU
-    args.train_batch = args.train_batch or args.batch
+    args.guidance = float(rollout.guidance_scale) if args.guidance is None else args.guidance
+    args.max_seq = args.max_seq or int(rollout.max_sequence_length)
+    args.batch = args.batch or (int(train.batch_size) if args.full_size else 4)  # per GPU
+    args.train_batch = args.train_batch or min(int(train.micro_batch_size), args.batch)
     device, dtype = torch.device(args.device), resolve_dtype(args.dtype)
     pipe, cache, prompts = build(args)
     rollout_cfg = RolloutConfig(
@@ -285,16 +289,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     transformer = pipe.transformer
     flops = forward_flops(pipe, cache, prompts, rollout_cfg, device)
-    params = make_trainable(transformer, LoraSettings())
+    family, lora = family_of(pipe), preset.lora
+    settings = LoraSettings(int(lora.rank), float(lora.alpha), list(family.lora_targets))
+    params = make_trainable(transformer, settings)
+    if train.gradient_checkpointing:  # as the preset trains (what makes its batch fit)
+        transformer.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(params, lr=3e-4, betas=(0.9, 0.999), weight_decay=1e-4)
     if not args.no_compile:  # what the compiled run starts from, and the rollout it must repeat
         initial = [p.detach().clone() for p in params]
         reference = fixed_noise_rollout(pipe, cache, prompts, rollout_cfg, args)
+    layers = {"layers": transformer.config.num_layers}
+    if "num_single_layers" in transformer.config:  # FLUX: double- and single-stream blocks
+        layers["single_layers"] = transformer.config.num_single_layers
     eager = measure(pipe, cache, prompts, rollout_cfg, optimizer, flops, args)
     report = {
         "bench": "rollout",
-        "model": "sd35_medium_shaped_random" if args.full_size else "tiny",
-        "layers": transformer.config.num_layers,
+        "model": f"{args.model}_shaped_random" if args.full_size else tiny_name(args.model),
+        "preset": PRESETS[args.model],
+        **layers,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dtype": str(dtype).removeprefix("torch."),
         "resolution": args.resolution,
@@ -302,6 +314,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "train_batch": args.train_batch,
         "num_steps": args.steps,
         "guidance_scale": args.guidance,
+        "cfg": family.uses_cfg(args.guidance),
+        "max_sequence_length": args.max_seq,
+        "lora_rank": settings.rank,
+        "gradient_checkpointing": bool(train.gradient_checkpointing),
         "sde_kind": args.sde_kind,
         "trained_steps_per_rollout": rollout_cfg.num_train_steps,
         "transformer_forward_tflop": significant(flops / 1e12),

@@ -219,7 +219,7 @@ def test_on_sd35_medium_shapes_the_bare_names_adapt_27_percent_more():
     from peft import LoraConfig
     from peft.tuners.tuners_utils import check_target_module_exists
 
-    from bench.rollout import SD35_MEDIUM_TRANSFORMER
+    from bench.memory import SD35_MEDIUM_TRANSFORMER
 
     with torch.device("meta"):
         model = SD3Transformer2DModel(**SD35_MEDIUM_TRANSFORMER)
