@@ -24,11 +24,14 @@ def test_every_step_writes_its_json_line(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     (results,) = tmp_path.glob("gpu_all_*.jsonl")
     rows = [json.loads(line) for line in results.read_text().splitlines()]
-    assert [row["bench"] for row in rows] == ["rollout", "judge"]
-    assert all(row["device"] == "cpu" for row in rows)
+    assert [row["bench"] for row in rows] == ["rollout"] * 4 + ["judge"]
+    models = ["tiny", "tiny_sd35_large", "tiny_flux", "tiny_qwen_image"]  # every family, tiny
+    assert [row["model"] for row in rows[:4]] == models
+    assert "compiled" not in rows[1] and all(row["device"] == "cpu" for row in rows)
 
 
 def test_a_failing_step_fails_the_script_and_the_others_still_run(tmp_path):
     proc = run_script(tmp_path, DEVICE="no-such-device")
     assert proc.returncode != 0
     assert "gpu_all: rollout failed" in proc.stderr and "gpu_all: judge_2_rubrics" in proc.stderr
+    assert "gpu_all: rollout_qwen_image failed" in proc.stderr
