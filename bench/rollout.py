@@ -2,25 +2,34 @@
 
     python -m bench.rollout                       # CPU: tiny random SD3, 64 px (about a minute)
     python -m bench.rollout --full-size --resolution 512 --dtype bf16 --device cuda
+    python -m bench.rollout --model flux_dev --full-size --dtype bf16 --device cuda --no-compile
 
-The same run measures the eager model, then compiles every MM-DiT block (``train.compile``'s
+``--model`` picks the family and size (``sd35_medium``, the default, ``sd35_large``, ``flux_dev``,
+``qwen_image``; :mod:`rl.families`): its tiny random pipeline, or with ``--full-size`` its
+real-shaped one. Guidance, ``--max-seq``, the full-size per-GPU batches, the LoRA rank and
+gradient checkpointing default to the model's flow_grpo preset (:data:`PRESETS`; the JSON names
+it and reports each).
+The same run measures the eager model, then compiles every transformer block (``train.compile``'s
 regional compilation, :func:`rl.models.compile_transformer_blocks`) and measures again: the line
 holds both (``eager``, ``compiled``) side by side, ``compile_speedup`` (compiled over eager
 ``iteration_images_per_s``) and how far the compiled rollout is from the eager one with the same
 weights and noise (``compiled_vs_eager_max_abs_latent`` / ``..._log_prob``). ``--no-compile``
 measures eager only. Measured in each mode, after one warm-up (and compilation) of each part:
-* ``rollout_images_per_s``: :func:`rl.rollout.sample` (num_steps SDE steps with CFG, VAE decode);
+* ``rollout_images_per_s``: :func:`rl.rollout.sample` (num_steps SDE steps with the family's
+  guidance, VAE decode);
 * ``train_step_s``: one trained denoising step on a ``--train-batch`` chunk with the trainer's LoRA
-  (r32/alpha64 on the reference target modules, :func:`rl.lora.make_trainable`): forward through
-  :func:`rl.rollout.step_log_prob`, a ratio loss, backward, AdamW step;
+  (the preset's rank on the family's target modules, :func:`rl.lora.make_trainable`): forward
+  through :func:`rl.rollout.step_log_prob`, a ratio loss, backward, AdamW step;
 * ``outside_transformer_fraction``: share of ``train_step_s`` spent outside the transformer's own
   forward (timed with hooks) and the backward pass;
 * ``max_abs_log_ratio``: |log p_train - log p_rollout| at the first trained step before any update,
   and ``claimed_ratio`` = that / the clip range (1e-4): far below 1 means the on-policy ratio
   stays inside the clip range because rollout and training share numerics.
-``--full-size`` swaps in a random-weight transformer and VAE shaped exactly like SD3.5-Medium's
-(compute depends on shape, not weight values) and random text embeddings of the true shape
-(77 CLIP + ``--max-seq`` T5 tokens), since rollouts read embeddings from the prompt cache anyway.
+``--full-size`` swaps in a random-weight transformer and VAE shaped exactly like the model's
+(:func:`bench.memory.full_size_denoiser`; compute depends on shape, not weight values) and random
+text embeddings of the family's true shapes (SD3: 77 CLIP + ``--max-seq`` T5 tokens; FLUX and
+Qwen-Image: ``--max-seq`` tokens, Qwen-Image's token mask all ones), with the CFG negative where
+the family has one, since rollouts read embeddings from the prompt cache anyway.
 """
 
 from __future__ import annotations
