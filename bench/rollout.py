@@ -7,7 +7,7 @@
 ``--model`` picks the family and size (``sd35_medium``, the default, ``sd35_large``, ``flux_dev``,
 ``qwen_image``; :mod:`rl.families`): its tiny random pipeline, or with ``--full-size`` its
 real-shaped one. Guidance, ``--max-seq``, the full-size per-GPU batches, the LoRA rank and
-gradient checkpointing default to the model's flow_grpo preset (:data:`PRESETS`; the JSON names
+gradient checkpointing default to the model's preset (:data:`PRESETS`; the JSON names
 it and reports each).
 The same run measures the eager model, then compiles every transformer block (``train.compile``'s
 regional compilation, :func:`rl.models.compile_transformer_blocks`) and measures again: the line
@@ -51,8 +51,8 @@ from rl.lora import LoraSettings, make_trainable
 from rl.models import compile_transformer_blocks, resolve_dtype
 from rl.rollout import PromptCache, RolloutConfig, predict_velocity, sample, step_log_prob
 
-# the flow_grpo preset whose rollout guidance, sequence length, per-GPU batches, LoRA rank and
-# gradient checkpointing are each model's defaults here
+# the preset (flow_grpo's; Flow-Factory's for SD3.5-L) whose rollout guidance, sequence length,
+# per-GPU batches, LoRA rank and gradient checkpointing are each model's defaults here
 PRESETS = {
     "sd35_medium": "sd35m_pickscore",
     "sd35_large": "sd35l_pickscore",
