@@ -18,11 +18,11 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from test_rl_scale import ROOT, finish, free_port, launch, rows
 
 from rl.config import parse_config
 from rl.distributed import LaunchError, keep_zero3_to_the_engine
 from rl.train import refuse_under_zero3
-from tests.test_rl_scale import ROOT, finish, free_port, launch, rows
 
 SMALL = ["experiment=demo", "model=tiny_qwen_image", "train.epochs=2",
          "checkpoint.every_n_epochs=1", "checkpoint.keep_last=null",
