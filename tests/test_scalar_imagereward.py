@@ -20,7 +20,8 @@ from transformers import (
     BlipVisionModel,
 )
 
-from rewards.scalar.imagereward import SCORE_MEAN, SCORE_STD, ImageRewardReward, score_head
+from rewards.scalar.common import score_mlp
+from rewards.scalar.imagereward import SCORE_MEAN, SCORE_STD, ImageRewardReward
 from rewards.scalar.pixels import CLIP_MEAN, CLIP_STD
 from rl.tiny import WORDS
 
@@ -71,7 +72,7 @@ def imagereward_files(tmp_path_factory):
                        encoder_hidden_size=64, is_decoder=True),
         add_pooling_layer=False,
     ).eval()  # fmt: skip
-    head = score_head(32).eval()
+    head = score_mlp(32).eval()
     with torch.no_grad():  # layer norms start as identities: make every mapping error visible
         for module in (vision, text):
             for param in module.parameters():

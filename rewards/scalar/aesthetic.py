@@ -27,6 +27,7 @@ from rewards.scalar.common import (
     load_state_dict_file,
     require_dir,
     require_file,
+    score_mlp,
 )
 
 CLIP_FILES = (
@@ -42,16 +43,7 @@ class AestheticMLP(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.layers = nn.Sequential(
-            nn.Linear(EMBED_DIM, 1024),
-            nn.Dropout(0.2),
-            nn.Linear(1024, 128),
-            nn.Dropout(0.2),
-            nn.Linear(128, 64),
-            nn.Dropout(0.1),
-            nn.Linear(64, 16),
-            nn.Linear(16, 1),
-        )
+        self.layers = score_mlp(EMBED_DIM)
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         return self.layers(embedding)

@@ -116,6 +116,22 @@ def assign_exactly(
     module.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
 
 
+def score_mlp(width: int) -> torch.nn.Sequential:
+    """The LAION aesthetic predictor's MLP head, which ImageReward reuses: Linear layers at the
+    checkpoints' indices 0, 2, 4, 6 and 7, with dropouts between the first four."""
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Linear(width, 1024),
+        nn.Dropout(0.2),
+        nn.Linear(1024, 128),
+        nn.Dropout(0.2),
+        nn.Linear(128, 64),
+        nn.Dropout(0.1),
+        nn.Linear(64, 16),
+        nn.Linear(16, 1),
+    )
+
+
 def batches(count: int, batch_size: int) -> Iterator[slice]:
     """Consecutive slices of ``range(count)`` of at most ``batch_size`` items."""
     if batch_size < 1:

@@ -28,7 +28,6 @@ import json
 import re
 
 import torch
-from torch import nn
 
 from rewards.scalar.common import (
     ScalarReward,
@@ -36,6 +35,7 @@ from rewards.scalar.common import (
     load_state_dict_file,
     require_dir,
     require_file,
+    score_mlp,
 )
 from rewards.scalar.pixels import clip_eval_pixels
 
@@ -54,20 +54,6 @@ _VISION_KEYS = (
     (r"^blocks\.(\d+)\.mlp\.", r"encoder.layers.\1.mlp."),
     (r"^norm\.", "post_layernorm."),
 )
-
-
-def score_head(width: int) -> nn.Sequential:
-    """The ImageReward MLP with its checkpoint indices (0, 2, 4, 6, 7; dropouts in between)."""
-    return nn.Sequential(
-        nn.Linear(width, 1024),
-        nn.Dropout(0.2),
-        nn.Linear(1024, 128),
-        nn.Dropout(0.2),
-        nn.Linear(128, 64),
-        nn.Dropout(0.1),
-        nn.Linear(64, 16),
-        nn.Linear(16, 1),
-    )
 
 
 def to_transformers_blip(
@@ -161,7 +147,7 @@ class ImageRewardReward(ScalarReward):
             vision, text = BlipVisionModel(vision_config), BlipTextModel(text_config, False)
         assign_exactly(vision, vision_state, self.dtype, f"{self.path} (vision)")
         assign_exactly(text, text_state, self.dtype, f"{self.path} (text, {self.med_config})")
-        head = score_head(text_config.hidden_size)
+        head = score_mlp(text_config.hidden_size)
         assign_exactly(head, head_state, torch.float32, f"{self.path} (mlp head)")
         tokenizer = BertTokenizer.from_pretrained(str(self.tokenizer_path))
         tokenizer.add_special_tokens({"bos_token": "[DEC]"})
