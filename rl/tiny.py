@@ -117,6 +117,26 @@ def build_t5_encoder(tokenizer: T5Tokenizer, hidden: int) -> T5EncoderModel:
     return T5EncoderModel(config)
 
 
+def build_tiny_vae(sample_size: int, scaling_factor: float, shift_factor: float) -> AutoencoderKL:
+    """A 16-channel, 8x-downsampling ``AutoencoderKL`` at toy width (SD3's and FLUX's VAE layout)
+    with the real model's latent scaling and shift."""
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 32),
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=8,
+        sample_size=sample_size,
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+
+
 def build_tiny_sd3(seed: int = 0, large: bool = False) -> StableDiffusion3Pipeline:
     """Build the tiny random-weight SD3 pipeline (float32, CPU, deterministic per ``seed``).
 
@@ -153,21 +173,7 @@ def build_tiny_sd3(seed: int = 0, large: bool = False) -> StableDiffusion3Pipeli
             dual_attention_layers=() if large else (0,),
             qk_norm="rms_norm",
         )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 3,
-            up_block_types=("UpDecoderBlock2D",) * 3,
-            block_out_channels=(16, 32, 32),
-            layers_per_block=1,
-            latent_channels=16,
-            norm_num_groups=8,
-            sample_size=64,
-            scaling_factor=1.5305,
-            shift_factor=0.0609,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-        )
+        vae = build_tiny_vae(sample_size=64, scaling_factor=1.5305, shift_factor=0.0609)
         scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
     pipe = StableDiffusion3Pipeline(
         transformer=transformer,

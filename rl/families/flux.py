@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from diffusers import (
-    AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
@@ -36,7 +35,13 @@ from rl.families.base import (
     vae_decode,
     weight_dtype,
 )
-from rl.tiny import CLIP_MAX_LENGTH, build_clip_tokenizer, build_t5_encoder, build_t5_tokenizer
+from rl.tiny import (
+    CLIP_MAX_LENGTH,
+    build_clip_tokenizer,
+    build_t5_encoder,
+    build_t5_tokenizer,
+    build_tiny_vae,
+)
 
 
 class FluxFamily(PackedLatentFamily):
@@ -194,21 +199,7 @@ def build_tiny_flux(seed: int = 0) -> FluxPipeline:
             guidance_embeds=True,
             axes_dims_rope=(4, 6, 6),
         )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 3,
-            up_block_types=("UpDecoderBlock2D",) * 3,
-            block_out_channels=(16, 32, 32),
-            layers_per_block=1,
-            latent_channels=16,
-            norm_num_groups=8,
-            sample_size=32,
-            scaling_factor=0.3611,
-            shift_factor=0.1159,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-        )
+        vae = build_tiny_vae(sample_size=32, scaling_factor=0.3611, shift_factor=0.1159)
         scheduler = FlowMatchEulerDiscreteScheduler(
             num_train_timesteps=1000,
             shift=3.0,
