@@ -123,11 +123,6 @@ def window_at(start: int, settings: MixGRPOSettings, num_steps: int) -> tuple[in
     return start, max(start, min(start + settings.window_size, num_steps - 2))
 
 
-def epoch_window(epoch: int, settings: MixGRPOSettings, num_steps: int) -> tuple[int, int]:
-    """The SDE window of ``epoch`` under a deterministic strategy (not ``"random"``)."""
-    return window_at(window_start(epoch, settings, num_steps), settings, num_steps)
-
-
 class MixGRPO(FlowGRPO):
     """Flow-GRPO whose SDE window follows MixGRPO's schedule, epoch by epoch."""
 
