@@ -68,7 +68,8 @@ def is_complete(path: Path) -> bool:
 
 def register_lora_hooks(accelerator: Accelerator) -> None:
     """Make ``save_state``/``load_state`` store only the adapter, not the frozen base weights
-    (under ZeRO-3 gathered whole for the write, and scattered back to the partitions on load)."""
+    (under ZeRO-3 gathered whole for the write). Under DeepSpeed accelerate hands the load hook
+    no model: the engine restores the weights from its own checkpoint files."""
 
     def save_hook(models: list, weights: list, output_dir: str) -> None:
         for model in models:
@@ -83,9 +84,7 @@ def register_lora_hooks(accelerator: Accelerator) -> None:
     def load_hook(models: list, input_dir: str) -> None:
         while models:
             model = accelerator.unwrap_model(models.pop())
-            # ZeRO-3: what rank 0 loads goes to every process's partition
-            with gathered(accelerator, trained_parameters(model), modifier_rank=0):
-                load_lora_state_dict(model, load_file(f"{input_dir}/{ADAPTER_FILE}"))
+            load_lora_state_dict(model, load_file(f"{input_dir}/{ADAPTER_FILE}"))
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)

@@ -137,18 +137,15 @@ def keep_zero3_to_the_engine(plugin: Any) -> None:
 
 
 @contextlib.contextmanager
-def gathered(
-    accelerator: Accelerator, params: Iterable[torch.nn.Parameter], modifier_rank: int | None = None
-) -> Iterator[None]:
-    """Under ZeRO-3, ``params`` whole on every process inside the block (collective: every process
-    must enter it); with ``modifier_rank``, that rank's changes are broadcast on exit. Elsewhere
-    the parameters are whole already and this does nothing."""
+def gathered(accelerator: Accelerator, params: Iterable[torch.nn.Parameter]) -> Iterator[None]:
+    """Under ZeRO-3, ``params`` whole on every process inside the block, to read (collective:
+    every process must enter it). Elsewhere they are whole already and this does nothing."""
     if zero_stage(accelerator) != 3:
         yield
         return
     import deepspeed
 
-    with deepspeed.zero.GatheredParameters(list(params), modifier_rank=modifier_rank):
+    with deepspeed.zero.GatheredParameters(list(params)):
         yield
 
 
