@@ -149,12 +149,17 @@ def gathered(accelerator: Accelerator, params: Iterable[torch.nn.Parameter]) -> 
         yield
 
 
+def whole_numel(param: torch.nn.Parameter) -> int:
+    """Elements of the whole tensor, also where ZeRO-3 left this process an empty placeholder."""
+    return getattr(param, "ds_numel", param.numel())
+
+
 def held_share(module: torch.nn.Module) -> tuple[int, int]:
     """(parameters this process holds, parameters of ``module``): under ZeRO-3 each holds its
     partition (``ds_tensor``) of every partitioned tensor; elsewhere it holds them all."""
     held = total = 0
     for param in module.parameters():
-        numel = getattr(param, "ds_numel", param.numel())
+        numel = whole_numel(param)
         partition = getattr(param, "ds_tensor", None)
         total += numel
         # tensors under stage3_param_persistence_threshold stay whole on every process

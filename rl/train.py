@@ -67,6 +67,7 @@ from rl.distributed import (
     distributed_state,
     gathered,
     held_share,
+    whole_numel,
     zero_stage,
 )
 from rl.ema import EMA
@@ -283,7 +284,7 @@ class FlowGRPOTrainer:
                 self.layout.batches_per_epoch,
                 t.batch_size,
                 self.num_train_steps,
-                sum(p.numel() for p in self.params),
+                sum(whole_numel(p) for p in self.params),
                 *(str(d).removeprefix("torch.") for d in vars(self.precision).values()),
                 t.mixed_precision,
                 "" if t.mixed_precision != "fp16" or acc.device.type != "cpu" else

@@ -11,6 +11,7 @@ config's settings in a DeepSpeed JSON with the threshold at 0: the tiny model is
 as a full-size model's large tensors are."""
 
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -77,6 +78,12 @@ def test_zero3_shards_the_frozen_base_and_its_first_epoch_equals_ddp(zero3_runs)
     log = (straight / "train.log").read_text()
     held = [line for line in log.splitlines() if "ZeRO-3: this process holds" in line]
     assert len(held) == 1 and "(50.0%)" in held[0], held  # rank 0 holds half, frozen base too
+
+    def trainable(run: Path) -> int:  # the plan line counts whole tensors, not the partitions
+        plan = (run / "train.log").read_text()
+        return int(re.search(r"\| (\d+) trainable parameters \|", plan)[1])
+
+    assert trainable(straight) == trainable(ddp) > 0
     shards = sorted((straight / "checkpoints/epoch_000001/pytorch_model").glob("zero_pp_rank_*"))
     assert len(shards) == 4  # model and optimizer states of each of the 2 processes
     (z1, z2), (d1, d2) = rows(straight), rows(ddp)
